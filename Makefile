@@ -1,0 +1,43 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   - create .venv if needed, install, run the main job on the bundled model and data
+#   make test   - create .venv if needed, install, run ruff, mypy and pytest
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.dyncli-installed
+THREADS ?= 1
+
+.PHONY: demo test install lint typecheck pytest recipe clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python requirements-lock.txt pyproject.toml
+	$(BIN)/python -m pip install -q -r requirements-lock.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dyncli evaluate --threads $(THREADS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check dyncli tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy dyncli
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck pytest
+
+# The full recipe: build the digits corpus from ../shared/data/fsdd, train, evaluate (about an hour on CPU).
+recipe: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH bash examples/digits/run.sh
+
+clean-venv:
+	rm -rf $(VENV)

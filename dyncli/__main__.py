@@ -1,0 +1,3 @@
+from dyncli.cli.app import main
+
+main()

@@ -1,0 +1,194 @@
+"""The dyncli checkpoint: versioned, self-describing, and loaded without executing code.
+
+A checkpoint is a ``torch.save`` archive of one dict of plain types and tensors::
+
+    format          "dyncli-checkpoint"
+    format_version  1
+    dyncli_version  version that wrote it
+    backbone        registered backbone name, e.g. "conformer"
+    config          the backbone's config dataclass as a dict (front end included)
+    vocab_size      CTC classes, blank included
+    tokenizer       tokenizer state (kind + symbols or sentencepiece proto bytes)
+    state_dict      weights (float32, or float16 when saved with ``half=True``)
+    dtype           "float32" or "float16"
+    method          None for a static model; a dict describing the dynamic method otherwise
+    provenance      training data fingerprint, seed, command, dates
+    metrics         e.g. dev WER at the saved epoch
+
+It is read with ``torch.load(weights_only=True)``, which refuses pickled code, and written
+atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dyncli import __version__
+from dyncli.errors import CheckpointError, InputError
+from dyncli.fileio import atomic_write
+from dyncli.models.base import CTCEncoder
+from dyncli.models.config import config_from_dict, config_to_dict
+from dyncli.plugins import get_backbone
+from dyncli.text import Tokenizer, tokenizer_from_state
+
+FORMAT = "dyncli-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    model: CTCEncoder
+    tokenizer: Tokenizer
+    backbone: str
+    config: Any
+    method: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"
+    path: Path | None = None
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint, half: bool = False) -> None:
+    """Write ``ckpt`` atomically. ``half`` stores floating-point weights as float16."""
+    state = {
+        k: (v.detach().to("cpu").half() if half and v.is_floating_point() else v.detach().cpu())
+        for k, v in ckpt.model.state_dict().items()
+    }
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dyncli_version": __version__,
+        "backbone": ckpt.backbone,
+        "config": config_to_dict(ckpt.config),
+        "vocab_size": int(ckpt.model.head.out_features),
+        "tokenizer": ckpt.tokenizer.to_state(),
+        "state_dict": state,
+        "dtype": "float16" if half else "float32",
+        "method": plain(ckpt.method),
+        "provenance": plain(ckpt.provenance),
+        "metrics": plain(ckpt.metrics),
+    }
+    atomic_write(path, lambda fh: torch.save(payload, fh))
+
+
+def plain(value: Any) -> Any:
+    """Metadata as the plain types ``weights_only`` loading accepts (str, not subclasses)."""
+    if value is None or type(value) in (bool, int, float, str, bytes):
+        return value
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return str(value)
+
+
+def read_payload(path: str | Path) -> dict[str, Any]:
+    """Load and validate the raw checkpoint dict; refuses anything that is not a dyncli file."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint not found")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{p}: refused: the file holds pickled objects or code, not plain weights "
+            "(dyncli never executes code from a checkpoint)"
+        ) from None
+    except Exception as exc:  # torch raises RuntimeError, KeyError, EOFError... for junk
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{p}: not a readable checkpoint (truncated or not a PyTorch archive: {first})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{p}: not a dyncli checkpoint (no '{FORMAT}' header); "
+            "train one with 'dyncli train' or import the model first"
+        )
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{p}: checkpoint format version {version!r} is newer than this dyncli "
+            f"(reads up to {FORMAT_VERSION}); upgrade dyncli"
+        )
+    for key in ("backbone", "config", "vocab_size", "tokenizer", "state_dict"):
+        if key not in payload:
+            raise CheckpointError(f"{p}: checkpoint is missing '{key}'")
+    return payload
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Rebuild the model (float32, eval mode, on the CPU) and tokenizer from ``path``."""
+    p = Path(path)
+    payload = read_payload(p)
+    try:
+        spec = get_backbone(str(payload["backbone"]))
+    except InputError as exc:
+        raise CheckpointError(f"{p}: {exc}") from None
+    config: Any = config_from_dict(spec.config_cls, payload["config"])
+    model = spec.build(config, int(payload["vocab_size"]))
+    state = {
+        k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()
+    }
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{p}: weights do not match the stored config ({first})") from None
+    model.eval()
+    return Checkpoint(
+        model=model,
+        tokenizer=tokenizer_from_state(payload["tokenizer"]),
+        backbone=str(payload["backbone"]),
+        config=config,
+        method=payload.get("method"),
+        provenance=dict(payload.get("provenance") or {}),
+        metrics=dict(payload.get("metrics") or {}),
+        dtype=str(payload.get("dtype", "float32")),
+        path=p,
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def summarize(path: str | Path) -> dict[str, Any]:
+    """What ``dyncli inspect`` shows: architecture, size, tokenizer, method, provenance."""
+    ckpt = load_checkpoint(path)
+    model = ckpt.model
+    params = sum(p.numel() for p in model.parameters())
+    method = ckpt.method or {}
+    heads = method.get("exits") or []
+    return {
+        "path": str(path),
+        "format_version": FORMAT_VERSION,
+        "backbone": ckpt.backbone,
+        "parameters": params,
+        "layers": model.num_layers,
+        "config": config_to_dict(ckpt.config),
+        "ctc_heads": 1 + len(heads),
+        "vocab_size": int(model.head.out_features),
+        "tokenizer": ckpt.tokenizer.kind,
+        "sample_rate": model.sample_rate,
+        "stored_dtype": ckpt.dtype,
+        "method": method.get("name", "static"),
+        "metrics": ckpt.metrics,
+        "provenance": ckpt.provenance,
+        "sha256": file_sha256(path),
+    }

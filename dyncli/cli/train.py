@@ -1,0 +1,144 @@
+"""``dyncli train``: train a static CTC baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dyncli.cli.options import (
+    DevDataOpt,
+    DeviceOpt,
+    OutputOpt,
+    SeedOpt,
+    SkipBadOpt,
+    ThreadsOpt,
+    TrainDataOpt,
+)
+from dyncli.errors import UsageError
+
+NAME = "train"
+
+
+def _range(text: str, flag: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise UsageError(f"{flag} expects LOW:HIGH (e.g. 0.9:1.1), got {text!r}") from None
+    if lo > hi:
+        raise UsageError(f"{flag}: LOW must not exceed HIGH (got {text!r})")
+    return lo, hi
+
+
+def run(
+    train: TrainDataOpt,
+    dev: DevDataOpt,
+    output: OutputOpt,
+    backbone: Annotated[str, typer.Option(help="Registered backbone.")] = "conformer",
+    preset: Annotated[str, typer.Option(help="Backbone preset (e.g. demo, small, tiny).")] = "demo",
+    layers: Annotated[int | None, typer.Option(min=1, help="Override: encoder layers.")] = None,
+    d_model: Annotated[int | None, typer.Option(min=8, help="Override: model width.")] = None,
+    ffn_dim: Annotated[int | None, typer.Option(min=8, help="Override: FFN width.")] = None,
+    heads: Annotated[int | None, typer.Option(min=1, help="Override: attention heads.")] = None,
+    dropout: Annotated[float | None, typer.Option(min=0.0, max=0.9, help="Override.")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 30,
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many steps.")
+    ] = None,
+    batch_seconds: Annotated[
+        float, typer.Option(min=1.0, help="Padded audio seconds per batch.")
+    ] = 48.0,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 1.5e-3,
+    warmup_steps: Annotated[int, typer.Option(min=1, help="Linear warm-up steps.")] = 400,
+    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.01,
+    patience: Annotated[
+        int | None, typer.Option(min=1, help="Stop after N epochs without dev improvement.")
+    ] = None,
+    tokenizer: Annotated[str, typer.Option(help="'sentencepiece' or 'char'.")] = "sentencepiece",
+    vocab_size: Annotated[int, typer.Option(min=4, help="Sentencepiece vocabulary size.")] = 32,
+    augment: Annotated[
+        bool, typer.Option("--augment/--no-augment", help="All augmentation on or off.")
+    ] = True,
+    spec_augment: Annotated[bool, typer.Option("--spec-augment/--no-spec-augment")] = True,
+    speed: Annotated[str, typer.Option(help="Speed perturbation range LOW:HIGH.")] = "0.85:1.15",
+    vtlp: Annotated[
+        str, typer.Option(help="Vocal-tract-length warp range LOW:HIGH.")
+    ] = "0.88:1.12",
+    noise_snr: Annotated[str, typer.Option(help="Additive-noise SNR range in dB.")] = "10:40",
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = 2,
+    skip_bad: SkipBadOpt = False,
+) -> None:
+    """Train a static CTC model; the checkpoint with the best dev WER is kept at --output."""
+    import dataclasses
+
+    import torch
+
+    from dyncli.cli.render import TrainReporter, pct
+    from dyncli.features import AugmentConfig
+    from dyncli.plugins import get_backbone
+    from dyncli.training import TrainConfig
+    from dyncli.training import train as train_model
+
+    torch.set_num_threads(threads)
+    spec = get_backbone(backbone)
+    if preset not in spec.presets:
+        raise UsageError(
+            f"unknown preset {preset!r} for {backbone}; choose from {', '.join(spec.presets)}"
+        )
+    overrides = {
+        "num_layers": layers,
+        "d_model": d_model,
+        "ffn_dim": ffn_dim,
+        "num_heads": heads,
+        "dropout": dropout,
+    }
+    model_config = dataclasses.replace(
+        spec.presets[preset], **{k: v for k, v in overrides.items() if v is not None}
+    )
+    if tokenizer not in ("sentencepiece", "char"):
+        raise UsageError(f"--tokenizer must be 'sentencepiece' or 'char', got {tokenizer!r}")
+    aug = AugmentConfig(
+        speed=_range(speed, "--speed"),
+        vtlp=_range(vtlp, "--vtlp"),
+        snr_db=_range(noise_snr, "--noise-snr"),
+        enabled=augment,
+    )
+    if not spec_augment:
+        aug = aug.without_specaugment()
+    config = TrainConfig(
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_seconds=batch_seconds,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        weight_decay=weight_decay,
+        patience=patience,
+        seed=seed,
+        device=device,
+        tokenizer=tokenizer,
+        vocab_size=vocab_size,
+        augment=aug,
+        skip_bad=skip_bad,
+    )
+    reporter = TrainReporter()
+    try:
+        result = train_model(
+            train_manifest=train,
+            dev_manifest=dev,
+            output=output,
+            backbone=backbone,
+            model_config=model_config,
+            config=config,
+            reporter=reporter,
+        )
+    finally:
+        reporter.close()
+    reporter.message(
+        f"best epoch {result.best_epoch}: dev WER {pct(result.best_dev_wer)}, "
+        f"CER {pct(result.best_dev_cer)}; saved {Path(result.output)} "
+        f"({result.seconds / 60:.1f} min)"
+        + (f"; skipped {len(result.skipped)} bad entries" if result.skipped else "")
+    )

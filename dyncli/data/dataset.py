@@ -1,0 +1,98 @@
+"""In-memory utterance sets and length-bucketed batching."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from dyncli.audio import load_audio
+from dyncli.data.manifest import Item, Manifest
+from dyncli.errors import InputError
+
+
+@dataclass
+class Utterance:
+    wave: torch.Tensor  # (N,) float32 at the model's rate
+    text: str
+    origin: str
+
+    @property
+    def samples(self) -> int:
+        return int(self.wave.shape[0])
+
+
+def load_utterances(
+    manifest: Manifest,
+    sample_rate: int,
+    skip_bad: bool = False,
+    on_item: Callable[[], None] | None = None,
+) -> tuple[list[Utterance], list[str]]:
+    """Read every item's audio. Returns the utterances and the messages for skipped items."""
+    out: list[Utterance] = []
+    skipped = list(manifest.skipped)
+    for item in manifest.items:
+        try:
+            wave = load_audio(item.audio, sample_rate)
+        except InputError as exc:
+            if not skip_bad:
+                raise InputError(f"{item.origin}: {exc} (use --skip-bad to skip it)") from None
+            skipped.append(f"{item.origin}: {exc}")
+            continue
+        finally:
+            if on_item is not None:
+                on_item()
+        out.append(Utterance(wave=wave, text=item.text, origin=item.origin))
+    if not out:
+        raise InputError(f"{manifest.path}: no utterance could be read")
+    return out, skipped
+
+
+def bucket_batches(
+    lengths: Sequence[int],
+    max_batch_frames: int,
+    max_batch_size: int,
+    shuffle: bool,
+    rng: random.Random | None = None,
+) -> list[list[int]]:
+    """Group indices of similar length into batches.
+
+    Indices are sorted by length (with random tie-breaking when ``shuffle``); a batch closes when
+    adding one more utterance would make ``batch_size * longest`` exceed ``max_batch_frames`` or
+    the batch would exceed ``max_batch_size``. With ``shuffle`` the batch order is random.
+    """
+    rng = rng or random.Random(0)
+    order = list(range(len(lengths)))
+    if shuffle:
+        rng.shuffle(order)
+    order.sort(key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[i]  # ascending order: the newcomer is the longest
+        if current and (
+            len(current) + 1 > max_batch_size or (len(current) + 1) * longest > max_batch_frames
+        ):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def pad_waves(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack 1-D waveforms into (B, N_max) with zero padding, plus (B,) lengths in samples."""
+    lengths = torch.tensor([int(w.shape[0]) for w in waves], dtype=torch.long)
+    batch = torch.zeros(len(waves), int(lengths.max()) if len(waves) else 0)
+    for i, w in enumerate(waves):
+        batch[i, : w.shape[0]] = w
+    return batch, lengths
+
+
+def items_to_paths(items: Sequence[Item]) -> list[str]:
+    return [str(it.audio) for it in items]

@@ -1,0 +1,151 @@
+"""``dyncli evaluate`` and ``dyncli transcribe``: accuracy and real-time factor.
+
+RTF (real-time factor) = processing seconds / audio seconds, end to end: log-mel features,
+encoder and greedy decoding of each utterance, one at a time (batch size 1), audio already in
+memory. RTFx = 1 / RTF. Timing uses ``torch.utils.benchmark`` with the thread count set
+explicitly, after a warm-up pass; the median of ``repeats`` full passes is reported with its
+min and max.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint
+from dyncli.data.dataset import load_utterances
+from dyncli.data.manifest import read_manifest
+from dyncli.decoding import greedy_ctc
+from dyncli.environment import describe
+from dyncli.errors import UsageError
+from dyncli.inference import pick_device, transcribe_waves
+from dyncli.metrics import error_rates
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class EvalReport:
+    model: dict[str, Any]
+    data: dict[str, Any]
+    environment: dict[str, Any]
+    wer: float
+    cer: float
+    words: int
+    rtf: float
+    rtf_min: float
+    rtf_max: float
+    repeats: int
+    skipped: list[str] = field(default_factory=list)
+    examples: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "data": self.data,
+            "environment": self.environment,
+            "result": {
+                "wer": self.wer,
+                "cer": self.cer,
+                "words": self.words,
+                "rtf": self.rtf,
+                "rtf_min": self.rtf_min,
+                "rtf_max": self.rtf_max,
+                "rtfx": 1.0 / self.rtf if self.rtf > 0 else None,
+                "repeats": self.repeats,
+                "rtf_definition": "processing seconds / audio seconds, end to end "
+                "(features + encoder + greedy decoding), batch size 1",
+            },
+            "skipped": self.skipped,
+        }
+
+
+def model_summary(ckpt: Checkpoint, path: Path) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "sha256": file_sha256(path),
+        "backbone": ckpt.backbone,
+        "layers": ckpt.model.num_layers,
+        "method": (ckpt.method or {}).get("name", "static"),
+    }
+
+
+def _decode_one(ckpt: Checkpoint, wave: torch.Tensor) -> str:
+    lengths = torch.tensor([wave.shape[0]], device=wave.device)
+    log_probs, out_lens = ckpt.model(wave.unsqueeze(0), lengths)
+    return ckpt.tokenizer.decode(greedy_ctc(log_probs, out_lens)[0])
+
+
+def evaluate(
+    *,
+    checkpoint: str | Path,
+    data: str | Path,
+    threads: int = 1,
+    repeats: int = 3,
+    device: str = "cpu",
+    skip_bad: bool = False,
+) -> EvalReport:
+    """WER/CER of greedy decoding and end-to-end RTF on ``data``."""
+    from torch.utils import benchmark
+
+    if repeats < 1:
+        raise UsageError("--repeats must be at least 1")
+    torch.set_num_threads(threads)
+    dev = pick_device(device)
+    ckpt = load_checkpoint(checkpoint)
+    ckpt.model.to(dev)
+    manifest = read_manifest(data, skip_bad=skip_bad)
+    utts, skipped = load_utterances(manifest, ckpt.model.sample_rate, skip_bad)
+    waves = [u.wave.to(dev) for u in utts]
+    audio_seconds = sum(u.samples for u in utts) / ckpt.model.sample_rate
+
+    @torch.inference_mode()
+    def run_all() -> list[str]:
+        out = [_decode_one(ckpt, w) for w in waves]
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    hyps = run_all()  # warm-up pass; its transcripts are the ones scored
+    timer = benchmark.Timer(stmt="run_all()", globals={"run_all": run_all}, num_threads=threads)
+    times = [timer.timeit(1).median for _ in range(repeats)]
+    rates = error_rates([u.text for u in utts], hyps)
+    rtfs = [t / audio_seconds for t in times]
+    return EvalReport(
+        model=model_summary(ckpt, Path(checkpoint)),
+        data={"path": str(data), "utterances": len(utts), "audio_seconds": audio_seconds},
+        environment=describe(dev),
+        wer=rates.wer,
+        cer=rates.cer,
+        words=rates.words,
+        rtf=statistics.median(rtfs),
+        rtf_min=min(rtfs),
+        rtf_max=max(rtfs),
+        repeats=repeats,
+        skipped=skipped,
+        examples=[
+            {"ref": u.text, "hyp": h, "origin": u.origin}
+            for u, h in zip(utts, hyps, strict=True)
+            if u.text != h
+        ][:5],
+    )
+
+
+def transcribe(
+    *, checkpoint: str | Path, audio: list[Path], threads: int = 1, device: str = "cpu"
+) -> list[tuple[Path, str]]:
+    """Greedy transcripts of audio files, in the given order."""
+    from dyncli.audio import load_audio
+
+    torch.set_num_threads(threads)
+    dev = pick_device(device)
+    ckpt = load_checkpoint(checkpoint)
+    ckpt.model.to(dev)
+    waves = [load_audio(p, ckpt.model.sample_rate) for p in audio]
+    texts = transcribe_waves(ckpt.model, ckpt.tokenizer, waves, batch_size=1, device=dev)
+    return list(zip(audio, texts, strict=True))

@@ -1,0 +1,41 @@
+"""WER and CER with jiwer, on text normalised by :func:`dyncli.text.normalize_text`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dyncli.text import normalize_text
+
+
+@dataclass(frozen=True)
+class ErrorRates:
+    """Corpus-level error rates as fractions (0.05 = 5%), with the counts behind them."""
+
+    wer: float
+    cer: float
+    words: int
+    word_errors: int
+    chars: int
+    char_errors: int
+
+
+def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorRates:
+    import jiwer
+
+    refs = [normalize_text(r) for r in references]
+    hyps = [normalize_text(h) for h in hypotheses]
+    words = jiwer.process_words(refs, hyps)
+    chars = jiwer.process_characters(refs, hyps)
+    n_words = words.hits + words.substitutions + words.deletions
+    n_chars = chars.hits + chars.substitutions + chars.deletions
+    w_err = words.substitutions + words.deletions + words.insertions
+    c_err = chars.substitutions + chars.deletions + chars.insertions
+    return ErrorRates(
+        wer=w_err / max(n_words, 1),
+        cer=c_err / max(n_chars, 1),
+        words=n_words,
+        word_errors=w_err,
+        chars=n_chars,
+        char_errors=c_err,
+    )

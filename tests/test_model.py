@@ -1,0 +1,207 @@
+"""Model shapes, padding invariance, and the checkpoint round trip."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from dyncli.checkpoint import Checkpoint, load_checkpoint, read_payload, save_checkpoint
+from dyncli.errors import CheckpointError
+from dyncli.features import LogMelFrontend
+from dyncli.models.config import CONFORMER_PRESETS, FrontendConfig
+from dyncli.models.conformer import Conv2dSubsampling, build_conformer_ctc
+from dyncli.text import CharTokenizer
+
+CFG = CONFORMER_PRESETS["tiny"]
+
+
+def tiny(vocab: int = 7, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = build_conformer_ctc(CFG, vocab).eval()
+    # Non-trivial batch-norm statistics, so the test would notice them being misused.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def test_shapes() -> None:
+    model = tiny(vocab=7)
+    wave = torch.randn(2, 8000) * 0.1
+    lengths = torch.tensor([8000, 5000])
+    log_probs, out_lens = model(wave, lengths)
+    frames = 1 + (lengths - 256) // 80
+    expected = Conv2dSubsampling.output_lengths(frames)
+    assert out_lens.tolist() == expected.tolist()
+    assert log_probs.shape == (2, int(expected.max()), 7)
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(2, log_probs.shape[1]), atol=1e-5)
+    assert model.num_layers == CFG.num_layers
+
+
+def test_front_end_frame_count_and_short_input() -> None:
+    fe = LogMelFrontend(FrontendConfig(), min_frames=7)
+    feats, frames = fe(torch.randn(1, 100), torch.tensor([100]))
+    assert frames.tolist() == [7] and feats.shape == (1, 7, 40)
+    assert torch.isfinite(feats).all()
+
+
+def test_very_short_input_gives_one_frame() -> None:
+    model = tiny()
+    log_probs, lens = model(torch.randn(1, 10), torch.tensor([10]))
+    assert lens.tolist() == [1] and log_probs.shape[1] == 1
+
+
+@torch.inference_mode()
+def test_batched_equals_single() -> None:
+    model = tiny(vocab=9, seed=3)
+    torch.manual_seed(1)
+    waves = [torch.randn(n) * 0.1 for n in (3000, 8000, 5123)]
+    batch = torch.zeros(3, 8000)
+    for i, w in enumerate(waves):
+        batch[i, : w.shape[0]] = w
+    lengths = torch.tensor([w.shape[0] for w in waves])
+    batched, lens = model(batch, lengths)
+    for i, w in enumerate(waves):
+        single, slen = model(w.unsqueeze(0), torch.tensor([w.shape[0]]))
+        assert int(slen) == int(lens[i])
+        torch.testing.assert_close(batched[i, : int(lens[i])], single[0], atol=1e-5, rtol=1e-4)
+
+
+@torch.inference_mode()
+def test_unmasked_convolution_would_leak() -> None:
+    """Guard for the test above: without the mask, padding does change real frames."""
+    from dyncli.models import conformer as mod
+
+    model = tiny(vocab=9, seed=3)
+    waves = [torch.randn(3000) * 0.1, torch.randn(8000) * 0.1]
+    batch = torch.zeros(2, 8000)
+    batch[0, :3000], batch[1] = waves[0], waves[1]
+    original = mod._conv_module
+    try:
+        mod._conv_module = lambda layer, x, pad_mask: original(layer, x, None)
+        batched, lens = model(batch, torch.tensor([3000, 8000]))
+    finally:
+        mod._conv_module = original
+    single, _ = model(waves[0].unsqueeze(0), torch.tensor([3000]))
+    assert not torch.allclose(batched[0, : int(lens[0])], single[0], atol=1e-5)
+
+
+def _save_tiny(path: Path, half: bool = False) -> tuple[torch.nn.Module, CharTokenizer]:
+    tok = CharTokenizer.train(["one two three"])
+    model = tiny(vocab=tok.vocab_size)
+    save_checkpoint(
+        path,
+        Checkpoint(
+            model=model, tokenizer=tok, backbone="conformer", config=CFG, provenance={"seed": 1}
+        ),
+        half=half,
+    )
+    return model, tok
+
+
+@torch.inference_mode()
+def test_save_load_equality(tmp_path: Path) -> None:
+    path = tmp_path / "m.ckpt"
+    model, tok = _save_tiny(path)
+    loaded = load_checkpoint(path)
+    wave = torch.randn(1, 6000) * 0.1
+    lengths = torch.tensor([6000])
+    torch.testing.assert_close(
+        model(wave, lengths)[0], loaded.model(wave, lengths)[0], atol=0, rtol=0
+    )
+    assert loaded.tokenizer.to_state() == tok.to_state()
+    assert loaded.config == CFG and loaded.provenance == {"seed": 1}
+    assert loaded.method is None
+
+
+def test_half_storage_loads_as_float32(tmp_path: Path) -> None:
+    path = tmp_path / "m16.ckpt"
+    _save_tiny(path, half=True)
+    loaded = load_checkpoint(path)
+    assert loaded.dtype == "float16"
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "m.ckpt"
+    _save_tiny(path)
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        _save_tiny(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.ckpt"]
+
+
+def test_refuses_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "m.ckpt"
+    _save_tiny(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(path)
+
+
+def test_refuses_foreign_torch_file(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.pt"
+    torch.save({"model": {"w": torch.zeros(2)}}, path)
+    with pytest.raises(CheckpointError, match="not a dyncli checkpoint"):
+        load_checkpoint(path)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(text)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/dyncli-evil-marker"),))
+
+
+def test_refuses_pickled_code_without_running_it(tmp_path: Path) -> None:
+    marker = Path("/tmp/dyncli-evil-marker")
+    marker.unlink(missing_ok=True)
+    path = tmp_path / "evil.ckpt"
+    torch.save({"format": "dyncli-checkpoint", "payload": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="pickled"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # A raw pickle (not a torch zip archive) is refused too.
+    raw = tmp_path / "raw.ckpt"
+    raw.write_bytes(pickle.dumps({"x": 1}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(raw)
+
+
+def test_refuses_newer_format_and_mismatched_weights(tmp_path: Path) -> None:
+    path = tmp_path / "m.ckpt"
+    _save_tiny(path)
+    payload = read_payload(path)
+    newer = dict(payload, format_version=99)
+    torch.save(newer, tmp_path / "new.ckpt")
+    with pytest.raises(CheckpointError, match="newer"):
+        load_checkpoint(tmp_path / "new.ckpt")
+    broken = dict(payload, config={**payload["config"], "num_layers": 5})
+    torch.save(broken, tmp_path / "broken.ckpt")
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_checkpoint(tmp_path / "broken.ckpt")
+    odd = dict(payload, backbone="nonexistent")
+    torch.save(odd, tmp_path / "odd.ckpt")
+    with pytest.raises(CheckpointError, match="unknown backbone"):
+        load_checkpoint(tmp_path / "odd.ckpt")
+
+
+def test_archive_is_a_plain_zip(tmp_path: Path) -> None:
+    path = tmp_path / "m.ckpt"
+    _save_tiny(path)
+    assert zipfile.is_zipfile(io.BytesIO(path.read_bytes()))
