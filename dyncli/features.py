@@ -101,6 +101,7 @@ class AugmentConfig:
     snr_db: tuple[float, float] = (10.0, 40.0)  # additive noise SNR range
     noise_prob: float = 0.5
     gain_db: tuple[float, float] = (-10.0, 6.0)
+    ramp_steps: int = 1500  # augmentation probability rises linearly from 0 to 1 over these steps
     freq_masks: int = 2
     freq_mask_width: int = 8
     time_masks: int = 2
@@ -121,12 +122,15 @@ def speed_perturb(wave: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def perturb_waves(
-    waves: list[torch.Tensor], cfg: AugmentConfig, gen: torch.Generator
+    waves: list[torch.Tensor], cfg: AugmentConfig, gen: torch.Generator, prob: float = 1.0
 ) -> list[torch.Tensor]:
-    """Speed, gain and noise perturbation of each 1-D waveform."""
+    """Speed, gain and noise perturbation of each 1-D waveform, each with probability ``prob``."""
     out = []
     for w in waves:
         u = torch.rand(4, generator=gen).tolist()
+        if torch.rand(1, generator=gen).item() >= prob:
+            out.append(w)
+            continue
         w = speed_perturb(w, cfg.speed[0] + u[0] * (cfg.speed[1] - cfg.speed[0]))
         gain = cfg.gain_db[0] + u[1] * (cfg.gain_db[1] - cfg.gain_db[0])
         w = w * (10.0 ** (gain / 20.0))
@@ -145,12 +149,21 @@ def perturb_waves(
 
 
 def spec_augment(
-    feats: torch.Tensor, lengths: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator
+    feats: torch.Tensor,
+    lengths: torch.Tensor,
+    cfg: AugmentConfig,
+    gen: torch.Generator,
+    prob: float = 1.0,
 ) -> torch.Tensor:
-    """SpecAugment frequency and time masks on (B, T, F) normalised features (mask value 0)."""
+    """SpecAugment frequency and time masks on (B, T, F) normalised features (mask value 0).
+
+    Each utterance is masked with probability ``prob``.
+    """
     feats = feats.clone()
     batch, _, n_bins = feats.shape
     for b in range(batch):
+        if torch.rand(1, generator=gen).item() >= prob:
+            continue
         length = int(lengths[b])
         for _ in range(cfg.freq_masks):
             width = int(torch.randint(0, cfg.freq_mask_width + 1, (1,), generator=gen))
@@ -164,6 +177,11 @@ def spec_augment(
     return feats
 
 
-def warp_factors(batch: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+def warp_factors(
+    batch: int, cfg: AugmentConfig, gen: torch.Generator, prob: float = 1.0
+) -> torch.Tensor:
+    """Per-utterance VTLP factors; an utterance is left unwarped (1.0) with probability 1-prob."""
     lo, hi = cfg.vtlp
-    return lo + torch.rand(batch, generator=gen) * (hi - lo)
+    factors = lo + torch.rand(batch, generator=gen) * (hi - lo)
+    keep = torch.rand(batch, generator=gen) < prob
+    return torch.where(keep, factors, torch.ones_like(factors))

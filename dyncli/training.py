@@ -40,7 +40,7 @@ class TrainConfig:
     max_steps: int | None = None
     batch_seconds: float = 48.0  # padded audio seconds per batch
     max_batch_size: int = 32
-    lr: float = 1.5e-3
+    lr: float = 1e-3
     warmup_steps: int = 400
     min_lr_ratio: float = 0.02
     weight_decay: float = 0.01
@@ -192,7 +192,13 @@ def train(
         epoch_loss, epoch_batches = 0.0, 0
         for batch in bucket_batches(lengths, batch_samples, cfg.max_batch_size, True, rng):
             loss = _train_step(
-                model, [train_utts[i] for i in batch], [targets[i] for i in batch], cfg, gen, device
+                model,
+                [train_utts[i] for i in batch],
+                [targets[i] for i in batch],
+                cfg,
+                gen,
+                device,
+                step,
             )
             if not math.isfinite(loss.item()):
                 raise JobFailed(
@@ -258,17 +264,19 @@ def _train_step(
     cfg: TrainConfig,
     gen: torch.Generator,
     device: torch.device,
+    step: int = 0,
 ) -> torch.Tensor:
     aug = cfg.augment
+    prob = min(1.0, (step + 1) / aug.ramp_steps) if aug.ramp_steps else 1.0
     waves = [u.wave for u in utts]
     if aug.enabled:
-        waves = perturb_waves(waves, aug, gen)
+        waves = perturb_waves(waves, aug, gen, prob)
     wave, lens = pad_waves(waves)
     wave, lens = wave.to(device), lens.to(device)
-    warp = warp_factors(len(utts), aug, gen).to(device) if aug.enabled else None
+    warp = warp_factors(len(utts), aug, gen, prob).to(device) if aug.enabled else None
     feats, frames = model.frontend(wave, lens, warp=warp)
     if aug.enabled and (aug.freq_masks or aug.time_masks):
-        feats = spec_augment(feats.cpu(), frames.cpu(), aug, gen).to(device)
+        feats = spec_augment(feats.cpu(), frames.cpu(), aug, gen, prob).to(device)
     x, out_lens = model.embed(feats, frames)
     pad_mask = lengths_to_mask(out_lens, x.shape[1])
     for i in range(model.num_layers):

@@ -49,7 +49,7 @@ def run(
     batch_seconds: Annotated[
         float, typer.Option(min=1.0, help="Padded audio seconds per batch.")
     ] = 48.0,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 1.5e-3,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 1e-3,
     warmup_steps: Annotated[int, typer.Option(min=1, help="Linear warm-up steps.")] = 400,
     weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.01,
     patience: Annotated[
@@ -66,6 +66,14 @@ def run(
         str, typer.Option(help="Vocal-tract-length warp range LOW:HIGH.")
     ] = "0.88:1.12",
     noise_snr: Annotated[str, typer.Option(help="Additive-noise SNR range in dB.")] = "10:40",
+    augment_ramp: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Steps over which the share of augmented utterances rises from 0 to 1 "
+            "(lets a deep model leave the all-blank CTC plateau first).",
+        ),
+    ] = 1500,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = 2,
@@ -105,6 +113,7 @@ def run(
         vtlp=_range(vtlp, "--vtlp"),
         snr_db=_range(noise_snr, "--noise-snr"),
         enabled=augment,
+        ramp_steps=augment_ramp,
     )
     if not spec_augment:
         aug = aug.without_specaugment()
