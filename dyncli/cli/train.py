@@ -49,6 +49,9 @@ def run(
     batch_seconds: Annotated[
         float, typer.Option(min=1.0, help="Padded audio seconds per batch.")
     ] = 48.0,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Most utterances per batch (with --batch-seconds).")
+    ] = 32,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 1e-3,
     warmup_steps: Annotated[int, typer.Option(min=1, help="Linear warm-up steps.")] = 400,
     weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.01,
@@ -121,6 +124,7 @@ def run(
         epochs=epochs,
         max_steps=max_steps,
         batch_seconds=batch_seconds,
+        max_batch_size=batch_size,
         lr=lr,
         warmup_steps=warmup_steps,
         weight_decay=weight_decay,
