@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import torch
-from torch.utils import benchmark
 
 from dyncli import assets
 from dyncli.checkpoint import load_checkpoint
@@ -24,6 +23,7 @@ from dyncli.data.dataset import load_utterances
 from dyncli.data.manifest import read_manifest
 from dyncli.decoding import greedy_ctc
 from dyncli.environment import describe
+from dyncli.evaluation import import_benchmark
 
 HERE = Path(__file__).resolve().parent
 
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "cost_breakdown.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    benchmark = import_benchmark()
     ckpt = load_checkpoint(args.checkpoint)
     model = ckpt.model.eval()
     utts, _ = load_utterances(read_manifest(args.data), model.sample_rate)

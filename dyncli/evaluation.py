@@ -9,6 +9,7 @@ min and max.
 
 from __future__ import annotations
 
+import logging
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,14 @@ class EvalReport:
         }
 
 
+def import_benchmark() -> Any:
+    """``torch.utils.benchmark``, without the CUDA_HOME warning its import logs on CPU hosts."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import benchmark
+
+    return benchmark
+
+
 def model_summary(ckpt: Checkpoint, path: Path) -> dict[str, Any]:
     return {
         "path": str(path),
@@ -91,7 +100,7 @@ def evaluate(
     skip_bad: bool = False,
 ) -> EvalReport:
     """WER/CER of greedy decoding and end-to-end RTF on ``data``."""
-    from torch.utils import benchmark
+    benchmark = import_benchmark()
 
     if repeats < 1:
         raise UsageError("--repeats must be at least 1")

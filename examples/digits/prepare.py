@@ -115,7 +115,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "work" / "data")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-speaker", default="george", choices=SPEAKERS)
-    ap.add_argument("--dev-speaker", default="jackson", choices=SPEAKERS)
+    ap.add_argument(
+        "--dev-speaker",
+        default="jackson",
+        choices=(*SPEAKERS, "none"),
+        help="'none': train on every speaker but the test one; dev = their takes 40-44, "
+        "and the 'takes' split keeps 45-49",
+    )
     ap.add_argument("--train-utterances", type=int, default=4000)
     ap.add_argument("--first-heldout-take", type=int, default=40)
     args = ap.parse_args()
@@ -138,11 +144,16 @@ def main() -> None:
         spk = rng.choice(train_speakers)
         train_groups.append(rng.choices(by_speaker[spk], k=rng.randint(2, 7)))
     counts["train"] = write_split("train", train_groups, args.out, rng)
-    takes_groups = [g for s in train_speakers for g in group(pool([s], range(cut, 10**6)), rng)]
+    if args.dev_speaker == "none":
+        # No dev speaker: dev = takes cut..cut+4 of the training speakers, takes = the rest.
+        dev_groups = [g for s in train_speakers for g in group(pool([s], range(cut, cut + 5)), rng)]
+        takes = range(cut + 5, 10**6)
+    else:
+        dev_groups = group(pool([args.dev_speaker], range(10**6)), rng)
+        takes = range(cut, 10**6)
+    takes_groups = [g for s in train_speakers for g in group(pool([s], takes), rng)]
     counts["takes"] = write_split("takes", takes_groups, args.out, rng)
-    counts["dev"] = write_split(
-        "dev", group(pool([args.dev_speaker], range(10**6)), rng), args.out, rng
-    )
+    counts["dev"] = write_split("dev", dev_groups, args.out, rng)
     counts["test"] = write_split(
         "test", group(pool([args.test_speaker], range(10**6)), rng), args.out, rng
     )
