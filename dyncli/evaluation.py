@@ -25,6 +25,7 @@ from dyncli.environment import describe
 from dyncli.errors import UsageError
 from dyncli.inference import pick_device, transcribe_waves
 from dyncli.metrics import error_rates
+from dyncli.text import normalize_text
 
 SCHEMA_VERSION = 1
 
@@ -140,7 +141,7 @@ def evaluate(
         examples=[
             {"ref": u.text, "hyp": h, "origin": u.origin}
             for u, h in zip(utts, hyps, strict=True)
-            if u.text != h
+            if normalize_text(u.text) != normalize_text(h)
         ][:5],
     )
 

@@ -77,5 +77,7 @@ def run(
         "audio s, end to end",
         highlight=False,
     )
+    for ex in report.examples[:3]:
+        console.print(f"  ref: {ex['ref']}\n  hyp: {ex['hyp']}", highlight=False, markup=False)
     if report.skipped:
         console.print(f"skipped {len(report.skipped)} bad entries (--skip-bad)")

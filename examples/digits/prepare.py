@@ -1,14 +1,16 @@
 """Build connected-digit utterances from the Free Spoken Digit Dataset (FSDD).
 
 Each utterance joins 2-7 isolated digit recordings of ONE speaker with random pauses, and is
-written as 16-bit 8 kHz WAV with a NeMo-style JSONL manifest. Speakers are split so that the
-test speaker is never heard in training, and the dev speaker (used for early stopping) is not
-trained on either:
+written as 16-bit 8 kHz WAV with a NeMo-style JSONL manifest. The test speaker is never heard
+in training or dev. By default (``--dev-speaker none``) the other four speakers all train:
 
     train        training speakers, takes 0..39, sampled with replacement
-    takes        training speakers, takes 40..49 (recordings never used in training)
-    dev          the dev speaker, every take once
+    dev          training speakers, takes 40..44 (picks the best epoch)
+    takes        training speakers, takes 45..49 (recordings never used in training or dev)
     test         the test speaker, every take once (the bundled evaluation set)
+
+With ``--dev-speaker NAME`` that speaker is held out as dev (every take once) and
+``takes`` keeps takes 40..49 of the remaining three training speakers.
 
 Deterministic given --seed. FSDD is CC BY-SA 4.0 (github.com/Jakobovski/free-spoken-digit-dataset);
 everything written here derives from it and carries the same license.
@@ -117,7 +119,7 @@ def main() -> None:
     ap.add_argument("--test-speaker", default="george", choices=SPEAKERS)
     ap.add_argument(
         "--dev-speaker",
-        default="jackson",
+        default="none",
         choices=(*SPEAKERS, "none"),
         help="'none': train on every speaker but the test one; dev = their takes 40-44, "
         "and the 'takes' split keeps 45-49",

@@ -14,7 +14,8 @@ threads="${THREADS:-2}"
 device="${DEVICE:-auto}"
 python="${PYTHON:-python}"
 
-# 1. Data: 2-7 digit utterances; test speaker george, dev speaker jackson, trained on the rest.
+# 1. Data: 2-7 digit utterances; test speaker george held out; the other four train
+#    (takes 0-39), with takes 40-44 as dev and 45-49 as the "takes" split.
 "$python" "$here/prepare.py" --out "$work/data" --seed "$seed"
 
 # 2. Static baseline: 12 Conformer layers, d_model 144, sentencepiece units; best by dev WER.
@@ -22,7 +23,7 @@ dyncli train --train "$work/data/train.jsonl" --dev "$work/data/dev.jsonl" \
   -o "$work/static.ckpt" --preset demo --epochs "$epochs" --seed "$seed" \
   --threads "$threads" --device "$device" | tee "$work/train.log"
 
-# 3. Evaluate: held-out takes of the training speakers, the dev speaker, the unseen test speaker.
+# 3. Evaluate: held-out takes of the training speakers, dev, and the unseen test speaker.
 for split in takes dev test; do
   dyncli evaluate "$work/static.ckpt" --data "$work/data/$split.jsonl" --threads 1 \
     --json "$work/eval-$split.json"
