@@ -11,7 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console()
+# Off a terminal (CI logs, pipes) rich would wrap at 80 columns and cut table cells.
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def interactive() -> bool:

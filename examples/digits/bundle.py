@@ -36,9 +36,10 @@ the same license. Each manifest line lists the FSDD source files it was built fr
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=HERE / "work")
-    ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--checkpoint", type=Path, default=None, help="default: WORK/static.ckpt")
+    ap.add_argument("--data", type=Path, default=None, help="default: WORK/data")
     args = ap.parse_args()
-    data = args.work / "data"
+    data = args.data or args.work / "data"
     ckpt = load_checkpoint(args.checkpoint or args.work / "static.ckpt")
     ckpt.provenance = {**ckpt.provenance, "bundled_from": "examples/digits recipe"}
     save_checkpoint(ASSETS / "demo_static.ckpt", ckpt, half=True)
