@@ -174,7 +174,7 @@ def train(
         "train_utterances": len(train_utts),
         "dev_manifest": str(dev_manifest),
         "dev_fingerprint": dev_m.fingerprint(),
-        "train_config": _jsonable(asdict(cfg)),
+        "train_config": asdict(cfg),  # made plain by save_checkpoint
         "command": " ".join(sys.argv),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "dyncli_version": __version__,
@@ -291,11 +291,3 @@ def _dev_scores(
     hyps = transcribe_waves(model, tokenizer, [u.wave for u in utts], device=device)
     model.train()
     return error_rates([u.text for u in utts], hyps)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from dyncli.audio import load_audio
-from dyncli.data.manifest import Item, Manifest
+from dyncli.data.manifest import Manifest
 from dyncli.errors import InputError
 
 
@@ -92,7 +92,3 @@ def pad_waves(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
     for i, w in enumerate(waves):
         batch[i, : w.shape[0]] = w
     return batch, lengths
-
-
-def items_to_paths(items: Sequence[Item]) -> list[str]:
-    return [str(it.audio) for it in items]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torchaudio.models.conformer import ConformerLayer
 
+from dyncli.errors import UsageError
 from dyncli.features import LogMelFrontend
 from dyncli.models.base import CTCEncoder
 from dyncli.models.config import ConformerConfig
@@ -131,8 +132,6 @@ class ConformerCTC(CTCEncoder):
 def build_conformer_ctc(config: ConformerConfig, vocab_size: int) -> ConformerCTC:
     """Factory: every setting comes from ``config``; see ``CONFORMER_PRESETS`` for presets."""
     if config.d_model % config.num_heads:
-        from dyncli.errors import UsageError
-
         raise UsageError(
             f"d_model ({config.d_model}) must be divisible by num_heads ({config.num_heads})"
         )
