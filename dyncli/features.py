@@ -108,6 +108,10 @@ class AugmentConfig:
     time_mask_fraction: float = 0.05
     enabled: bool = True
 
+    def probability(self, step: int) -> float:
+        """Share of utterances augmented at training step ``step`` (0-based): the ramp."""
+        return min(1.0, (step + 1) / self.ramp_steps) if self.ramp_steps else 1.0
+
     def without_specaugment(self) -> AugmentConfig:
         return AugmentConfig(**{**self.__dict__, "freq_masks": 0, "time_masks": 0})
 

@@ -267,7 +267,7 @@ def _train_step(
     step: int = 0,
 ) -> torch.Tensor:
     aug = cfg.augment
-    prob = min(1.0, (step + 1) / aug.ramp_steps) if aug.ramp_steps else 1.0
+    prob = aug.probability(step)
     waves = [u.wave for u in utts]
     if aug.enabled:
         waves = perturb_waves(waves, aug, gen, prob)

@@ -44,6 +44,17 @@ def test_augmentation_is_seeded_and_finite() -> None:
     assert masked.shape == feats.shape and (masked == 0).any()
 
 
+def test_augmentation_ramp() -> None:
+    cfg = AugmentConfig(ramp_steps=100)
+    assert cfg.probability(0) == 0.01
+    assert cfg.probability(49) == 0.5
+    assert cfg.probability(99) == cfg.probability(5000) == 1.0
+    assert AugmentConfig(ramp_steps=0).probability(0) == 1.0
+    waves = [torch.randn(4000) * 0.1 for _ in range(4)]
+    untouched = perturb_waves(waves, cfg, torch.Generator().manual_seed(0), prob=0.0)
+    assert all(a is b for a, b in zip(untouched, waves, strict=True))
+
+
 def test_speed_perturb_changes_duration() -> None:
     wave = torch.randn(8000)
     assert abs(speed_perturb(wave, 1.25).shape[0] - 6400) <= 2
