@@ -6,6 +6,7 @@ from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_STATIC = ASSETS / "demo_static.ckpt"
+DEMO_DYNAMIC = ASSETS / "demo_dynamic.ckpt"
 EVAL_MANIFEST = ASSETS / "eval" / "manifest.jsonl"
 
 

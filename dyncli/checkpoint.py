@@ -138,6 +138,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{p}: {exc}") from None
     config: Any = config_from_dict(spec.config_cls, payload["config"])
     model = spec.build(config, int(payload["vocab_size"]))
+    method = payload.get("method")
+    if method is not None and not isinstance(method, dict):
+        raise CheckpointError(f"{p}: checkpoint 'method' is not a mapping")
+    exits = (method or {}).get("exits") or []
+    try:
+        model.attach_exits([int(k) for k in exits], init_from_final=False)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{p}: bad exits {exits!r} in checkpoint method ({exc})") from None
     state = {
         k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()
     }
@@ -152,7 +160,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         tokenizer=tokenizer_from_state(payload["tokenizer"]),
         backbone=str(payload["backbone"]),
         config=config,
-        method=payload.get("method"),
+        method=method,
         provenance=dict(payload.get("provenance") or {}),
         metrics=dict(payload.get("metrics") or {}),
         dtype=str(payload.get("dtype", "float32")),

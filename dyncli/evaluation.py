@@ -23,7 +23,7 @@ from dyncli.data.manifest import read_manifest
 from dyncli.decoding import greedy_ctc
 from dyncli.environment import describe
 from dyncli.errors import UsageError
-from dyncli.inference import pick_device, transcribe_waves
+from dyncli.inference import pick_device
 from dyncli.metrics import error_rates
 from dyncli.text import normalize_text
 
@@ -147,15 +147,47 @@ def evaluate(
 
 
 def transcribe(
-    *, checkpoint: str | Path, audio: list[Path], threads: int = 1, device: str = "cpu"
+    *,
+    checkpoint: str | Path,
+    audio: list[Path],
+    threads: int = 1,
+    device: str = "cpu",
+    policy: str | None = None,
+    threshold: float | None = None,
+    full_depth: bool = False,
 ) -> list[tuple[Path, str]]:
-    """Greedy transcripts of audio files, in the given order."""
+    """Greedy transcripts of audio files, in the given order.
+
+    A dynamic checkpoint runs at its stored operating point unless ``full_depth``; ``policy``
+    and ``threshold`` override it (the threshold alone keeps the stored policy).
+    """
     from dyncli.audio import load_audio
+    from dyncli.dynamic import StaticPolicy, build_policy, run_policy, stored_policy
 
     torch.set_num_threads(threads)
     dev = pick_device(device)
     ckpt = load_checkpoint(checkpoint)
     ckpt.model.to(dev)
-    waves = [load_audio(p, ckpt.model.sample_rate) for p in audio]
-    texts = transcribe_waves(ckpt.model, ckpt.tokenizer, waves, batch_size=1, device=dev)
-    return list(zip(audio, texts, strict=True))
+    stored = None if full_depth else stored_policy(ckpt.method)
+    if (policy is not None or threshold is not None) and not full_depth:
+        if not ckpt.model.exits:
+            raise UsageError(f"{checkpoint}: a static model has no skip policy to set")
+        name = policy or (stored[0] if stored else "blank-skip")
+        if threshold is None:
+            if stored is None or stored[0] != name:
+                raise UsageError(f"--policy {name} needs --threshold (no stored operating point)")
+            threshold = stored[1]
+        overrides = stored[2] if stored and stored[0] == name else {}
+        runner = build_policy(name, threshold, **overrides)
+    elif stored is not None:
+        runner = build_policy(stored[0], stored[1], **stored[2])
+    else:
+        runner = StaticPolicy()
+    runner.check(ckpt.model)
+    out = []
+    with torch.inference_mode():
+        for p in audio:
+            wave = load_audio(p, ckpt.model.sample_rate).to(dev)
+            result = run_policy(ckpt.model, runner, wave[None], torch.tensor([wave.shape[0]]))
+            out.append((p, ckpt.tokenizer.decode(greedy_ctc(result.log_probs, result.lengths)[0])))
+    return out

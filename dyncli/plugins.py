@@ -22,7 +22,7 @@ from dyncli import hookspecs
 from dyncli.errors import InputError, UsageError
 
 ENTRY_POINT_GROUP = "dyncli"
-DEFAULT_PLUGINS = ("dyncli.default_plugins.conformer",)
+DEFAULT_PLUGINS = ("dyncli.default_plugins.conformer", "dyncli.default_plugins.policies")
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,28 @@ class BackboneSpec:
 
 @dataclass(frozen=True)
 class SkipPolicySpec:
-    """A skip policy: decides per utterance or frame which layers run."""
+    """A skip policy: decides per utterance or frame which layers run.
+
+    ``build(config)`` returns the policy object (see ``dyncli.dynamic.SkipPolicy``); the
+    config is ``config_cls(threshold=..., **defaults)``. ``default_thresholds`` is the sweep
+    ``dyncli profile`` runs when none is given.
+    """
 
     name: str
     config_cls: type
     build: Callable[[Any], Any]
     description: str = ""
+    defaults: tuple[tuple[str, Any], ...] = ()
+    default_thresholds: tuple[float, ...] = ()
+
+    def make_config(self, threshold: float, **overrides: Any) -> Any:
+        """The policy's config at ``threshold``, validated (bad values raise UsageError)."""
+        kwargs = {**dict(self.defaults), **overrides, "threshold": threshold}
+        config = self.config_cls(**kwargs)
+        validate = getattr(config, "validate", None)
+        if validate is not None:
+            validate()
+        return config
 
 
 _pm: pluggy.PluginManager | None = None

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from dyncli import __version__
-from dyncli.cli import evaluate, inspect, plugins, train, transcribe
+from dyncli.cli import convert, evaluate, inspect, plugins, profile, train, transcribe
 from dyncli.cli.errors import debug_enabled, guarded, report
 from dyncli.errors import DyncliError
 
@@ -41,7 +41,7 @@ def build_app() -> typer.Typer:
     ) -> None:
         """dyncli command-line interface."""
 
-    for module in (train, evaluate, transcribe, inspect, plugins):
+    for module in (train, convert, profile, evaluate, transcribe, inspect, plugins):
         app.command(name=module.NAME, help=module.run.__doc__)(guarded(module.run))
 
     from dyncli.plugins import get_plugin_manager

@@ -58,3 +58,64 @@ SkipBadOpt = Annotated[
     ),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (data order, augmentation).")]
+ExitsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--exits",
+        help="Comma-separated layers (1-based) that get an intermediate CTC head, e.g. 4,8.",
+        show_default=False,
+    ),
+]
+ExitWeightOpt = Annotated[
+    float,
+    typer.Option("--exit-weight", min=0.0, help="Weight of each intermediate CTC loss in the sum."),
+]
+FinalWeightOpt = Annotated[
+    float, typer.Option("--final-weight", min=0.0, help="Weight of the final CTC loss.")
+]
+
+
+def parse_exits(text: str | None) -> list[int]:
+    """'4,8' -> [4, 8]; refuses anything that is not a list of positive integers."""
+    from dyncli.errors import UsageError
+
+    if text is None or not text.strip():
+        return []
+    try:
+        exits = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(
+            f"--exits expects comma-separated layer numbers (e.g. 4,8), got {text!r}"
+        ) from None
+    return exits
+
+
+def parse_thresholds(text: str | None) -> list[float] | None:
+    """'0.5,0.7,0.9' (a list) or '0.5:0.99:10' (START:STOP:COUNT, both ends included)."""
+    from dyncli.errors import UsageError
+
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    if ":" in text:
+        parts = text.split(":")
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
+        except ValueError:
+            raise UsageError(
+                f"--thresholds range must be START:STOP:COUNT (e.g. 0.5:0.99:10), got {text!r}"
+            ) from None
+        if count < 1:
+            raise UsageError(f"--thresholds COUNT must be at least 1, got {count}")
+        if count == 1:
+            return [start]
+        step = (stop - start) / (count - 1)
+        return [round(start + i * step, 6) for i in range(count)]
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(
+            f"--thresholds expects numbers like 0.5,0.7,0.9 or a range 0.5:0.99:10, got {text!r}"
+        ) from None

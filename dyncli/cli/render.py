@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 # Off a terminal (CI logs, pipes) rich would wrap at 80 columns and cut table cells.
 console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True)
 
 
 def interactive() -> bool:
@@ -54,6 +55,10 @@ class TrainReporter:
             f"epoch {summary['epoch']} step {summary['step']}: train loss "
             f"{summary['train_loss']:.3f}, dev WER {100 * summary['dev_wer']:.2f}%, "
             f"dev CER {100 * summary['dev_cer']:.2f}%"
+            + "".join(
+                f", exit {k} WER {100 * v:.2f}%"
+                for k, v in (summary.get("dev_exit_wer") or {}).items()
+            )
             + (" (best, saved)" if summary.get("best") else "")
             + f" [{summary['seconds']:.0f}s]"
         )

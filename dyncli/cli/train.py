@@ -10,11 +10,15 @@ import typer
 from dyncli.cli.options import (
     DevDataOpt,
     DeviceOpt,
+    ExitsOpt,
+    ExitWeightOpt,
+    FinalWeightOpt,
     OutputOpt,
     SeedOpt,
     SkipBadOpt,
     ThreadsOpt,
     TrainDataOpt,
+    parse_exits,
 )
 from dyncli.errors import UsageError
 
@@ -77,12 +81,19 @@ def run(
             "(lets a deep model leave the all-blank CTC plateau first).",
         ),
     ] = 1500,
+    exits: ExitsOpt = None,
+    exit_weight: ExitWeightOpt = 1.0,
+    final_weight: FinalWeightOpt = 1.0,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = 2,
     skip_bad: SkipBadOpt = False,
 ) -> None:
-    """Train a static CTC model; the checkpoint with the best dev WER is kept at --output."""
+    """Train a CTC model from scratch; the checkpoint with the best dev WER is kept at --output.
+
+    With --exits, intermediate CTC heads are trained jointly (an early-exit model from scratch;
+    compare with 'dyncli convert', which fine-tunes heads onto a trained static model).
+    """
     import dataclasses
 
     import torch
@@ -90,7 +101,7 @@ def run(
     from dyncli.cli.render import TrainReporter, pct
     from dyncli.features import AugmentConfig
     from dyncli.plugins import get_backbone
-    from dyncli.training import TrainConfig
+    from dyncli.training import ExitTraining, TrainConfig
     from dyncli.training import train as train_model
 
     torch.set_num_threads(threads)
@@ -145,13 +156,18 @@ def run(
             backbone=backbone,
             model_config=model_config,
             config=config,
+            exits=ExitTraining(
+                exits=parse_exits(exits), exit_weight=exit_weight, final_weight=final_weight
+            ),
             reporter=reporter,
         )
     finally:
         reporter.close()
     reporter.message(
         f"best epoch {result.best_epoch}: dev WER {pct(result.best_dev_wer)}, "
-        f"CER {pct(result.best_dev_cer)}; saved {Path(result.output)} "
+        f"CER {pct(result.best_dev_cer)}"
+        + "".join(f", exit {k}: {pct(v)}" for k, v in result.best_dev_exit_wer.items())
+        + f"; saved {Path(result.output)} "
         f"({result.seconds / 60:.1f} min)"
         + (f"; skipped {len(result.skipped)} bad entries" if result.skipped else "")
     )

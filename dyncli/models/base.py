@@ -6,6 +6,10 @@ A CTC encoder is a pipeline whose middle part is a list of layers that can be ru
         --layers[0..L-1] (run_layer)--> x (B, T, D) --head--> log-probs (B, T, V)
 
 Later features insert heads, gates and frame skipping between layers through ``run_layer``.
+
+Early exits: ``attach_exits([4, 8])`` adds one CTC head after each named layer (1-based), kept in
+``exit_heads`` (a ``ModuleDict`` keyed by the layer number as a string, each its own ``Linear``).
+A static model has none, so its state dict is unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +26,35 @@ class CTCEncoder(torch.nn.Module):
     layers: torch.nn.ModuleList
     head: torch.nn.Linear
     sample_rate: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exit_heads = torch.nn.ModuleDict()
+
+    @property
+    def exits(self) -> list[int]:
+        """1-based layers that carry an intermediate CTC head, ascending."""
+        return sorted(int(k) for k in self.exit_heads)
+
+    def attach_exits(self, exits: list[int], init_from_final: bool = True) -> None:
+        """Add an intermediate CTC head after each layer in ``exits`` (1-based, < num_layers).
+
+        Each head is its own ``Linear(D, V)``; with ``init_from_final`` it starts as a copy of
+        the final head's weights (a warm start: later layers refine the same representation).
+        """
+        for layer in exits:
+            if not 1 <= layer < self.num_layers:
+                raise ValueError(f"exit layer {layer} outside 1..{self.num_layers - 1}")
+            head = torch.nn.Linear(self.head.in_features, self.head.out_features)
+            if init_from_final:
+                with torch.no_grad():
+                    head.weight.copy_(self.head.weight)
+                    head.bias.copy_(self.head.bias)
+            self.exit_heads[str(layer)] = head.to(self.head.weight.device)
+
+    def exit_log_probs(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """CTC log-probs (B, T, V) of the exit head after 1-based ``layer``, from (B, T, D)."""
+        return torch.log_softmax(self.exit_heads[str(layer)](x), dim=-1)
 
     def embed(
         self, feats: torch.Tensor, lengths: torch.Tensor
@@ -63,3 +96,19 @@ class CTCEncoder(torch.nn.Module):
         feats, frames = self.features(wave, lengths)
         x, out_lengths = self.encode_features(feats, frames)
         return self.log_probs(x), out_lengths
+
+    def forward_exits(
+        self, wave: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        """One full-depth pass; log-probs (B, T, V) at every exit and at ``num_layers`` (final)."""
+        feats, frames = self.features(wave, lengths)
+        x, out_lengths = self.embed(feats, frames)
+        pad_mask = lengths_to_mask(out_lengths, x.shape[1]) if x.shape[0] > 1 else None
+        exits = set(self.exits)
+        out: dict[int, torch.Tensor] = {}
+        for i in range(self.num_layers):
+            x = self.run_layer(i, x, pad_mask)
+            if i + 1 in exits:
+                out[i + 1] = self.exit_log_probs(i + 1, x)
+        out[self.num_layers] = self.log_probs(x)
+        return out, out_lengths

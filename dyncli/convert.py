@@ -1,0 +1,134 @@
+"""``dyncli convert``: turn a static checkpoint into a dynamic one and train what was attached.
+
+Method ``early-exit``: an intermediate CTC head after each layer in ``exits`` (1-based), trained
+with ``final_weight * CTC(final) + exit_weight * sum CTC(exit)``, the backbone frozen or
+fine-tuned. The heads serve both skip policies: ``blank-skip`` reads the blank posterior of one
+exit; ``early-exit`` stops at the first confident exit.
+
+With ``wer_budget`` the converted model is swept on the dev set and the operating point (policy
+and threshold) with the fewest executed FLOPs whose dev WER is within ``wer_budget`` (absolute)
+of the full-depth dev WER is stored in the checkpoint; ``profile`` and ``transcribe`` use it by
+default.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dyncli.checkpoint import load_checkpoint, save_checkpoint
+from dyncli.errors import UsageError
+from dyncli.features import AugmentConfig
+from dyncli.inference import pick_device
+from dyncli.training import (
+    ExitTraining,
+    Reporter,
+    TrainConfig,
+    TrainResult,
+    _check_config,
+    _load_data,
+    _provenance,
+    _seed_everything,
+    check_exits,
+    early_exit_method,
+    fit,
+)
+
+METHODS = ("early-exit",)
+
+
+def convert_defaults() -> TrainConfig:
+    """Fine-tuning defaults: short, lower peak LR, augmentation at full strength from step 0."""
+    return TrainConfig(epochs=4, lr=5e-4, warmup_steps=100, augment=AugmentConfig(ramp_steps=0))
+
+
+@dataclass
+class ConvertResult:
+    train: TrainResult
+    output: Path
+    method: dict[str, Any]
+    operating_point: dict[str, Any] | None = None
+    sweep: list[dict[str, Any]] = field(default_factory=list)
+
+
+def convert(
+    *,
+    checkpoint: str | Path,
+    output: str | Path,
+    train_manifest: str | Path,
+    dev_manifest: str | Path,
+    method: str = "early-exit",
+    exits: ExitTraining,
+    config: TrainConfig | None = None,
+    wer_budget: float | None = None,
+    policy: str = "blank-skip",
+    reporter: Reporter,
+) -> ConvertResult:
+    """Attach ``exits`` to the static model at ``checkpoint``, train them, write ``output``."""
+    if method not in METHODS:
+        raise UsageError(f"unknown --method {method!r}; choose one of: {', '.join(METHODS)}")
+    if not exits.exits:
+        raise UsageError("--exits is required: the layers (1-based) that get a CTC head, e.g. 4,8")
+    if wer_budget is not None and wer_budget < 0:
+        raise UsageError(
+            f"--wer-budget must be >= 0 (absolute WER, 0.01 = 1 point), got {wer_budget}"
+        )
+    cfg = config or convert_defaults()
+    _check_config(cfg)
+    if wer_budget is not None:
+        from dyncli.dynamic import policy_spec
+
+        policy_spec(policy)  # fail before training, not after
+    static = load_checkpoint(checkpoint)
+    if static.method is not None:
+        raise UsageError(
+            f"{checkpoint}: already a dynamic checkpoint (method "
+            f"{static.method.get('name')!r}, exits {static.method.get('exits')}); "
+            "convert the static model it came from"
+        )
+    model = static.model
+    exit_cfg = ExitTraining(
+        exits=check_exits(exits.exits, model.num_layers),
+        exit_weight=exits.exit_weight,
+        final_weight=exits.final_weight,
+        freeze_backbone=exits.freeze_backbone,
+    )
+    _seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    started = time.perf_counter()
+    data = _load_data(train_manifest, dev_manifest, model.sample_rate, cfg, reporter)
+    model.attach_exits(exit_cfg.exits)
+    method_record = early_exit_method(exit_cfg, training="fine-tune")
+    method_record["source"] = {"path": str(checkpoint), "metrics": static.metrics}
+    provenance = _provenance(train_manifest, dev_manifest, data, cfg)
+    provenance["converted_from"] = str(checkpoint)
+    result = fit(
+        model=model.to(device),
+        tokenizer=static.tokenizer,
+        backbone=static.backbone,
+        model_config=static.config,
+        data=data,
+        output=output,
+        config=cfg,
+        exits=exit_cfg,
+        method=method_record,
+        provenance=provenance,
+        reporter=reporter,
+        device=device,
+        started=started,
+    )
+    out = ConvertResult(train=result, output=Path(output), method=method_record)
+    if wer_budget is not None:
+        from dyncli.profiling import choose_operating_point
+
+        converted = load_checkpoint(output)
+        point, sweep = choose_operating_point(
+            converted, data.dev, policy=policy, wer_budget=wer_budget
+        )
+        assert converted.method is not None
+        converted.method["operating_point"] = point
+        save_checkpoint(output, converted)
+        out.operating_point, out.sweep, out.method = point, sweep, converted.method
+    return out

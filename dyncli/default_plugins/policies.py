@@ -1,0 +1,55 @@
+"""The built-in skip policies: blank-skip and early exit (entropy / posterior criteria)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dyncli.hookspecs import hookimpl
+from dyncli.plugins import SkipPolicySpec
+from dyncli.policy_config import BlankSkipConfig, EarlyExitConfig
+
+
+def _blank_skip(config: BlankSkipConfig) -> Any:
+    from dyncli.dynamic import BlankSkip
+
+    return BlankSkip(config)
+
+
+def _early_exit(config: EarlyExitConfig) -> Any:
+    from dyncli.dynamic import EarlyExit
+
+    return EarlyExit(config)
+
+
+@hookimpl
+def register_skip_policies(register: Callable[[Any], None]) -> None:
+    register(
+        SkipPolicySpec(
+            name="blank-skip",
+            config_cls=BlankSkipConfig,
+            build=_blank_skip,
+            description="frames with P(blank) >= threshold at an exit skip the layers after it",
+            default_thresholds=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
+        )
+    )
+    register(
+        SkipPolicySpec(
+            name="early-exit-entropy",
+            config_cls=EarlyExitConfig,
+            build=_early_exit,
+            description="stop at the first exit whose normalised mean entropy <= threshold",
+            defaults=(("criterion", "entropy"),),
+            default_thresholds=(0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3),
+        )
+    )
+    register(
+        SkipPolicySpec(
+            name="early-exit-posterior",
+            config_cls=EarlyExitConfig,
+            build=_early_exit,
+            description="stop at the first exit whose mean token posterior >= threshold",
+            defaults=(("criterion", "posterior"),),
+            default_thresholds=(0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7),
+        )
+    )

@@ -1,0 +1,380 @@
+"""Dynamic-depth inference: skip policies whose skipped work is never computed.
+
+A policy's ``encode(model, x, lengths)`` takes the embedded input (B, T, D) (after the front
+end and subsampling, which always run) and returns a :class:`DynamicOutput`: CTC log-probs
+(B, T, V) for every frame, how many layers each frame went through, and the trace of what was
+executed (which layers and heads ran on how many frames of each utterance), from which
+``dyncli.flops`` counts the FLOPs of the path actually taken.
+
+* ``blank-skip``: layers 1..K run on every frame; frames whose blank posterior at the exit after
+  layer K is >= threshold (and are not within ``neighbours`` of a kept frame) are gathered out
+  of the sequence, the remaining layers run on the kept frames only (per-utterance compaction,
+  re-padded in a batch), and the results are scattered back; skipped frames emit the exit
+  head's posteriors.
+* ``early-exit``: per utterance, the first exit whose confidence passes the threshold ends the
+  forward pass; utterances that exit leave the batch, so deeper layers run only for the rest.
+
+``sweep`` returns the outputs of many thresholds sharing what the maths allows: the layers
+before the trigger once per utterance (blank-skip), or one pass through every exit
+(early-exit). Tests pin that sweep results equal separate ``encode`` runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from dyncli.errors import UsageError
+from dyncli.features import lengths_to_mask
+from dyncli.models.base import CTCEncoder
+from dyncli.plugins import SkipPolicySpec, get_skip_policy
+from dyncli.policy_config import BlankSkipConfig, EarlyExitConfig
+from dyncli.text import BLANK_ID
+
+# One executed step: ("layer", 0-based index, frames per utterance), ("exit", 1-based layer,
+# frames per utterance) or ("head", num_layers, frames per utterance).
+TraceStep = tuple[str, int, list[int]]
+
+
+@dataclass
+class DynamicOutput:
+    log_probs: torch.Tensor  # (B, T, V)
+    lengths: torch.Tensor  # (B,) true encoder frames
+    frame_layers: torch.Tensor  # (B, T) encoder layers each frame went through (0 on padding)
+    trace: list[TraceStep] = field(default_factory=list)
+
+
+class SkipPolicy(Protocol):
+    name: str
+
+    def check(self, model: CTCEncoder) -> None: ...
+
+    def encode(
+        self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor
+    ) -> DynamicOutput: ...
+
+
+def _pad_mask(lengths: torch.Tensor, t: int) -> torch.Tensor | None:
+    return lengths_to_mask(lengths, t) if lengths.shape[0] > 1 else None
+
+
+def _valid(lengths: torch.Tensor, t: int) -> torch.Tensor:
+    return ~lengths_to_mask(lengths, t)
+
+
+def _lens(lengths: torch.Tensor) -> list[int]:
+    return [int(n) for n in lengths.tolist()]
+
+
+class StaticPolicy:
+    """Full depth: every layer on every frame (the reference the others are compared with)."""
+
+    name = "static"
+
+    def check(self, model: CTCEncoder) -> None:
+        return None
+
+    def encode(self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor) -> DynamicOutput:
+        pad_mask = _pad_mask(lengths, x.shape[1])
+        n = _lens(lengths)
+        trace: list[TraceStep] = []
+        for i in range(model.num_layers):
+            x = model.run_layer(i, x, pad_mask)
+            trace.append(("layer", i, n))
+        trace.append(("head", model.num_layers, n))
+        layers = _valid(lengths, x.shape[1]).long() * model.num_layers
+        return DynamicOutput(model.log_probs(x), lengths, layers, trace)
+
+
+def default_trigger(model: CTCEncoder, ckpt_method: dict[str, Any] | None = None) -> int:
+    """The blank-skip trigger layer: the stored operating point's, else the exit nearest L/2."""
+    point = (ckpt_method or {}).get("operating_point") or {}
+    layer = point.get("layer") if point.get("policy") == "blank-skip" else None
+    if isinstance(layer, int) and layer in model.exits:
+        return layer
+    if not model.exits:
+        raise UsageError("this model has no intermediate CTC head; run 'dyncli convert' first")
+    return min(model.exits, key=lambda k: (abs(k - model.num_layers / 2), k))
+
+
+class BlankSkip:
+    """CTC blank-triggered layer skipping; see :class:`dyncli.policy_config.BlankSkipConfig`."""
+
+    name = "blank-skip"
+
+    def __init__(self, config: BlankSkipConfig) -> None:
+        config.validate()
+        self.config = config
+
+    def trigger(self, model: CTCEncoder) -> int:
+        return self.config.layer if self.config.layer is not None else default_trigger(model)
+
+    def check(self, model: CTCEncoder) -> None:
+        layer = self.trigger(model)
+        if layer not in model.exits:
+            raise UsageError(
+                f"blank-skip layer {layer} has no CTC head; this model has exits after layers "
+                f"{model.exits or 'none'}"
+            )
+
+    def prefix(
+        self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[TraceStep]]:
+        """Layers 1..K on every frame and the exit head after K: (x_K, exit log-probs, trace)."""
+        k = self.trigger(model)
+        pad_mask = _pad_mask(lengths, x.shape[1])
+        n = _lens(lengths)
+        trace: list[TraceStep] = []
+        for i in range(k):
+            x = model.run_layer(i, x, pad_mask)
+            trace.append(("layer", i, n))
+        trace.append(("exit", k, n))
+        return x, model.exit_log_probs(k, x), trace
+
+    def keep_mask(
+        self, exit_lp: torch.Tensor, lengths: torch.Tensor, threshold: float
+    ) -> torch.Tensor:
+        """(B, T) True on the frames that run the remaining layers."""
+        valid = _valid(lengths, exit_lp.shape[1])
+        keep = (exit_lp[..., BLANK_ID].exp() < threshold) & valid
+        w = self.config.neighbours
+        if w > 0 and keep.any():
+            grown = torch.nn.functional.max_pool1d(
+                keep.to(exit_lp.dtype).unsqueeze(1), 2 * w + 1, stride=1, padding=w
+            )
+            keep = (grown.squeeze(1) > 0) & valid
+        return keep
+
+    def suffix(
+        self,
+        model: CTCEncoder,
+        x: torch.Tensor,
+        exit_lp: torch.Tensor,
+        lengths: torch.Tensor,
+        threshold: float,
+        trace: list[TraceStep],
+    ) -> DynamicOutput:
+        """Layers K+1..L on the kept frames only (gathered out, re-padded, scattered back)."""
+        k = self.trigger(model)
+        big_l = model.num_layers
+        b, t, d = x.shape
+        keep = self.keep_mask(exit_lp, lengths, threshold)
+        counts = keep.sum(dim=1)
+        out = exit_lp.clone()
+        frame_layers = _valid(lengths, t).long() * k
+        frame_layers[keep] = big_l
+        trace = list(trace)
+        n = int(counts.max()) if b else 0
+        if n == 0:
+            return DynamicOutput(out, lengths, frame_layers, trace)
+        if b == 1:
+            idx = keep[0].nonzero().squeeze(1)
+            xs = x[:, idx]
+            for i in range(k, big_l):
+                xs = model.run_layer(i, xs, None)
+                trace.append(("layer", i, [n]))
+            out[0, idx] = model.log_probs(xs)[0]
+        else:
+            # Kept frames first, in time order, then the rest; the first n columns hold them.
+            order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :n]
+            xs = x.gather(1, order.unsqueeze(-1).expand(-1, -1, d))
+            filled = torch.arange(n, device=x.device)[None, :] < counts[:, None]
+            attn_pad = ~filled
+            attn_pad[counts == 0, 0] = False  # an all-padding row would give NaN; never used
+            per_utt = _lens(counts)
+            for i in range(k, big_l):
+                xs = model.run_layer(i, xs, attn_pad)
+                trace.append(("layer", i, per_utt))
+            final = model.log_probs(xs)
+            rows = torch.arange(b, device=x.device)[:, None].expand(b, n)
+            out[rows[filled], order[filled]] = final[filled]
+        trace.append(("head", big_l, _lens(counts)))
+        return DynamicOutput(out, lengths, frame_layers, trace)
+
+    def encode(self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor) -> DynamicOutput:
+        xk, exit_lp, trace = self.prefix(model, x, lengths)
+        return self.suffix(model, xk, exit_lp, lengths, self.config.threshold, trace)
+
+    def sweep(
+        self,
+        model: CTCEncoder,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        thresholds: Sequence[float],
+    ) -> list[DynamicOutput]:
+        """One output per threshold; layers 1..K and the exit head run once for all of them."""
+        xk, exit_lp, trace = self.prefix(model, x, lengths)
+        return [self.suffix(model, xk, exit_lp, lengths, th, trace) for th in thresholds]
+
+
+def exit_confidence(log_probs: torch.Tensor, lengths: torch.Tensor, criterion: str) -> torch.Tensor:
+    """Per-utterance confidence (B,) of CTC log-probs (B, T, V) over the true frames.
+
+    ``entropy``: mean over frames of H(p_t) / log V (lower is more confident).
+    ``posterior``: mean of max_v p_t(v) over frames whose argmax is not blank (higher is more
+    confident); all frames when the greedy path emits nothing.
+    """
+    valid = _valid(lengths, log_probs.shape[1]).to(log_probs.dtype)
+    frames = valid.sum(dim=1).clamp(min=1)
+    if criterion == "entropy":
+        probs = log_probs.exp()
+        ent = -(probs * log_probs).sum(dim=-1) / math.log(log_probs.shape[-1])
+        return (ent * valid).sum(dim=1) / frames
+    best, arg = log_probs.max(dim=-1)
+    peak = best.exp()
+    emits = (arg != BLANK_ID).to(log_probs.dtype) * valid
+    n_emit = emits.sum(dim=1)
+    token_mean = (peak * emits).sum(dim=1) / n_emit.clamp(min=1)
+    all_mean = (peak * valid).sum(dim=1) / frames
+    return torch.where(n_emit > 0, token_mean, all_mean)
+
+
+class EarlyExit:
+    """Utterance-level early exit; see :class:`dyncli.policy_config.EarlyExitConfig`."""
+
+    def __init__(self, config: EarlyExitConfig) -> None:
+        config.validate()
+        self.config = config
+        self.name = f"early-exit-{config.criterion}"
+
+    def check(self, model: CTCEncoder) -> None:
+        if not model.exits:
+            raise UsageError(
+                "early exit needs intermediate CTC heads; this model has none "
+                "(run 'dyncli convert --exits ...' first)"
+            )
+
+    def passes(self, confidence: torch.Tensor, threshold: float) -> torch.Tensor:
+        if self.config.criterion == "entropy":
+            return confidence <= threshold
+        return confidence >= threshold
+
+    def encode(self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor) -> DynamicOutput:
+        b, t, _ = x.shape
+        big_l = model.num_layers
+        exits = set(model.exits)
+        out = x.new_zeros(b, t, model.head.out_features)
+        frame_layers = torch.zeros(b, t, dtype=torch.long, device=x.device)
+        valid = _valid(lengths, t).long()
+        active = torch.arange(b, device=x.device)
+        cur_lens = lengths
+        pad_mask = _pad_mask(lengths, t)
+        trace: list[TraceStep] = []
+        for i in range(big_l):
+            x = model.run_layer(i, x, pad_mask)
+            trace.append(("layer", i, _lens(cur_lens)))
+            layer = i + 1
+            if layer not in exits:
+                continue
+            lp = model.exit_log_probs(layer, x)
+            trace.append(("exit", layer, _lens(cur_lens)))
+            done = self.passes(
+                exit_confidence(lp, cur_lens, self.config.criterion), self.config.threshold
+            )
+            if not bool(done.any()):
+                continue
+            rows = active[done]
+            out[rows] = lp[done]
+            frame_layers[rows] = valid[rows] * layer
+            stay = ~done
+            if not bool(stay.any()):
+                return DynamicOutput(out, lengths, frame_layers, trace)
+            active, x, cur_lens = active[stay], x[stay], cur_lens[stay]
+            if pad_mask is not None:
+                pad_mask = pad_mask[stay]
+        out[active] = model.log_probs(x)
+        frame_layers[active] = valid[active] * big_l
+        trace.append(("head", big_l, _lens(cur_lens)))
+        return DynamicOutput(out, lengths, frame_layers, trace)
+
+    def sweep(
+        self,
+        model: CTCEncoder,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        thresholds: Sequence[float],
+    ) -> list[DynamicOutput]:
+        """One pass through every exit serves all thresholds."""
+        b, t, _ = x.shape
+        big_l = model.num_layers
+        exits = set(model.exits)
+        pad_mask = _pad_mask(lengths, t)
+        valid = _valid(lengths, t).long()
+        heads: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (layer, log-probs, conf)
+        for i in range(big_l):
+            x = model.run_layer(i, x, pad_mask)
+            if i + 1 in exits:
+                lp = model.exit_log_probs(i + 1, x)
+                heads.append((i + 1, lp, exit_confidence(lp, lengths, self.config.criterion)))
+        final = model.log_probs(x)
+        outputs = []
+        for th in thresholds:
+            out = final.clone()
+            frame_layers = valid * big_l
+            chosen = torch.full((b,), big_l, dtype=torch.long, device=x.device)
+            undecided = torch.ones(b, dtype=torch.bool, device=x.device)
+            for layer, lp, conf in heads:
+                take = undecided & self.passes(conf, th)
+                out[take] = lp[take]
+                frame_layers[take] = valid[take] * layer
+                chosen[take] = layer
+                undecided &= ~take
+            outputs.append(
+                DynamicOutput(out, lengths, frame_layers, _early_trace(chosen, lengths, model))
+            )
+        return outputs
+
+
+def _early_trace(chosen: torch.Tensor, lengths: torch.Tensor, model: CTCEncoder) -> list[TraceStep]:
+    """The trace an ``EarlyExit.encode`` run with these exit choices would record."""
+    trace: list[TraceStep] = []
+    stop = chosen.tolist()
+    n = _lens(lengths)
+    exits = set(model.exits)
+    for i in range(model.num_layers):
+        layer = i + 1
+        alive = [m for m, s in zip(n, stop, strict=True) if s >= layer]
+        if not alive:
+            break
+        trace.append(("layer", i, alive))
+        if layer in exits:
+            trace.append(("exit", layer, alive))
+    finals = [m for m, s in zip(n, stop, strict=True) if s == model.num_layers]
+    if finals:
+        trace.append(("head", model.num_layers, finals))
+    return trace
+
+
+def policy_spec(name: str) -> SkipPolicySpec:
+    return get_skip_policy(name)
+
+
+def build_policy(name: str, threshold: float, **overrides: Any) -> SkipPolicy:
+    """A registered policy at ``threshold`` (``overrides`` set other config fields)."""
+    spec = get_skip_policy(name)
+    policy: SkipPolicy = spec.build(spec.make_config(threshold, **overrides))
+    return policy
+
+
+def stored_policy(method: dict[str, Any] | None) -> tuple[str, float, dict[str, Any]] | None:
+    """The operating point a converted checkpoint recommends: (policy, threshold, overrides)."""
+    point = (method or {}).get("operating_point")
+    if not point:
+        return None
+    overrides: dict[str, Any] = {}
+    if point.get("policy") == "blank-skip":
+        overrides = {"layer": point.get("layer"), "neighbours": point.get("neighbours", 1)}
+    return str(point["policy"]), float(point["threshold"]), overrides
+
+
+def run_policy(
+    model: CTCEncoder, policy: SkipPolicy, wave: torch.Tensor, lengths: torch.Tensor
+) -> DynamicOutput:
+    """Waveforms (B, N) -> dynamic-depth output (front end and subsampling always run)."""
+    feats, frames = model.features(wave, lengths)
+    x, out_lengths = model.embed(feats, frames)
+    return policy.encode(model, x, out_lengths)

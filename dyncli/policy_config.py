@@ -1,0 +1,63 @@
+"""Skip-policy configurations (plain dataclasses; importing this module does not import torch).
+
+Each registered skip policy has a ``name`` and one of these configs. A config knows the valid
+range of its threshold and the default sweep ``dyncli profile`` runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dyncli.errors import UsageError
+
+
+@dataclass
+class BlankSkipConfig:
+    """CTC blank-triggered layer skipping (arXiv 2401.02046).
+
+    Layers 1..``layer`` always run. The exit head after ``layer`` gives each frame's blank
+    posterior; frames with P(blank) >= ``threshold`` skip layers ``layer``+1..L and emit that
+    head's posteriors. The ``neighbours`` frames on each side of every kept frame are kept too
+    ("spike extension": label spikes and the convolution module keep their context).
+    ``layer=None`` means the checkpoint's operating point, else the exit nearest mid-depth.
+    """
+
+    threshold: float = 0.9
+    layer: int | None = None
+    neighbours: int = 1
+
+    def validate(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise UsageError(
+                f"blank-skip threshold {self.threshold} is out of range: it is a blank "
+                "probability, 0 < threshold <= 1"
+            )
+        if self.neighbours < 0:
+            raise UsageError(f"--neighbours must be >= 0, got {self.neighbours}")
+
+
+@dataclass
+class EarlyExitConfig:
+    """Utterance-level early exit (arXiv 2309.09546): stop at the first confident exit.
+
+    ``entropy``: mean frame entropy of the exit's posteriors divided by log V (0 = certain,
+    1 = uniform); exit when <= ``threshold``.
+    ``posterior``: mean maximum posterior over the frames where the greedy path emits a token
+    (blank frames are near-certain and would drown the score; if no token is emitted, all
+    frames count); exit when >= ``threshold``.
+    """
+
+    threshold: float = 0.1
+    criterion: str = "entropy"
+
+    def validate(self) -> None:
+        if self.criterion not in ("entropy", "posterior"):
+            raise UsageError(
+                f"early-exit criterion must be 'entropy' or 'posterior', got {self.criterion!r}"
+            )
+        if not 0.0 <= self.threshold <= 1.0:
+            kind = "normalised entropy" if self.criterion == "entropy" else "posterior"
+            raise UsageError(
+                f"early-exit-{self.criterion} threshold {self.threshold} is out of range: "
+                f"it is a {kind}, 0 <= threshold <= 1"
+            )

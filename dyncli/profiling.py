@@ -1,0 +1,519 @@
+"""``dyncli profile``: accuracy, executed FLOPs and real-time factor across skip thresholds.
+
+One run produces a ``static`` row (full depth) and one row per threshold, all on the same
+utterances, threads and machine:
+
+* Accuracy and FLOPs come from one shared sweep per utterance (batch size 1): the front end,
+  subsampling and the layers before the policy's decision run once for all thresholds
+  (``SkipPolicy.sweep``; tests pin that this equals separate runs). FLOPs are counted by fvcore
+  on the path each utterance executed (its trace), one multiply-add = one FLOP.
+* Timing is end to end (features + encoder + greedy decoding, batch size 1, audio in memory),
+  measured with ``torch.utils.benchmark`` with the thread count set, after a warm-up. Static and
+  every threshold are timed interleaved: each of ``repeats`` rounds times one full pass of every
+  configuration, in an order rotated per round, so drift hits all rows alike. RTF = processing
+  seconds / audio seconds (median over rounds, with min and max); RTFx = 1 / RTF. Speedup is the
+  median over rounds of the static pass time over the row's pass time in the same round.
+  Encoder time (layers, heads, gather/scatter; not features or decoding) is measured inside
+  each pass with ``time.perf_counter`` and gives the encoder speedup.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dyncli.checkpoint import Checkpoint, load_checkpoint
+from dyncli.data.dataset import Utterance, load_utterances
+from dyncli.data.manifest import read_manifest
+from dyncli.decoding import greedy_ctc
+from dyncli.dynamic import DynamicOutput, StaticPolicy, build_policy, stored_policy
+from dyncli.environment import describe
+from dyncli.errors import UsageError
+from dyncli.evaluation import import_benchmark, model_summary
+from dyncli.inference import pick_device
+from dyncli.metrics import error_rates
+from dyncli.models.base import CTCEncoder
+from dyncli.plugins import get_skip_policy
+from dyncli.text import Tokenizer
+
+SCHEMA_VERSION = 1
+RTF_DEFINITION = (
+    "processing seconds / audio seconds, end to end (log-mel features + subsampling + encoder "
+    "+ greedy CTC decoding), batch size 1, audio in memory; median over timed rounds"
+)
+FLOP_UNIT = "fvcore FLOPs: one multiply-add counts as one FLOP"
+
+
+@dataclass
+class GateConfig:
+    """Release bars. All one-sided: an improvement never fails a bar."""
+
+    max_wer: float | None = None
+    max_wer_increase: float | None = None  # absolute, vs the static row of the same run
+    max_rtf: float | None = None
+    min_speedup: float | None = None
+    at: float | None = None  # judge the row at this threshold instead of the fastest passing
+
+    def validate(self) -> None:
+        for name in ("max_wer", "max_wer_increase", "max_rtf", "min_speedup"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+
+    @property
+    def bars(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.max_wer, self.max_wer_increase, self.max_rtf, self.min_speedup)
+        )
+
+
+@dataclass
+class SweepStats:
+    """Accuracy and executed-work totals of one configuration over a data set."""
+
+    hyps: list[str]
+    flops: int = 0
+    encoder_flops: int = 0
+    frames: int = 0
+    frame_layers: int = 0
+    skipped_frames: int = 0
+
+
+@dataclass
+class ProfileReport:
+    model: dict[str, Any]
+    data: dict[str, Any]
+    environment: dict[str, Any]
+    policy: dict[str, Any]
+    static: dict[str, Any]
+    rows: list[dict[str, Any]]
+    gate: dict[str, Any]
+    timing: dict[str, Any]
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "data": self.data,
+            "environment": self.environment,
+            "policy": self.policy,
+            "definitions": {
+                "rtf": RTF_DEFINITION,
+                "rtfx": "1 / rtf",
+                "speedup": "static pass time / row pass time, same round; median over rounds",
+                "encoder_speedup": "the same for encoder time only (layers, heads, compaction)",
+                "flops": FLOP_UNIT,
+                "flops_ratio": "executed FLOPs / static FLOPs (whole pipeline, front end "
+                "included; greedy decoding is not counted)",
+                "avg_layers": "encoder layers per frame, averaged over all frames",
+                "skipped_frame_fraction": "frames that did not run the last encoder layer",
+                "wer": "word error rate as a fraction (0.05 = 5%)",
+            },
+            "timing": self.timing,
+            "static": self.static,
+            "rows": self.rows,
+            "gate": self.gate,
+            "skipped": self.skipped,
+            "seconds": self.seconds,
+        }
+
+
+def _encoder_flops(table: Any, trace: Sequence[tuple[str, int, list[int]]]) -> int:
+    total = 0
+    for kind, index, frames in trace:
+        for n in frames:
+            if kind == "layer":
+                total += table.layer(index, n)
+            elif kind == "exit":
+                total += table.exit_head(index, n)
+            else:
+                total += table.head(n)
+    return total
+
+
+def _accumulate(
+    stats: SweepStats, out: DynamicOutput, tokenizer: Tokenizer, table: Any, front: int, depth: int
+) -> None:
+    stats.hyps.append(tokenizer.decode(greedy_ctc(out.log_probs, out.lengths)[0]))
+    enc = _encoder_flops(table, out.trace)
+    stats.encoder_flops += enc
+    stats.flops += front + enc
+    n = int(out.lengths[0])
+    layers = out.frame_layers[0, :n]
+    stats.frames += n
+    stats.frame_layers += int(layers.sum())
+    stats.skipped_frames += int((layers < depth).sum())
+
+
+@torch.inference_mode()
+def accuracy_sweep(
+    model: CTCEncoder,
+    tokenizer: Tokenizer,
+    waves: Sequence[torch.Tensor],
+    policy: str,
+    thresholds: Sequence[float],
+    overrides: dict[str, Any],
+    progress: Callable[[int], None] | None = None,
+) -> tuple[SweepStats, list[SweepStats]]:
+    """Static and per-threshold transcripts and executed work, one utterance at a time.
+
+    Shared per utterance: front end and subsampling (all rows), and the layers before the
+    policy's decision (all thresholds, via ``sweep``).
+    """
+    from dyncli.flops import FlopTable
+
+    table = FlopTable(model)
+    runner = build_policy(policy, thresholds[0], **overrides)
+    runner.check(model)
+    static = SweepStats(hyps=[])
+    rows = [SweepStats(hyps=[]) for _ in thresholds]
+    depth = model.num_layers
+    dev = next(model.parameters()).device
+    for i, wave in enumerate(waves):
+        lengths = torch.tensor([wave.shape[0]], device=dev)
+        feats, frames = model.features(wave[None], lengths)
+        x, n = model.embed(feats, frames)
+        front = table.frontend(int(wave.shape[0]))
+        _accumulate(static, StaticPolicy().encode(model, x, n), tokenizer, table, front, depth)
+        outs = runner.sweep(model, x, n, thresholds)  # type: ignore[attr-defined]
+        for stats, out in zip(rows, outs, strict=True):
+            _accumulate(stats, out, tokenizer, table, front, depth)
+        if progress is not None:
+            progress(i + 1)
+    return static, rows
+
+
+def _row(
+    name: str,
+    threshold: float | None,
+    stats: SweepStats,
+    refs: list[str],
+    static: SweepStats,
+    audio_seconds: float,
+    depth: int,
+) -> dict[str, Any]:
+    rates = error_rates(refs, stats.hyps)
+    return {
+        "policy": name,
+        "threshold": threshold,
+        "wer": rates.wer,
+        "cer": rates.cer,
+        "words": rates.words,
+        "flops_ratio": stats.flops / static.flops if static.flops else 1.0,
+        "encoder_flops_ratio": stats.encoder_flops / static.encoder_flops
+        if static.encoder_flops
+        else 1.0,
+        "predicted_encoder_speedup": static.encoder_flops / stats.encoder_flops
+        if stats.encoder_flops
+        else None,
+        "gflops_per_audio_second": stats.flops / 1e9 / audio_seconds,
+        "avg_layers": stats.frame_layers / stats.frames if stats.frames else float(depth),
+        "skipped_frame_fraction": stats.skipped_frames / stats.frames if stats.frames else 0.0,
+    }
+
+
+def _time_configs(
+    model: CTCEncoder,
+    tokenizer: Tokenizer,
+    waves: Sequence[torch.Tensor],
+    policies: Sequence[Any],
+    threads: int,
+    repeats: int,
+    device: torch.device,
+) -> list[dict[str, list[float]]]:
+    """Interleaved end-to-end timing of each policy: pass seconds and encoder seconds per round."""
+    benchmark = import_benchmark()
+    lengths = [torch.tensor([w.shape[0]], device=device) for w in waves]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def make_pass(policy: Any, limit: int | None = None) -> Callable[[], float]:
+        pairs = list(zip(waves, lengths, strict=True))[:limit]
+
+        @torch.inference_mode()
+        def one_pass() -> float:
+            encoder = 0.0
+            for wave, n in pairs:
+                feats, frames = model.features(wave[None], n)
+                x, out_n = model.embed(feats, frames)
+                sync()
+                start = time.perf_counter()
+                out = policy.encode(model, x, out_n)
+                sync()
+                encoder += time.perf_counter() - start
+                tokenizer.decode(greedy_ctc(out.log_probs, out.lengths)[0])
+            return encoder
+
+        return one_pass
+
+    for policy in policies:  # warm-up: a few utterances through every configuration
+        make_pass(policy, limit=8)()
+    passes = [make_pass(p) for p in policies]
+    results: list[dict[str, list[float]]] = [{"total": [], "encoder": []} for _ in policies]
+    for r in range(repeats):
+        order = list(range(len(policies)))
+        shift = r % len(order)
+        order = order[shift:] + order[:shift]
+        for c in order:
+            box: list[float] = []
+            timer = benchmark.Timer(
+                stmt="box.append(one_pass())",
+                globals={"box": box, "one_pass": passes[c]},
+                num_threads=threads,
+            )
+            results[c]["total"].append(timer.timeit(1).median)
+            results[c]["encoder"].append(box[-1])
+    return results
+
+
+def pareto_flags(rows: Sequence[dict[str, Any]]) -> list[bool]:
+    """True for rows no other row beats on both WER and RTF (lower is better for both)."""
+    flags = []
+    for r in rows:
+        dominated = any(
+            o["wer"] <= r["wer"]
+            and o["rtf"] <= r["rtf"]
+            and (o["wer"] < r["wer"] or o["rtf"] < r["rtf"])
+            for o in rows
+            if o is not r
+        )
+        flags.append(not dominated)
+    return flags
+
+
+def violations(row: dict[str, Any], static: dict[str, Any], gate: GateConfig) -> list[str]:
+    """One line per bar ``row`` fails (small float tolerance, one-sided)."""
+    eps = 1e-9
+    at = f"{row['policy']} @ {row['threshold']:g}"
+    out = []
+    if gate.max_wer is not None and row["wer"] > gate.max_wer + eps:
+        out.append(f"WER {100 * row['wer']:.2f}% > --max-wer {100 * gate.max_wer:.2f}% ({at})")
+    if gate.max_wer_increase is not None:
+        inc = row["wer"] - static["wer"]
+        if inc > gate.max_wer_increase + eps:
+            out.append(
+                f"WER increase {100 * inc:+.2f} points (static {100 * static['wer']:.2f}% -> "
+                f"{100 * row['wer']:.2f}%) > --max-wer-increase "
+                f"{100 * gate.max_wer_increase:.2f} points ({at})"
+            )
+    if gate.max_rtf is not None and row["rtf"] > gate.max_rtf + eps:
+        out.append(f"RTF {row['rtf']:.4f} > --max-rtf {gate.max_rtf:g} ({at})")
+    if gate.min_speedup is not None and row["speedup"] < gate.min_speedup - eps:
+        out.append(f"speedup {row['speedup']:.3f}x < --min-speedup {gate.min_speedup:g}x ({at})")
+    return out
+
+
+def judge(
+    rows: Sequence[dict[str, Any]], static: dict[str, Any], gate: GateConfig
+) -> dict[str, Any]:
+    """Pick the operating point and say whether it passes every bar."""
+    if not rows:
+        raise UsageError("nothing to judge: no thresholds")
+    if gate.at is not None:
+        row = next(r for r in rows if abs(r["threshold"] - gate.at) < 1e-9)
+        found = violations(row, static, gate)
+    else:
+        passing = [r for r in rows if not violations(r, static, gate)]
+        if passing:
+            row, found = min(passing, key=lambda r: r["rtf"]), []
+        else:  # report the closest miss: fewest violated bars, then fastest
+            row = min(rows, key=lambda r: (len(violations(r, static, gate)), r["rtf"]))
+            found = violations(row, static, gate)
+    bars = {
+        "max_wer": gate.max_wer,
+        "max_wer_increase": gate.max_wer_increase,
+        "max_rtf": gate.max_rtf,
+        "min_speedup": gate.min_speedup,
+        "at": gate.at,
+    }
+    return {
+        "passed": not found,
+        "operating_point": dict(row),
+        "violations": found,
+        "bars": bars,
+        "selection": "row at --at" if gate.at is not None else "fastest row meeting every bar",
+    }
+
+
+def resolve_policy(
+    ckpt: Checkpoint,
+    policy: str | None,
+    thresholds: Sequence[float] | None,
+    overrides: dict[str, Any],
+    at: float | None,
+) -> tuple[str, list[float], dict[str, Any], float | None]:
+    """Policy name, thresholds (validated, ``at`` included) and config overrides to profile.
+
+    Defaults come from the checkpoint's stored operating point, then the registry.
+    """
+    stored = stored_policy(ckpt.method)
+    name = policy or (stored[0] if stored else "blank-skip")
+    spec = get_skip_policy(name)
+    merged: dict[str, Any] = {}
+    if stored and stored[0] == name:
+        merged.update({k: v for k, v in stored[2].items() if v is not None})
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    if name == "blank-skip" and merged.get("layer") is None:
+        from dyncli.dynamic import default_trigger
+
+        merged["layer"] = default_trigger(ckpt.model)
+    if thresholds:
+        values = list(thresholds)
+    else:
+        values = list(spec.default_thresholds)
+        if stored and stored[0] == name:
+            values.append(stored[1])
+    if at is not None:
+        values.append(at)
+    values = sorted({round(float(v), 6) for v in values})
+    for v in values:
+        spec.make_config(v, **merged)  # range check: refuses before any work
+    stored_threshold = stored[1] if stored and stored[0] == name else None
+    return name, values, merged, stored_threshold
+
+
+def profile(
+    *,
+    checkpoint: str | Path,
+    data: str | Path,
+    policy: str | None = None,
+    thresholds: Sequence[float] | None = None,
+    overrides: dict[str, Any] | None = None,
+    threads: int = 1,
+    repeats: int = 3,
+    device: str = "cpu",
+    skip_bad: bool = False,
+    gate: GateConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ProfileReport:
+    """Sweep a skip policy over thresholds against full depth; see the module docstring."""
+    started = time.perf_counter()
+    gate = gate or GateConfig()
+    gate.validate()
+    if repeats < 1:
+        raise UsageError("--repeats must be at least 1")
+    torch.set_num_threads(threads)
+    dev = pick_device(device)
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.model.to(dev)
+    if not model.exits:
+        raise UsageError(
+            f"{checkpoint}: a static checkpoint (no intermediate CTC heads); make a dynamic one "
+            "with 'dyncli convert' (or profile the bundled dynamic model)"
+        )
+    name, values, merged, stored_threshold = resolve_policy(
+        ckpt, policy, thresholds, overrides or {}, gate.at
+    )
+    manifest = read_manifest(data, skip_bad=skip_bad)
+    utts, skipped = load_utterances(manifest, model.sample_rate, skip_bad)
+    if not utts:
+        raise UsageError(f"{data}: no utterances to profile")
+    waves = [u.wave.to(dev) for u in utts]
+    audio_seconds = sum(u.samples for u in utts) / model.sample_rate
+    refs = [u.text for u in utts]
+    say = progress or (lambda _msg: None)
+
+    say(f"accuracy and FLOPs: {len(utts)} utterances, {len(values)} thresholds (shared sweep)")
+    static_stats, row_stats = accuracy_sweep(model, ckpt.tokenizer, waves, name, values, merged)
+    depth = model.num_layers
+    static = _row("static", None, static_stats, refs, static_stats, audio_seconds, depth)
+    rows = [
+        _row(name, th, st, refs, static_stats, audio_seconds, depth)
+        for th, st in zip(values, row_stats, strict=True)
+    ]
+
+    say(f"timing: {repeats} interleaved rounds of {len(values) + 1} configurations")
+    policies: list[Any] = [StaticPolicy()] + [build_policy(name, th, **merged) for th in values]
+    timings = _time_configs(model, ckpt.tokenizer, waves, policies, threads, repeats, dev)
+    base = timings[0]
+    for row, t in zip([static, *rows], timings, strict=True):
+        row["rtf"] = statistics.median(t["total"]) / audio_seconds
+        row["rtf_min"] = min(t["total"]) / audio_seconds
+        row["rtf_max"] = max(t["total"]) / audio_seconds
+        row["rtfx"] = 1.0 / row["rtf"]
+        row["speedup"] = statistics.median(
+            s / x for s, x in zip(base["total"], t["total"], strict=True)
+        )
+        row["encoder_speedup"] = statistics.median(
+            s / x for s, x in zip(base["encoder"], t["encoder"], strict=True)
+        )
+        row["encoder_share"] = statistics.median(
+            e / x for e, x in zip(t["encoder"], t["total"], strict=True)
+        )
+    for row, flag in zip([static, *rows], pareto_flags([static, *rows]), strict=True):
+        row["pareto"] = flag
+    for row in rows:
+        row["stored_operating_point"] = (
+            stored_threshold is not None and abs(row["threshold"] - stored_threshold) < 1e-9
+        )
+    verdict = judge(rows, static, gate)
+    summary = model_summary(ckpt, Path(checkpoint))
+    summary["exits"] = model.exits
+    summary["operating_point"] = (ckpt.method or {}).get("operating_point")
+    return ProfileReport(
+        model=summary,
+        data={"path": str(data), "utterances": len(utts), "audio_seconds": audio_seconds},
+        environment=describe(dev),
+        policy={"name": name, "config": dict(merged), "thresholds": values},
+        static=static,
+        rows=rows,
+        gate=verdict,
+        timing={"repeats": repeats, "batch_size": 1, "warmup": "8 utterances per configuration"},
+        skipped=skipped,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def choose_operating_point(
+    ckpt: Checkpoint,
+    utts: Sequence[Utterance],
+    *,
+    policy: str,
+    wer_budget: float,
+    thresholds: Sequence[float] | None = None,
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The threshold with the fewest executed FLOPs whose WER on ``utts`` is within
+    ``wer_budget`` (absolute) of full depth; None if no threshold meets it."""
+    model = ckpt.model
+    spec = get_skip_policy(policy)
+    values = list(thresholds or spec.default_thresholds)
+    overrides: dict[str, Any] = {}
+    if policy == "blank-skip":
+        from dyncli.dynamic import default_trigger
+
+        overrides = {"layer": default_trigger(model), "neighbours": 1}
+    waves = [u.wave for u in utts]
+    refs = [u.text for u in utts]
+    audio = sum(u.samples for u in utts) / model.sample_rate
+    static_stats, row_stats = accuracy_sweep(
+        model, ckpt.tokenizer, waves, policy, values, overrides
+    )
+    depth = model.num_layers
+    static = _row("static", None, static_stats, refs, static_stats, audio, depth)
+    rows = [
+        _row(policy, th, st, refs, static_stats, audio, depth)
+        for th, st in zip(values, row_stats, strict=True)
+    ]
+    ok = [r for r in rows if r["wer"] - static["wer"] <= wer_budget + 1e-9]
+    if not ok:
+        return None, rows
+    best = min(ok, key=lambda r: (r["flops_ratio"], r["wer"]))
+    point = {
+        "policy": policy,
+        "threshold": best["threshold"],
+        **overrides,
+        "dev_wer": best["wer"],
+        "static_dev_wer": static["wer"],
+        "flops_ratio": best["flops_ratio"],
+        "wer_budget": wer_budget,
+        "chosen_on": "dev set given to convert",
+    }
+    return point, rows

@@ -1,0 +1,150 @@
+"""convert / train --exits: heads attached, trained, recorded; frozen backbone stays frozen."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dyncli.cli.app import build_app
+from dyncli.data.dataset import Utterance
+from dyncli.features import AugmentConfig
+from dyncli.training import ExitTraining, TrainConfig, _train_step
+from tests.conftest import WORDS, write_wav
+
+runner = CliRunner()
+
+
+def invoke(*args: object):
+    return runner.invoke(build_app(), [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("convert")
+    rows = []
+    for i in range(4):
+        write_wav(root / f"u{i}.wav", seconds=0.5 + 0.1 * i, freq=300 + 80 * i)
+        rows.append({"audio_filepath": f"u{i}.wav", "text": " ".join(WORDS[: 1 + i % 3])})
+    manifest = root / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    return manifest
+
+
+def _convert(tiny_ckpt: Path, data: Path, out: Path, *extra: object):
+    return invoke(
+        "convert", tiny_ckpt, "-o", out, "--exits", "1,2", "--train", data, "--dev", data,
+        "--max-steps", "2", "--epochs", "1", "--threads", "1", "--device", "cpu", *extra,
+    )  # fmt: skip
+
+
+def test_convert_records_method_and_trains_separate_heads(tiny_ckpt, data, tmp_path) -> None:
+    from dyncli.checkpoint import load_checkpoint
+
+    out = tmp_path / "dyn.ckpt"
+    result = _convert(tiny_ckpt, data, out)
+    assert result.exit_code == 0, result.output
+    assert "exit 1" in result.output and "exit 2" in result.output
+    ckpt = load_checkpoint(out)
+    assert ckpt.model.exits == [1, 2]
+    assert ckpt.method is not None
+    assert ckpt.method["name"] == "early-exit"
+    assert ckpt.method["exits"] == [1, 2]
+    assert ckpt.method["training"] == "fine-tune"
+    assert ckpt.method["freeze_backbone"] is False
+    assert set(ckpt.metrics["dev_exit_wer"]) == {"1", "2"}
+    heads = ckpt.model.exit_heads
+    assert not torch.equal(heads["1"].weight, heads["2"].weight)  # trained apart, not shared
+    static = load_checkpoint(tiny_ckpt)
+    moved = [
+        k
+        for k, v in static.model.state_dict().items()
+        if v.is_floating_point() and not torch.equal(v, ckpt.model.state_dict()[k])
+    ]
+    assert moved, "fine-tuning should update the backbone"
+
+
+def test_freeze_backbone_keeps_backbone_and_outputs(tiny_ckpt, data, tmp_path) -> None:
+    from dyncli.checkpoint import load_checkpoint
+
+    out = tmp_path / "frozen.ckpt"
+    result = _convert(tiny_ckpt, data, out, "--freeze-backbone", "--lr", "0.01")
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(out)
+    static = load_checkpoint(tiny_ckpt)
+    state = ckpt.model.state_dict()
+    for key, value in static.model.state_dict().items():
+        assert torch.equal(value, state[key]), key  # BatchNorm statistics included
+    fresh = load_checkpoint(tiny_ckpt).model
+    fresh.attach_exits([1, 2])
+    assert not torch.equal(fresh.exit_heads["1"].weight, ckpt.model.exit_heads["1"].weight)
+    assert ckpt.method is not None and ckpt.method["freeze_backbone"] is True
+
+
+def test_train_from_scratch_with_exits(data, tmp_path) -> None:
+    from dyncli.checkpoint import load_checkpoint
+
+    out = tmp_path / "scratch.ckpt"
+    result = invoke(
+        "train", "--train", data, "--dev", data, "-o", out, "--preset", "tiny",
+        "--exits", "2", "--max-steps", "2", "--epochs", "1", "--tokenizer", "char",
+        "--threads", "1", "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(out)
+    assert ckpt.model.exits == [2]
+    assert ckpt.method is not None and ckpt.method["training"] == "from-scratch"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--exits", "3"), "must lie in 1..2"),
+        (("--exits", "0"), "must lie in 1..2"),
+        (("--exits", "1,1"), "lists a layer twice"),
+        (("--exits", "a,b"), "comma-separated layer numbers"),
+        (("--method", "gates", "--exits", "1"), "unknown --method 'gates'"),
+        (("--exits", "1", "--wer-budget", "0.01", "--policy", "nope"), "unknown skip policy"),
+    ],
+)
+def test_convert_bad_options_exit_2(tiny_ckpt, data, tmp_path, args, expected) -> None:
+    result = invoke(
+        "convert", tiny_ckpt, "-o", tmp_path / "x.ckpt", "--train", data, "--dev", data,
+        "--max-steps", "1", *args,
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_convert_refuses_a_dynamic_input(tiny_ckpt, data, tmp_path) -> None:
+    out = tmp_path / "dyn.ckpt"
+    assert _convert(tiny_ckpt, data, out).exit_code == 0
+    again = _convert(out, data, tmp_path / "again.ckpt")
+    assert again.exit_code == 2
+    assert "already a dynamic checkpoint" in again.stderr
+
+
+def test_exit_losses_use_true_lengths(tiny_ckpt) -> None:
+    """Batch loss (final + exits) equals the mean of single-utterance losses: padding unused."""
+    from dyncli.checkpoint import load_checkpoint
+
+    model = load_checkpoint(tiny_ckpt).model
+    model.attach_exits([1, 2])
+    model.eval()  # no dropout: deterministic
+    gen = torch.Generator().manual_seed(0)
+    waves = [torch.randn(n, generator=gen) * 0.1 for n in (4000, 7200)]
+    utts = [Utterance(wave=w, text="x", origin=str(i)) for i, w in enumerate(waves)]
+    targets = [[3, 4], [5]]
+    cfg = TrainConfig(augment=AugmentConfig(enabled=False))
+    exits = ExitTraining(exits=[1, 2], exit_weight=0.5)
+    g = torch.Generator()
+    batch = _train_step(model, utts, targets, cfg, g, torch.device("cpu"), 0, exits)
+    singles = [
+        _train_step(model, [u], [t], cfg, g, torch.device("cpu"), 0, exits)
+        for u, t in zip(utts, targets, strict=True)
+    ]
+    torch.testing.assert_close(batch, sum(singles) / 2, rtol=1e-4, atol=1e-4)
