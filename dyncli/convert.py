@@ -94,7 +94,23 @@ def convert(
         exit_weight=exits.exit_weight,
         final_weight=exits.final_weight,
         freeze_backbone=exits.freeze_backbone,
+        skip_layer=exits.skip_layer,
+        skip_thresholds=exits.skip_thresholds,
+        skip_neighbours=exits.skip_neighbours,
+        skip_prob=exits.skip_prob,
     )
+    if exit_cfg.skip_layer is not None:
+        if exit_cfg.freeze_backbone:
+            raise UsageError(
+                "--skip-aware trains the layers after the exit: drop --freeze-backbone"
+            )
+        if exit_cfg.skip_layer not in exit_cfg.exits:
+            raise UsageError(
+                f"--skip-aware {exit_cfg.skip_layer}: that layer needs an exit (--exits)"
+            )
+        lo, hi = exit_cfg.skip_thresholds
+        if not 0 < lo <= hi <= 1:
+            raise UsageError(f"--skip-thresholds must satisfy 0 < LOW <= HIGH <= 1, got {lo}:{hi}")
     _seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     started = time.perf_counter()

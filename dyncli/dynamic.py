@@ -101,6 +101,54 @@ def default_trigger(model: CTCEncoder, ckpt_method: dict[str, Any] | None = None
     return min(model.exits, key=lambda k: (abs(k - model.num_layers / 2), k))
 
 
+def keep_mask(
+    exit_lp: torch.Tensor, lengths: torch.Tensor, threshold: float, neighbours: int
+) -> torch.Tensor:
+    """(B, T) True on the frames that run the remaining layers: P(blank) < ``threshold``,
+    grown by ``neighbours`` frames on each side, never on padding."""
+    valid = _valid(lengths, exit_lp.shape[1])
+    keep = (exit_lp[..., BLANK_ID].exp() < threshold) & valid
+    if neighbours > 0 and bool(keep.any()):
+        grown = torch.nn.functional.max_pool1d(
+            keep.to(exit_lp.dtype).unsqueeze(1), 2 * neighbours + 1, stride=1, padding=neighbours
+        )
+        keep = (grown.squeeze(1) > 0) & valid
+    return keep
+
+
+def compact(
+    x: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gather each utterance's kept frames to the front, re-padded to the longest.
+
+    ``x`` (B, T, D), ``keep`` (B, T) -> ``xs`` (B, n, D) with n = max kept, ``order`` (B, n)
+    source frame of each column, ``filled`` (B, n) True on real (kept) columns, and the
+    attention padding mask (True on padding; an utterance with no kept frame keeps one column
+    unmasked so attention stays finite; its outputs are never used).
+    """
+    b, _, d = x.shape
+    counts = keep.sum(dim=1)
+    n = int(counts.max())
+    # Kept frames first, in time order, then the rest; the first n columns hold them.
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :n]
+    xs = x.gather(1, order.unsqueeze(-1).expand(-1, -1, d))
+    filled = torch.arange(n, device=x.device)[None, :] < counts[:, None]
+    attn_pad = ~filled
+    attn_pad[counts == 0, 0] = False
+    return xs, order, filled, attn_pad
+
+
+def scatter(
+    out: torch.Tensor, values: torch.Tensor, order: torch.Tensor, filled: torch.Tensor
+) -> torch.Tensor:
+    """``out`` (B, T, V) with the kept frames replaced by ``values`` (B, n, V) (differentiable)."""
+    b, n = order.shape
+    rows = torch.arange(b, device=out.device)[:, None].expand(b, n)
+    out = out.clone()
+    out[rows[filled], order[filled]] = values[filled]
+    return out
+
+
 class BlankSkip:
     """CTC blank-triggered layer skipping; see :class:`dyncli.policy_config.BlankSkipConfig`."""
 
@@ -138,16 +186,7 @@ class BlankSkip:
     def keep_mask(
         self, exit_lp: torch.Tensor, lengths: torch.Tensor, threshold: float
     ) -> torch.Tensor:
-        """(B, T) True on the frames that run the remaining layers."""
-        valid = _valid(lengths, exit_lp.shape[1])
-        keep = (exit_lp[..., BLANK_ID].exp() < threshold) & valid
-        w = self.config.neighbours
-        if w > 0 and keep.any():
-            grown = torch.nn.functional.max_pool1d(
-                keep.to(exit_lp.dtype).unsqueeze(1), 2 * w + 1, stride=1, padding=w
-            )
-            keep = (grown.squeeze(1) > 0) & valid
-        return keep
+        return keep_mask(exit_lp, lengths, threshold, self.config.neighbours)
 
     def suffix(
         self,
@@ -179,19 +218,12 @@ class BlankSkip:
                 trace.append(("layer", i, [n]))
             out[0, idx] = model.log_probs(xs)[0]
         else:
-            # Kept frames first, in time order, then the rest; the first n columns hold them.
-            order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :n]
-            xs = x.gather(1, order.unsqueeze(-1).expand(-1, -1, d))
-            filled = torch.arange(n, device=x.device)[None, :] < counts[:, None]
-            attn_pad = ~filled
-            attn_pad[counts == 0, 0] = False  # an all-padding row would give NaN; never used
+            xs, order, filled, attn_pad = compact(x, keep)
             per_utt = _lens(counts)
             for i in range(k, big_l):
                 xs = model.run_layer(i, xs, attn_pad)
                 trace.append(("layer", i, per_utt))
-            final = model.log_probs(xs)
-            rows = torch.arange(b, device=x.device)[:, None].expand(b, n)
-            out[rows[filled], order[filled]] = final[filled]
+            out = scatter(out, model.log_probs(xs), order, filled)
         trace.append(("head", big_l, _lens(counts)))
         return DynamicOutput(out, lengths, frame_layers, trace)
 

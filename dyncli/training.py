@@ -127,6 +127,13 @@ class ExitTraining:
     exit_weight: float = 1.0
     final_weight: float = 1.0
     freeze_backbone: bool = False
+    # Skip-aware training: on a share ``skip_prob`` of steps, run blank-skip at the exit after
+    # ``skip_layer`` with a threshold drawn from ``skip_thresholds`` and ``skip_neighbours``,
+    # so the layers after it learn to work on the compacted sequence inference gives them.
+    skip_layer: int | None = None
+    skip_thresholds: tuple[float, float] = (0.5, 0.99)
+    skip_neighbours: int = 1
+    skip_prob: float = 0.5
 
 
 def check_exits(exits: list[int], num_layers: int) -> list[int]:
@@ -191,7 +198,16 @@ def train(
 
 def early_exit_method(exits: ExitTraining, training: str) -> dict[str, Any]:
     """The checkpoint ``method`` record of an early-exit model."""
+    skip_aware = None
+    if exits.skip_layer is not None:
+        skip_aware = {
+            "layer": exits.skip_layer,
+            "thresholds": list(exits.skip_thresholds),
+            "neighbours": exits.skip_neighbours,
+            "share_of_steps": exits.skip_prob,
+        }
     return {
+        "skip_aware_training": skip_aware,
         "name": "early-exit",
         "exits": list(exits.exits),
         "training": training,
@@ -445,6 +461,13 @@ def _train_step(
     exit_set = set(exits.exits)
     depth = max(exit_set) if frozen else model.num_layers
     losses: list[torch.Tensor] = []
+    if exits.skip_layer is not None and not frozen:
+        draw = torch.rand(2, generator=gen).tolist()
+        if draw[0] < exits.skip_prob:
+            lo, hi = exits.skip_thresholds
+            return _skip_aware_loss(
+                model, x, out_lens, pad_mask, targets, exits, lo + (hi - lo) * draw[1]
+            )
     for i in range(depth):
         with torch.set_grad_enabled(not frozen):
             x = model.run_layer(i, x, pad_mask)
@@ -453,6 +476,43 @@ def _train_step(
             losses.append(exits.exit_weight * ctc_loss(exit_lp, out_lens, targets))
     if not frozen:
         losses.append(exits.final_weight * ctc_loss(model.log_probs(x), out_lens, targets))
+    return torch.stack(losses).sum()
+
+
+def _skip_aware_loss(
+    model: CTCEncoder,
+    x: torch.Tensor,
+    lengths: torch.Tensor,
+    pad_mask: torch.Tensor,
+    targets: list[list[int]],
+    exits: ExitTraining,
+    threshold: float,
+) -> torch.Tensor:
+    """The exit and final CTC losses with blank-skip in the loop, exactly as inference runs it:
+    frames the exit after ``skip_layer`` calls blank leave the sequence for the later layers and
+    emit that exit's posteriors (the decision itself is not differentiated)."""
+    from dyncli.dynamic import compact, keep_mask, scatter
+
+    assert exits.skip_layer is not None
+    k = exits.skip_layer
+    losses: list[torch.Tensor] = []
+    for i in range(k):
+        x = model.run_layer(i, x, pad_mask)
+        if i + 1 in exits.exits:
+            lp = model.exit_log_probs(i + 1, x)
+            losses.append(exits.exit_weight * ctc_loss(lp, lengths, targets))
+    trigger = model.exit_log_probs(k, x)
+    keep = keep_mask(trigger.detach(), lengths, threshold, exits.skip_neighbours)
+    if not bool(keep.any()):
+        return torch.stack(losses).sum()
+    xs, order, filled, attn_pad = compact(x, keep)
+    for i in range(k, model.num_layers):
+        xs = model.run_layer(i, xs, attn_pad)
+        if i + 1 in exits.exits and i + 1 < model.num_layers:
+            merged = scatter(trigger, model.exit_log_probs(i + 1, xs), order, filled)
+            losses.append(exits.exit_weight * ctc_loss(merged, lengths, targets))
+    merged = scatter(trigger, model.log_probs(xs), order, filled)
+    losses.append(exits.final_weight * ctc_loss(merged, lengths, targets))
     return torch.stack(losses).sum()
 
 

@@ -148,3 +148,47 @@ def test_exit_losses_use_true_lengths(tiny_ckpt) -> None:
         for u, t in zip(utts, targets, strict=True)
     ]
     torch.testing.assert_close(batch, sum(singles) / 2, rtol=1e-4, atol=1e-4)
+
+
+def test_skip_aware_loss_equals_plain_loss_when_nothing_is_skipped(tiny_ckpt) -> None:
+    """With every frame kept, the compacted (gather/scatter) path is the full-depth loss."""
+    from dyncli.checkpoint import load_checkpoint
+    from dyncli.training import _skip_aware_loss
+
+    model = load_checkpoint(tiny_ckpt).model
+    model.attach_exits([1, 2])
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    waves = [torch.randn(n, generator=gen) * 0.1 for n in (4000, 7200)]
+    utts = [Utterance(wave=w, text="x", origin=str(i)) for i, w in enumerate(waves)]
+    targets = [[3, 4], [5]]
+    cfg = TrainConfig(augment=AugmentConfig(enabled=False))
+    plain = _train_step(
+        model, utts, targets, cfg, torch.Generator(), torch.device("cpu"), 0,
+        ExitTraining(exits=[1, 2]),
+    )  # fmt: skip
+    from dyncli.data.dataset import pad_waves
+    from dyncli.features import lengths_to_mask
+
+    wave, lens = pad_waves(waves)
+    feats, frames = model.frontend(wave, lens)
+    x, n = model.embed(feats, frames)
+    skip = _skip_aware_loss(
+        model, x, n, lengths_to_mask(n, x.shape[1]), targets,
+        ExitTraining(exits=[1, 2], skip_layer=1, skip_neighbours=0), threshold=1.0,
+    )  # fmt: skip
+    torch.testing.assert_close(skip, plain, rtol=1e-4, atol=1e-4)
+    skip.backward()  # differentiable through gather and scatter
+    assert model.layers[2].ffn1.sequential[1].weight.grad is not None
+
+
+def test_convert_skip_aware(tiny_ckpt, data, tmp_path) -> None:
+    from dyncli.checkpoint import load_checkpoint
+
+    out = tmp_path / "skip.ckpt"
+    result = _convert(tiny_ckpt, data, out, "--skip-aware", "1")
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(out)
+    assert ckpt.method is not None and ckpt.method["skip_aware_training"]["layer"] == 1
+    bad = _convert(tiny_ckpt, data, tmp_path / "bad.ckpt", "--skip-aware", "2", "--exits", "1")
+    assert bad.exit_code == 2 and "needs an exit" in bad.stderr

@@ -43,6 +43,23 @@ def run(
     ] = False,
     exit_weight: ExitWeightOpt = 1.0,
     final_weight: FinalWeightOpt = 1.0,
+    skip_aware: Annotated[
+        int | None,
+        typer.Option(
+            "--skip-aware",
+            min=1,
+            help="Skip-aware training: on half the steps run blank-skip at the exit after this "
+            "layer (threshold drawn from --skip-thresholds), so later layers learn to work on "
+            "the compacted sequences inference gives them.",
+            show_default=False,
+        ),
+    ] = None,
+    skip_thresholds: Annotated[
+        str, typer.Option(help="Skip-aware training: threshold range LOW:HIGH.")
+    ] = "0.5:0.99",
+    skip_neighbours: Annotated[
+        int, typer.Option(min=0, help="Skip-aware training: neighbours kept each side.")
+    ] = 1,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 4,
     max_steps: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many steps.")
@@ -81,6 +98,7 @@ def run(
     import torch
 
     from dyncli.cli.render import TrainReporter, pct
+    from dyncli.cli.train import _range
     from dyncli.convert import convert, convert_defaults
     from dyncli.training import ExitTraining
 
@@ -110,6 +128,9 @@ def run(
                 exit_weight=exit_weight,
                 final_weight=final_weight,
                 freeze_backbone=freeze_backbone,
+                skip_layer=skip_aware,
+                skip_thresholds=_range(skip_thresholds, "--skip-thresholds"),
+                skip_neighbours=skip_neighbours,
             ),
             config=config,
             wer_budget=wer_budget,
