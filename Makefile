@@ -21,7 +21,7 @@ $(STAMP): $(BIN)/python requirements-lock.txt pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/dyncli evaluate --threads $(THREADS)
+	$(BIN)/dyncli profile --threads $(THREADS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

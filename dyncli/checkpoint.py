@@ -196,6 +196,8 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "sample_rate": model.sample_rate,
         "stored_dtype": ckpt.dtype,
         "method": method.get("name", "static"),
+        "exits": model.exits,
+        "operating_point": method.get("operating_point"),
         "metrics": ckpt.metrics,
         "provenance": ckpt.provenance,
         "sha256": file_sha256(path),

@@ -31,10 +31,18 @@ def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
             "width",
             f"d_model {cfg.get('d_model')}, heads {cfg.get('num_heads')}, ffn {cfg.get('ffn_dim')}",
         ),
-        ("CTC heads", str(info["ctc_heads"])),
+        (
+            "CTC heads",
+            str(info["ctc_heads"])
+            + (f" (exits after layers {info['exits']})" if info["exits"] else ""),
+        ),
         ("tokenizer", f"{info['tokenizer']} ({info['vocab_size']} classes incl. blank)"),
         ("sample rate", f"{info['sample_rate']} Hz"),
         ("method", info["method"]),
+        (
+            "operating point",
+            ", ".join(f"{k}={v}" for k, v in (info["operating_point"] or {}).items()) or "-",
+        ),
         (
             "metrics",
             ", ".join(

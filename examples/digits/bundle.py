@@ -2,8 +2,9 @@
 
     python examples/digits/bundle.py [--work examples/digits/work]
 
-Writes dyncli/assets/demo_static.ckpt (weights stored as float16) and dyncli/assets/eval/
-(the held-out test speaker's utterances, 8 kHz WAV, with a manifest and the FSDD attribution).
+Writes dyncli/assets/demo_static.ckpt and demo_dynamic.ckpt (weights stored as float16) and
+dyncli/assets/eval/ (the held-out test speaker's utterances, 8 kHz WAV, with a manifest and the
+FSDD attribution).
 """
 
 from __future__ import annotations
@@ -37,12 +38,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=HERE / "work")
     ap.add_argument("--checkpoint", type=Path, default=None, help="default: WORK/static.ckpt")
+    ap.add_argument("--dynamic", type=Path, default=None, help="default: WORK/dynamic.ckpt")
     ap.add_argument("--data", type=Path, default=None, help="default: WORK/data")
     args = ap.parse_args()
     data = args.data or args.work / "data"
     ckpt = load_checkpoint(args.checkpoint or args.work / "static.ckpt")
     ckpt.provenance = {**ckpt.provenance, "bundled_from": "examples/digits recipe"}
     save_checkpoint(ASSETS / "demo_static.ckpt", ckpt, half=True)
+    dynamic = load_checkpoint(args.dynamic or args.work / "dynamic.ckpt")
+    dynamic.provenance = {**dynamic.provenance, "bundled_from": "examples/digits recipe"}
+    save_checkpoint(ASSETS / "demo_dynamic.ckpt", dynamic, half=True)
 
     out = ASSETS / "eval"
     if out.exists():

@@ -1,0 +1,107 @@
+"""Does blank-skip deliver real speed? The issue-3 acceptance benchmark.
+
+Profiles the bundled dynamic model on the bundled held-out-speaker set (or the given ones) at
+its operating point, static and dynamic timed interleaved in one run, and checks:
+
+* end-to-end RTF cut (1 - RTF_dynamic / RTF_static) >= 29% (the paper's figure; goal 35%),
+* absolute WER increase over the static row <= 1.0 point,
+* measured encoder speedup >= 0.85 x the speedup the executed-FLOP counts predict.
+
+    python benchmarks/blank_skip.py [--checkpoint CKPT] [--data MANIFEST] [--threads 1]
+        [--thresholds 0.9,0.95] [--repeats 5]
+
+Writes benchmarks/results/blank_skip.json (the full profile report plus the verdicts).
+Exit status 0 when every target is met, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dyncli import assets
+from dyncli.fileio import atomic_write_text
+from dyncli.profiling import profile
+
+HERE = Path(__file__).resolve().parent
+TARGETS = {"rtf_cut": 0.29, "rtf_cut_goal": 0.35, "max_wer_increase": 0.01, "flop_fidelity": 0.85}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=Path, default=assets.DEMO_DYNAMIC)
+    ap.add_argument("--data", type=Path, default=assets.EVAL_MANIFEST)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--thresholds", default=None, help="comma list; default: the policy sweep")
+    ap.add_argument("--layer", type=int, default=None)
+    ap.add_argument("--neighbours", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "blank_skip.json")
+    args = ap.parse_args()
+    thresholds = [float(v) for v in args.thresholds.split(",")] if args.thresholds else None
+    report = profile(
+        checkpoint=args.checkpoint,
+        data=args.data,
+        policy="blank-skip",
+        thresholds=thresholds,
+        overrides={"layer": args.layer, "neighbours": args.neighbours},
+        threads=args.threads,
+        repeats=args.repeats,
+        progress=lambda m: print(m, file=sys.stderr),
+    ).to_json()
+    static = report["static"]
+    stored = [r for r in report["rows"] if r.get("stored_operating_point")]
+    # The operating point: the stored one, else the fastest row within the WER bar.
+    within = [
+        r for r in report["rows"] if r["wer"] - static["wer"] <= TARGETS["max_wer_increase"]
+    ]
+    op = stored[0] if stored else (min(within, key=lambda r: r["rtf"]) if within else None)
+    rows = []
+    for r in report["rows"]:
+        cut = 1 - r["rtf"] / static["rtf"]
+        predicted = r["predicted_encoder_speedup"] or 1.0
+        rows.append(
+            {
+                "threshold": r["threshold"],
+                "wer": r["wer"],
+                "wer_increase": r["wer"] - static["wer"],
+                "rtf_cut": cut,
+                "speedup": r["speedup"],
+                "encoder_speedup": r["encoder_speedup"],
+                "predicted_encoder_speedup": predicted,
+                "flop_fidelity": r["encoder_speedup"] / predicted,
+                "skipped_frame_fraction": r["skipped_frame_fraction"],
+            }
+        )
+    verdict: dict[str, object] = {"targets": TARGETS, "rows": rows, "operating_point": None}
+    ok = False
+    if op is not None:
+        mine = next(x for x in rows if x["threshold"] == op["threshold"])
+        checks = {
+            "rtf_cut": mine["rtf_cut"] >= TARGETS["rtf_cut"],
+            "rtf_cut_goal": mine["rtf_cut"] >= TARGETS["rtf_cut_goal"],
+            "wer_increase": mine["wer_increase"] <= TARGETS["max_wer_increase"] + 1e-9,
+            "flop_fidelity": mine["flop_fidelity"] >= TARGETS["flop_fidelity"],
+        }
+        ok = checks["rtf_cut"] and checks["wer_increase"] and checks["flop_fidelity"]
+        verdict["operating_point"] = {**mine, "checks": checks, "stored": bool(stored)}
+    verdict["passed"] = ok
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps({"verdict": verdict, "report": report}, indent=2))
+    print(f"{'threshold':>9} {'WER':>7} {'dWER':>6} {'RTF cut':>8} {'enc x':>6} {'FLOP x':>6}")
+    for x in rows:
+        print(
+            f"{x['threshold']:>9g} {100 * x['wer']:6.2f}% {100 * x['wer_increase']:+6.2f} "
+            f"{100 * x['rtf_cut']:7.1f}% {x['encoder_speedup']:6.2f} "
+            f"{x['predicted_encoder_speedup']:6.2f}"
+        )
+    print(f"static WER {100 * static['wer']:.2f}%, RTF {static['rtf']:.4f}")
+    print(f"operating point: {verdict['operating_point']}")
+    print(f"{'PASS' if ok else 'FAIL'}; wrote {args.out}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
