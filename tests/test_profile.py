@@ -1,0 +1,193 @@
+"""dyncli profile: JSON schema, gate exit codes 0/1/2, threshold parsing and refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dyncli.cli.app import build_app
+from dyncli.cli.options import parse_thresholds
+from dyncli.errors import UsageError
+from tests.conftest import WORDS, write_wav
+
+runner = CliRunner()
+
+ROW_KEYS = {
+    "policy",
+    "threshold",
+    "wer",
+    "cer",
+    "rtf",
+    "rtf_min",
+    "rtf_max",
+    "speedup",
+    "flops_ratio",
+    "gflops_per_audio_second",
+    "avg_layers",
+    "skipped_frame_fraction",
+    "pareto",
+}
+
+
+def invoke(*args: object):
+    return runner.invoke(build_app(), [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, tiny_ckpt: Path) -> dict[str, Path]:
+    import torch
+
+    from dyncli.checkpoint import load_checkpoint, save_checkpoint
+    from dyncli.training import ExitTraining, early_exit_method
+
+    root = tmp_path_factory.mktemp("profile")
+    rows = []
+    for i in range(3):
+        write_wav(root / f"u{i}.wav", seconds=0.6 + 0.2 * i, freq=300 + 90 * i)
+        rows.append({"audio_filepath": f"u{i}.wav", "text": " ".join(WORDS[: 1 + i])})
+    manifest = root / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    ckpt = load_checkpoint(tiny_ckpt)
+    ckpt.model.attach_exits([1, 2])
+    with torch.no_grad():
+        ckpt.model.exit_heads["1"].bias[0] += 2.0  # blank-heavy, so thresholds differ
+    ckpt.method = early_exit_method(ExitTraining(exits=[1, 2]), training="fine-tune")
+    dyn = root / "dyn.ckpt"
+    save_checkpoint(dyn, ckpt)
+    return {"ckpt": dyn, "static": tiny_ckpt, "data": manifest, "root": root}
+
+
+def _profile(setup, *extra: object):
+    return invoke(
+        "profile", setup["ckpt"], "--data", setup["data"], "--repeats", "1", "--threads", "1",
+        *extra,
+    )  # fmt: skip
+
+
+def test_json_schema(setup, tmp_path) -> None:
+    out = tmp_path / "report.json"
+    result = _profile(setup, "--thresholds", "0.5,0.9", "--layer", "1", "--json", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["schema_version"] == 1
+    assert {"path", "sha256", "backbone", "layers", "method"} <= set(report["model"])
+    assert report["model"]["layers"] == 3 and report["model"]["method"] == "early-exit"
+    assert report["data"]["utterances"] == 3 and report["data"]["audio_seconds"] > 0
+    assert {"torch", "threads", "cpu", "device"} <= set(report["environment"])
+    assert report["environment"]["threads"] == 1
+    assert ROW_KEYS <= set(report["static"])
+    assert [r["threshold"] for r in report["rows"]] == [0.5, 0.9]
+    for row in report["rows"]:
+        assert ROW_KEYS <= set(row)
+        assert row["policy"] == "blank-skip"
+        assert 0 <= row["wer"] and 0 <= row["skipped_frame_fraction"] <= 1
+        assert 1 <= row["avg_layers"] <= 3
+        assert row["rtf_min"] <= row["rtf"] <= row["rtf_max"]
+    static = report["static"]
+    assert static["flops_ratio"] == 1.0 and static["avg_layers"] == 3.0
+    assert static["skipped_frame_fraction"] == 0.0
+    # a lower threshold skips at least as many frames and executes at most as many FLOPs
+    low, high = report["rows"]
+    assert low["skipped_frame_fraction"] >= high["skipped_frame_fraction"]
+    assert low["flops_ratio"] <= high["flops_ratio"] + 1e-12
+    assert {"passed", "operating_point", "violations"} <= set(report["gate"])
+    assert report["gate"]["passed"] is True
+    assert "dyncli profile" in result.output  # the rich table was printed too
+
+
+def test_json_to_stdout_is_pure_json(setup) -> None:
+    result = _profile(setup, "--thresholds", "0.9", "--policy", "early-exit-entropy", "--json", "-")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["rows"][0]["policy"] == "early-exit-entropy"
+
+
+def test_gate_passes_exit_0(setup) -> None:
+    result = _profile(setup, "--thresholds", "0.9", "--max-wer", "1.0", "--min-speedup", "0")
+    assert result.exit_code == 0, result.output
+    assert "gate passed" in result.output
+
+
+def test_gate_fails_exit_1_one_line_per_bar(setup, tmp_path) -> None:
+    out = tmp_path / "r.json"
+    result = _profile(
+        setup, "--thresholds", "0.9", "--max-rtf", "0", "--min-speedup", "1000", "--json", out
+    )
+    assert result.exit_code == 1, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 2 and all(ln.startswith("gate failed: ") for ln in lines)
+    assert "--max-rtf" in lines[0] and "--min-speedup" in lines[1]
+    report = json.loads(out.read_text())  # the report is written even when the gate fails
+    assert report["gate"]["passed"] is False and len(report["gate"]["violations"]) == 2
+
+
+def test_gate_at_picks_that_row(setup, tmp_path) -> None:
+    out = tmp_path / "r.json"
+    result = _profile(setup, "--thresholds", "0.5,0.9", "--at", "0.7", "--json", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["gate"]["operating_point"]["threshold"] == 0.7
+    assert [r["threshold"] for r in report["rows"]] == [0.5, 0.7, 0.9]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--thresholds", "0.5,1.5"), "out of range"),
+        (("--thresholds", "0:0.9:3"), "out of range"),
+        (("--policy", "early-exit-entropy", "--thresholds", "-0.1"), "out of range"),
+        (("--policy", "layer-magic"), "unknown skip policy 'layer-magic'"),
+        (("--thresholds", "a,b"), "--thresholds expects numbers"),
+        (("--thresholds", "0.5:0.9"), "START:STOP:COUNT"),
+        (("--layer", "3"), "blank-skip layer 3 has no CTC head"),
+        (("--max-wer", "-1"), "--max-wer"),
+    ],
+)
+def test_usage_errors_exit_2(setup, args, expected) -> None:
+    result = _profile(setup, *args)
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_static_checkpoint_and_missing_data_exit_2(setup, tmp_path) -> None:
+    result = invoke("profile", setup["static"], "--data", setup["data"])
+    assert result.exit_code == 2 and "static checkpoint" in result.stderr
+    result = invoke("profile", setup["ckpt"], "--data", tmp_path / "none.jsonl")
+    assert result.exit_code == 2 and "error:" in result.stderr
+
+
+def test_parse_thresholds() -> None:
+    assert parse_thresholds("0.5,0.7") == [0.5, 0.7]
+    assert parse_thresholds("0.5:0.9:5") == [0.5, 0.6, 0.7, 0.8, 0.9]
+    assert parse_thresholds(None) is None
+    with pytest.raises(UsageError):
+        parse_thresholds("0.5:0.9:0")
+
+
+def test_profile_uses_stored_operating_point(setup, tmp_path) -> None:
+    from dyncli.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(setup["ckpt"])
+    assert ckpt.method is not None
+    ckpt.method["operating_point"] = {
+        "policy": "early-exit-posterior",
+        "threshold": 0.42,
+    }
+    path = tmp_path / "op.ckpt"
+    save_checkpoint(path, ckpt)
+    out = tmp_path / "r.json"
+    result = invoke("profile", path, "--data", setup["data"], "--repeats", "1", "--json", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["policy"]["name"] == "early-exit-posterior"
+    stored = [r for r in report["rows"] if r["stored_operating_point"]]
+    assert [r["threshold"] for r in stored] == [0.42]
+    # transcribe uses the stored point too, and --full-depth equals the static model
+    wav = setup["root"] / "u0.wav"
+    dyn = invoke("transcribe", path, wav)
+    full = invoke("transcribe", path, wav, "--full-depth")
+    assert dyn.exit_code == 0 and full.exit_code == 0
