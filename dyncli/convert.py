@@ -141,7 +141,11 @@ def convert(
 
         converted = load_checkpoint(output)
         point, sweep = choose_operating_point(
-            converted, data.dev, policy=policy, wer_budget=wer_budget
+            converted,
+            data.dev,
+            policy=policy,
+            wer_budget=wer_budget,
+            neighbours=exit_cfg.skip_neighbours if exit_cfg.skip_layer is not None else 1,
         )
         assert converted.method is not None
         converted.method["operating_point"] = point

@@ -91,11 +91,17 @@ class StaticPolicy:
 
 
 def default_trigger(model: CTCEncoder, ckpt_method: dict[str, Any] | None = None) -> int:
-    """The blank-skip trigger layer: the stored operating point's, else the exit nearest L/2."""
-    point = (ckpt_method or {}).get("operating_point") or {}
-    layer = point.get("layer") if point.get("policy") == "blank-skip" else None
-    if isinstance(layer, int) and layer in model.exits:
-        return layer
+    """The blank-skip trigger layer: the stored operating point's, else the layer the model was
+    trained to skip at (``convert --skip-aware``), else the exit nearest L/2."""
+    method = ckpt_method or {}
+    point = method.get("operating_point") or {}
+    candidates = [
+        point.get("layer") if point.get("policy") == "blank-skip" else None,
+        (method.get("skip_aware_training") or {}).get("layer"),
+    ]
+    for layer in candidates:
+        if isinstance(layer, int) and layer in model.exits:
+            return layer
     if not model.exits:
         raise UsageError("this model has no intermediate CTC head; run 'dyncli convert' first")
     return min(model.exits, key=lambda k: (abs(k - model.num_layers / 2), k))

@@ -364,7 +364,7 @@ def resolve_policy(
     if name == "blank-skip" and merged.get("layer") is None:
         from dyncli.dynamic import default_trigger
 
-        merged["layer"] = default_trigger(ckpt.model)
+        merged["layer"] = default_trigger(ckpt.model, ckpt.method)
     if thresholds:
         values = list(thresholds)
     else:
@@ -479,6 +479,7 @@ def choose_operating_point(
     policy: str,
     wer_budget: float,
     thresholds: Sequence[float] | None = None,
+    neighbours: int = 1,
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """The threshold with the fewest executed FLOPs whose WER on ``utts`` is within
     ``wer_budget`` (absolute) of full depth; None if no threshold meets it."""
@@ -489,7 +490,7 @@ def choose_operating_point(
     if policy == "blank-skip":
         from dyncli.dynamic import default_trigger
 
-        overrides = {"layer": default_trigger(model), "neighbours": 1}
+        overrides = {"layer": default_trigger(model, ckpt.method), "neighbours": neighbours}
     waves = [u.wave for u in utts]
     refs = [u.text for u in utts]
     audio = sum(u.samples for u in utts) / model.sample_rate

@@ -192,3 +192,22 @@ def test_convert_skip_aware(tiny_ckpt, data, tmp_path) -> None:
     assert ckpt.method is not None and ckpt.method["skip_aware_training"]["layer"] == 1
     bad = _convert(tiny_ckpt, data, tmp_path / "bad.ckpt", "--skip-aware", "2", "--exits", "1")
     assert bad.exit_code == 2 and "needs an exit" in bad.stderr
+
+
+def test_wer_budget_stores_operating_point_used_by_profile(tiny_ckpt, data, tmp_path) -> None:
+    from dyncli.checkpoint import load_checkpoint
+
+    out = tmp_path / "op.ckpt"
+    result = _convert(tiny_ckpt, data, out, "--wer-budget", "1.0", "--skip-aware", "1")
+    assert result.exit_code == 0, result.output
+    assert "operating point (blank-skip, chosen on dev)" in result.output
+    ckpt = load_checkpoint(out)
+    assert ckpt.method is not None
+    point = ckpt.method["operating_point"]
+    assert point["policy"] == "blank-skip" and point["layer"] == 1
+    assert 0 < point["threshold"] <= 1 and point["flops_ratio"] > 0
+    report = tmp_path / "r.json"
+    prof = invoke("profile", out, "--data", data, "--repeats", "1", "--json", report)
+    assert prof.exit_code == 0, prof.output
+    rows = json.loads(report.read_text())["rows"]
+    assert [r["threshold"] for r in rows if r["stored_operating_point"]] == [point["threshold"]]
