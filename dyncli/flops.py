@@ -32,6 +32,8 @@ fvcore's defaults miss several ops our backbones run; :data:`EXTRA_HANDLES` adds
   op. (``torch.utils.flop_counter`` does not count FFTs at all.)
 * ``aten::_convolution_mode`` (``padding="same"``/``"valid"``), ``aten::conv{1,2,3}d``,
   ``aten::convolution``, ``aten::conv_transpose{1,2,3}d``: fvcore's convolution formula.
+* ``aten::linalg_vecdot``: one multiply-add per reduced element (the Conformer's depthwise
+  convolution in eval mode; reported under "conv").
 * ``aten::baddbmm``, ``aten::addbmm``, ``aten::mv``, ``aten::addmv``, ``aten::dot``,
   ``aten::vdot``: the products (bias terms not counted, as fvcore does for ``addmm``).
 
@@ -74,7 +76,7 @@ class FlopCountError(DyncliError):
 # Ops (namespace stripped) that do matrix, convolution, attention, recurrent or FFT work: one of
 # these left unsupported would make the count silently low.
 _MATMUL_OPS = re.compile(
-    r"(^|_)(mm|bmm|addmm|addbmm|baddbmm|matmul|mv|addmv|dot|vdot|inner|tensordot|einsum|linear"
+    r"(^|_)(mm|bmm|addmm|addbmm|baddbmm|matmul|mv|addmv|dot|vdot|vecdot|inner|tensordot|einsum|linear"
     r"|bilinear|trilinear|cdist|stft|istft)(_|$)"
     r"|conv(olution|_tbc|_transpose|\dd)|attention|transformer|fft|lstm|gru|rnn"
 )
@@ -177,7 +179,18 @@ def _mv_flop(first: int) -> Handle:
     return handle
 
 
+def _vecdot_flop(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
+    """``linalg_vecdot(x, y, dim)``: one multiply-add per reduced element of each output.
+
+    The Conformer's depthwise convolution runs as a vecdot over a sliding window in eval mode,
+    so it is reported under "conv" (k * C * T, exactly the convolution's count)."""
+    x = _shape(inputs[0])
+    dim = int(inputs[2].toIValue()) if len(inputs) > 2 else -1
+    return Counter({"conv": math.prod(_shape(outputs[0])) * x[dim]})
+
+
 EXTRA_HANDLES: dict[str, Handle] = {
+    "aten::linalg_vecdot": _vecdot_flop,
     "aten::scaled_dot_product_attention": _sdpa_flop,
     "aten::_native_multi_head_attention": _native_mha_flop,
     "aten::_transformer_encoder_layer_fwd": _transformer_layer_flop,

@@ -61,10 +61,21 @@ def _cpu_attention_flops(query_shape: Any, key_shape: Any, value_shape: Any, *ar
 
 
 def _flop_counter_macs(fn: Any, *args: Any) -> int:
-    """Multiply-adds by torch.utils.flop_counter (its FLOPs / 2), CPU attention kernel mapped."""
+    """Multiply-adds by torch.utils.flop_counter (its FLOPs / 2), CPU attention kernel mapped.
+
+    An independent count in two ways: another counter, and another implementation of the
+    layer: torchaudio's modules (nn.MultiheadAttention, Conv1d, BatchNorm1d) instead of the
+    eval-mode functional path fvcore traces."""
+    from dyncli.models import conformer
+
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
-    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as fc:
-        fn(*args)
+    lean = conformer.conformer_layer_inference
+    conformer.conformer_layer_inference = conformer.conformer_layer_forward  # type: ignore[assignment]
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as fc:
+            fn(*args)
+    finally:
+        conformer.conformer_layer_inference = lean  # type: ignore[assignment]
     total = fc.get_total_flops()
     assert total % 2 == 0
     return total // 2

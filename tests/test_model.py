@@ -82,14 +82,30 @@ def test_unmasked_convolution_would_leak() -> None:
     waves = [torch.randn(3000) * 0.1, torch.randn(8000) * 0.1]
     batch = torch.zeros(2, 8000)
     batch[0, :3000], batch[1] = waves[0], waves[1]
-    original = mod._conv_module
+    original = mod._conv_inference
     try:
-        mod._conv_module = lambda layer, x, pad_mask: original(layer, x, None)
+        mod._conv_inference = lambda layer, x, pad_mask: original(layer, x, None)
         batched, lens = model(batch, torch.tensor([3000, 8000]))
     finally:
-        mod._conv_module = original
+        mod._conv_inference = original
     single, _ = model(waves[0].unsqueeze(0), torch.tensor([3000]))
     assert not torch.allclose(batched[0, : int(lens[0])], single[0], atol=1e-5)
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("masked", [False, True])
+def test_lean_inference_layer_equals_module_path(masked: bool) -> None:
+    """The eval-mode fast path computes what torchaudio's modules (with our mask) compute."""
+    from dyncli.models.conformer import conformer_layer_forward, conformer_layer_inference
+
+    model = tiny(vocab=9, seed=5)
+    x = torch.randn(2, 23, CFG.d_model)
+    pad = torch.arange(23)[None, :] >= torch.tensor([[23], [17]]) if masked else None
+    for layer in model.layers:
+        ref = conformer_layer_forward(layer, x, pad)
+        got = conformer_layer_inference(layer, x, pad)
+        keep = slice(None) if pad is None else ~pad
+        torch.testing.assert_close(got[keep], ref[keep], atol=2e-5, rtol=1e-5)
 
 
 def _save_tiny(path: Path, half: bool = False) -> tuple[torch.nn.Module, CharTokenizer]:
