@@ -207,3 +207,25 @@ def test_unknown_policy_is_refused() -> None:
 def test_blank_skip_needs_a_head_at_its_layer(model) -> None:
     with pytest.raises(UsageError, match="blank-skip layer 3 has no CTC head"):
         BlankSkip(BlankSkipConfig(layer=3)).check(model)
+
+
+def test_confidence_criteria() -> None:
+    """Entropy is 0 for one-hot and 1 for uniform posteriors; the posterior score ignores
+    confident blank frames and looks at the frames that emit tokens."""
+    v = 5
+    uniform = torch.full((1, 4, v), 1.0 / v).log()
+    onehot = torch.full((1, 4, v), 1e-9)
+    onehot[..., 0] = 1.0
+    onehot = onehot / onehot.sum(-1, keepdim=True)
+    lengths = torch.tensor([4])
+    ent_u = exit_confidence(uniform, lengths, "entropy")
+    ent_o = exit_confidence(onehot.log(), lengths, "entropy")
+    assert abs(float(ent_u) - 1.0) < 1e-5 and float(ent_o) < 1e-3
+    probs = torch.zeros(1, 4, v)
+    probs[0, :3, 0] = 1.0  # three certain blanks
+    probs[0, 3] = torch.tensor([0.1, 0.6, 0.1, 0.1, 0.1])  # one uncertain token
+    post = exit_confidence(probs.clamp_min(1e-12).log(), lengths, "posterior")
+    assert abs(float(post) - 0.6) < 1e-4  # not (3 * 1.0 + 0.6) / 4
+    # padding is ignored
+    padded = torch.cat([probs, uniform.exp()], dim=1).clamp_min(1e-12).log()
+    assert abs(float(exit_confidence(padded, lengths, "posterior")) - 0.6) < 1e-4

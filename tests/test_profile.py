@@ -191,3 +191,41 @@ def test_profile_uses_stored_operating_point(setup, tmp_path) -> None:
     dyn = invoke("transcribe", path, wav)
     full = invoke("transcribe", path, wav, "--full-depth")
     assert dyn.exit_code == 0 and full.exit_code == 0
+
+
+def _row(th: float, wer: float, rtf: float, speedup: float) -> dict:
+    return {"policy": "blank-skip", "threshold": th, "wer": wer, "rtf": rtf, "speedup": speedup}
+
+
+def test_pareto_flags() -> None:
+    from dyncli.profiling import pareto_flags
+
+    rows = [
+        {"wer": 0.10, "rtf": 0.010},  # static: most accurate
+        {"wer": 0.10, "rtf": 0.008},  # as accurate, faster: dominates static
+        {"wer": 0.12, "rtf": 0.006},  # faster, worse: on the front
+        {"wer": 0.13, "rtf": 0.007},  # dominated by the previous
+    ]
+    assert pareto_flags(rows) == [False, True, True, False]
+
+
+def test_judge_picks_fastest_passing_row_and_bars_are_one_sided() -> None:
+    from dyncli.profiling import GateConfig, judge
+
+    static = _row(0, 0.10, 0.010, 1.0)
+    rows = [
+        _row(0.5, 0.125, 0.006, 1.6),
+        _row(0.9, 0.105, 0.007, 1.4),
+        _row(0.99, 0.09, 0.009, 1.1),
+    ]
+    verdict = judge(rows, static, GateConfig(max_wer_increase=0.01))
+    assert verdict["passed"] and verdict["operating_point"]["threshold"] == 0.9
+    # an improvement (lower WER than static) never violates --max-wer-increase
+    verdict = judge(rows, static, GateConfig(max_wer_increase=0.0, at=0.99))
+    assert verdict["passed"] and verdict["violations"] == []
+    # nothing passes: the closest miss is reported with one line per violated bar
+    verdict = judge(rows, static, GateConfig(max_wer=0.05, min_speedup=2.0))
+    assert not verdict["passed"]
+    assert len(verdict["violations"]) == 2
+    assert any("--max-wer" in v for v in verdict["violations"])
+    assert any("--min-speedup" in v for v in verdict["violations"])

@@ -86,7 +86,7 @@ def conformer_layer_inference(
     """Eval-mode :func:`conformer_layer_forward` with minimal per-op overhead; (B, T, D)."""
     f = torch.nn.functional
     d = x.shape[-1]
-    x = x + 0.5 * _ffn_inference(layer.ffn1.sequential, x)
+    x = torch.add(x, _ffn_inference(layer.ffn1.sequential, x), alpha=0.5)
     if layer.convolution_first:
         x = x + _conv_inference(layer, x, pad_mask)
     ln = layer.self_attn_layer_norm
@@ -106,7 +106,7 @@ def conformer_layer_inference(
     x = x + h
     if not layer.convolution_first:
         x = x + _conv_inference(layer, x, pad_mask)
-    x = x + 0.5 * _ffn_inference(layer.ffn2.sequential, x)
+    x = torch.add(x, _ffn_inference(layer.ffn2.sequential, x), alpha=0.5)
     ln = layer.final_layer_norm
     return f.layer_norm(x, (d,), ln.weight, ln.bias, ln.eps)
 
