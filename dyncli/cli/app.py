@@ -23,6 +23,14 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _help(doc: str | None) -> str:
+    """A docstring as help text: paragraphs kept, hard line breaks inside them removed."""
+    import inspect as _inspect
+
+    paragraphs = _inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
 def build_app() -> typer.Typer:
     app = typer.Typer(
         name="dyncli",
@@ -42,7 +50,7 @@ def build_app() -> typer.Typer:
         """dyncli command-line interface."""
 
     for module in (train, convert, profile, evaluate, transcribe, inspect, plugins):
-        app.command(name=module.NAME, help=module.run.__doc__)(guarded(module.run))
+        app.command(name=module.NAME, help=_help(module.run.__doc__))(guarded(module.run))
 
     from dyncli.plugins import get_plugin_manager
 

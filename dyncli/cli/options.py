@@ -16,6 +16,13 @@ OptionalCheckpointArg = Annotated[
         help="A dyncli checkpoint. Default: the bundled demo model.", show_default=False
     ),
 ]
+OptionalDynamicCheckpointArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="A dynamic dyncli checkpoint. Default: the bundled dynamic demo model.",
+        show_default=False,
+    ),
+]
 DataOpt = Annotated[
     Path | None,
     typer.Option(

@@ -10,7 +10,7 @@ from dyncli.cli.options import (
     DataOpt,
     DeviceOpt,
     JsonOpt,
-    OptionalCheckpointArg,
+    OptionalDynamicCheckpointArg,
     SkipBadOpt,
     ThreadsOpt,
     parse_thresholds,
@@ -32,7 +32,7 @@ PolicyOpt = Annotated[str | None, typer.Option("--policy", help=_policy_help(), 
 
 
 def run(
-    checkpoint: OptionalCheckpointArg = None,
+    checkpoint: OptionalDynamicCheckpointArg = None,
     data: DataOpt = None,
     policy: PolicyOpt = None,
     thresholds: Annotated[
