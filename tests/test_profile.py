@@ -229,3 +229,32 @@ def test_judge_picks_fastest_passing_row_and_bars_are_one_sided() -> None:
     assert len(verdict["violations"]) == 2
     assert any("--max-wer" in v for v in verdict["violations"])
     assert any("--min-speedup" in v for v in verdict["violations"])
+
+
+@pytest.mark.parametrize(("min_speedup", "status"), [("0", 0), ("1000", 1)])
+def test_release_gate_example_script(setup, tmp_path, min_speedup, status) -> None:
+    """examples/ci/release_gate.sh relies only on the exit code and the JSON contract."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "ci" / "release_gate.sh"
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "REPORT": str(tmp_path / "report.json"),
+        "MIN_SPEEDUP": min_speedup,
+        "MAX_WER_INCREASE": "1.0",
+        "EXTRA_ARGS": "--repeats 1 --thresholds 0.9 --layer 1",
+    }
+    done = subprocess.run(
+        ["bash", str(script), str(setup["ckpt"]), str(setup["data"])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == status, done.stderr
+    verdict = "passed" if status == 0 else "FAILED"
+    assert f"release gate {verdict}" in done.stdout
+    assert json.loads((tmp_path / "report.json").read_text())["gate"]["passed"] is (status == 0)

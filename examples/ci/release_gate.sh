@@ -14,11 +14,14 @@ REPORT=${REPORT:-profile-report.json}
 MAX_WER_INCREASE=${MAX_WER_INCREASE:-0.01}   # absolute: 0.01 = 1 point above full depth
 MIN_SPEEDUP=${MIN_SPEEDUP:-1.3}              # end-to-end, vs full depth in the same run
 THREADS=${THREADS:-1}
+EXTRA_ARGS=${EXTRA_ARGS:-}                   # e.g. "--repeats 5 --thresholds 0.9,0.95"
 
 args=(profile --policy blank-skip --threads "$THREADS" --json "$REPORT"
       --max-wer-increase "$MAX_WER_INCREASE" --min-speedup "$MIN_SPEEDUP")
 [[ -n "$CKPT" ]] && args+=("$CKPT")
 [[ -n "$DATA" ]] && args+=(--data "$DATA")
+# shellcheck disable=SC2206
+[[ -n "$EXTRA_ARGS" ]] && args+=($EXTRA_ARGS)
 
 dyncli "${args[@]}"
 status=$?
