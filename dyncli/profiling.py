@@ -221,6 +221,47 @@ def _row(
     }
 
 
+class _Stepper:
+    """One utterance per call, cycling through the set; records each call's encoder seconds.
+
+    ``torch.utils.benchmark.Timer.timeit(n)`` runs its statement twice as a warm-up before the
+    ``n`` timed runs; with one utterance per statement and ``n`` = the number of utterances,
+    the timed runs are exactly one full pass (the warm-up costs two utterances, not two
+    passes)."""
+
+    def __init__(
+        self,
+        model: CTCEncoder,
+        tokenizer: Tokenizer,
+        pairs: list[tuple[torch.Tensor, torch.Tensor]],
+        policy: Any,
+        sync: Callable[[], None],
+    ) -> None:
+        self.model, self.tokenizer, self.pairs, self.policy, self.sync = (
+            model,
+            tokenizer,
+            pairs,
+            policy,
+            sync,
+        )
+        self.next = 0
+        self.encoder: list[float] = []  # encoder seconds of every call, in order
+
+    @torch.inference_mode()
+    def __call__(self) -> None:
+        wave, n = self.pairs[self.next]
+        self.next = (self.next + 1) % len(self.pairs)
+        model = self.model
+        feats, frames = model.features(wave[None], n)
+        x, out_n = model.embed(feats, frames)
+        self.sync()
+        start = time.perf_counter()
+        out = self.policy.encode(model, x, out_n)
+        self.sync()
+        self.encoder.append(time.perf_counter() - start)
+        self.tokenizer.decode(greedy_ctc(out.log_probs, out.lengths)[0])
+
+
 def _time_configs(
     model: CTCEncoder,
     tokenizer: Tokenizer,
@@ -232,45 +273,24 @@ def _time_configs(
 ) -> list[dict[str, list[float]]]:
     """Interleaved end-to-end timing of each policy: pass seconds and encoder seconds per round."""
     benchmark = import_benchmark()
-    lengths = [torch.tensor([w.shape[0]], device=device) for w in waves]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def make_pass(policy: Any, limit: int | None = None) -> Callable[[], float]:
-        pairs = list(zip(waves, lengths, strict=True))[:limit]
-
-        @torch.inference_mode()
-        def one_pass() -> float:
-            encoder = 0.0
-            for wave, n in pairs:
-                feats, frames = model.features(wave[None], n)
-                x, out_n = model.embed(feats, frames)
-                sync()
-                start = time.perf_counter()
-                out = policy.encode(model, x, out_n)
-                sync()
-                encoder += time.perf_counter() - start
-                tokenizer.decode(greedy_ctc(out.log_probs, out.lengths)[0])
-            return encoder
-
-        return one_pass
-
-    for policy in policies:  # warm-up: a few utterances through every configuration
-        make_pass(policy, limit=8)()
-    passes = [make_pass(p) for p in policies]
+    pairs = [(w, torch.tensor([w.shape[0]], device=device)) for w in waves]
+    sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    steppers = [_Stepper(model, tokenizer, pairs, p, sync) for p in policies]
+    for stepper in steppers:  # warm-up: a few utterances through every configuration
+        for _ in range(min(8, len(pairs))):
+            stepper()
     results: list[dict[str, list[float]]] = [{"total": [], "encoder": []} for _ in policies]
     for r in range(repeats):
         order = list(range(len(policies)))
         shift = r % len(order)
         order = order[shift:] + order[:shift]
         for c in order:
-            box: list[float] = []
-            timer = benchmark.Timer(
-                stmt="box.append(one_pass())",
-                globals={"box": box, "one_pass": passes[c]},
-                num_threads=threads,
-            )
-            results[c]["total"].append(timer.timeit(1).median)
-            results[c]["encoder"].append(box[-1])
+            stepper = steppers[c]
+            timer = benchmark.Timer(stmt="step()", globals={"step": stepper}, num_threads=threads)
+            measurement = timer.timeit(len(pairs))
+            # The Timer's own warm-up calls come first: the last len(pairs) calls are timed.
+            results[c]["total"].append(measurement.median * len(pairs))
+            results[c]["encoder"].append(sum(stepper.encoder[-len(pairs) :]))
     return results
 
 
@@ -422,7 +442,10 @@ def profile(
     say = progress or (lambda _msg: None)
 
     say(f"accuracy and FLOPs: {len(utts)} utterances, {len(values)} thresholds (shared sweep)")
+    phase = time.perf_counter()
     static_stats, row_stats = accuracy_sweep(model, ckpt.tokenizer, waves, name, values, merged)
+    phases = {"load_seconds": phase - started, "accuracy_and_flops_seconds": 0.0}
+    phases["accuracy_and_flops_seconds"] = time.perf_counter() - phase
     depth = model.num_layers
     static = _row("static", None, static_stats, refs, static_stats, audio_seconds, depth)
     rows = [
@@ -432,7 +455,9 @@ def profile(
 
     say(f"timing: {repeats} interleaved rounds of {len(values) + 1} configurations")
     policies: list[Any] = [StaticPolicy()] + [build_policy(name, th, **merged) for th in values]
+    phase = time.perf_counter()
     timings = _time_configs(model, ckpt.tokenizer, waves, policies, threads, repeats, dev)
+    phases["timing_seconds"] = time.perf_counter() - phase
     base = timings[0]
     for row, t in zip([static, *rows], timings, strict=True):
         row["rtf"] = statistics.median(t["total"]) / audio_seconds
@@ -466,7 +491,12 @@ def profile(
         static=static,
         rows=rows,
         gate=verdict,
-        timing={"repeats": repeats, "batch_size": 1, "warmup": "8 utterances per configuration"},
+        timing={
+            "repeats": repeats,
+            "batch_size": 1,
+            "warmup": "8 utterances per configuration",
+            **phases,
+        },
         skipped=skipped,
         seconds=time.perf_counter() - started,
     )

@@ -43,3 +43,28 @@ def test_default_evaluate_runs_on_bundled_assets(tmp_path) -> None:
     data = json.loads(report.read_text())
     assert data["data"]["utterances"] == len(read_manifest(assets.EVAL_MANIFEST).items)
     assert data["result"]["wer"] <= 0.25  # the bundled model's accuracy bar on an unseen speaker
+
+
+def test_bundled_dynamic_model_skips_on_the_bundled_set(tmp_path) -> None:
+    """`dyncli profile` with no arguments uses the bundled dynamic model and evaluation set;
+    at its stored operating point it skips most frames and keeps the accuracy bar."""
+    from dyncli.checkpoint import load_checkpoint
+
+    assert assets.DEMO_DYNAMIC.is_file()
+    ckpt = load_checkpoint(assets.DEMO_DYNAMIC)
+    assert ckpt.method is not None and ckpt.model.exits
+    point = ckpt.method["operating_point"]
+    assert point["policy"] == "blank-skip" and point["layer"] in ckpt.model.exits
+    report = tmp_path / "r.json"
+    result = CliRunner().invoke(
+        build_app(),
+        ["profile", "--repeats", "1", "--thresholds", str(point["threshold"]), "--json", report],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["model"]["path"] == str(assets.DEMO_DYNAMIC)
+    (row,) = data["rows"]
+    assert row["stored_operating_point"]
+    assert row["wer"] <= 0.25 and data["static"]["wer"] <= 0.25
+    assert row["skipped_frame_fraction"] > 0.3  # the operating point really skips
+    assert row["flops_ratio"] < 0.8

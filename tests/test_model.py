@@ -221,3 +221,14 @@ def test_archive_is_a_plain_zip(tmp_path: Path) -> None:
     path = tmp_path / "m.ckpt"
     _save_tiny(path)
     assert zipfile.is_zipfile(io.BytesIO(path.read_bytes()))
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+
+    from dyncli.fileio import atomic_write_text
+
+    atomic_write_text(tmp_path / "r.json", "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~mask

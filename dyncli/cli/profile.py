@@ -171,7 +171,7 @@ def render(report: Any) -> None:
             mark += "*"
         table.add_row(
             mark,
-            "static" if is_static else f"{row['threshold']:g}",
+            "static" if is_static else f"{row['threshold']:.4g}",
             pct(row["wer"]),
             "" if is_static else f"{100 * (row['wer'] - static['wer']):+.2f}",
             pct(row["cer"]),
@@ -206,11 +206,16 @@ def render(report: Any) -> None:
     if op is not None:
         verdict = "passed" if gate["passed"] else "FAILED"
         console.print(
-            f"gate {verdict}: operating point {op['policy']} @ {op['threshold']:g} "
+            f"gate {verdict}: operating point {op['policy']} @ {op['threshold']:.4g} "
             f"({gate['selection']}): WER {pct(op['wer'])}, RTF {op['rtf']:.4f} "
             f"(RTFx {op['rtfx']:.0f}), {op['speedup']:.2f}x end to end, "
             f"{op['encoder_speedup']:.2f}x encoder (FLOPs predict "
             f"{op['predicted_encoder_speedup'] or 0:.2f}x)",
             highlight=False,
         )
-    console.print(f"profiled in {report.seconds:.1f} s", highlight=False)
+    t = report.timing
+    console.print(
+        f"profiled in {report.seconds:.1f} s (accuracy + FLOPs "
+        f"{t['accuracy_and_flops_seconds']:.1f} s, timing {t['timing_seconds']:.1f} s)",
+        highlight=False,
+    )

@@ -33,7 +33,7 @@ done
 #    in the loop at layer 4 (skip-aware), on the same training speakers; the operating point is
 #    the blank-skip threshold with the fewest FLOPs within 0.5 WER points of full depth on dev.
 dyncli convert "$work/static.ckpt" -o "$work/dynamic.ckpt" --exits 4,6,8 --skip-aware 4 \
-  --train "$work/data/train.jsonl" --dev "$work/data/dev.jsonl" --epochs 4 --lr 3e-4 \
+  --train "$work/data/train.jsonl" --dev "$work/data/dev.jsonl" --epochs 4 --lr 1.5e-4 \
   --wer-budget 0.005 --seed "$seed" --threads "$threads" --device "$device" \
   | tee "$work/convert.log"
 
