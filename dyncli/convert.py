@@ -75,6 +75,8 @@ def convert(
         raise UsageError(
             f"--wer-budget must be >= 0 (absolute WER, 0.01 = 1 point), got {wer_budget}"
         )
+    if Path(output).resolve() == Path(checkpoint).resolve():
+        raise UsageError("-o must differ from the input checkpoint (the static model is kept)")
     cfg = config or convert_defaults()
     _check_config(cfg)
     if wer_budget is not None:

@@ -54,6 +54,13 @@ class SkipPolicySpec:
 
     def make_config(self, threshold: float, **overrides: Any) -> Any:
         """The policy's config at ``threshold``, validated (bad values raise UsageError)."""
+        import dataclasses
+
+        fields = {f.name for f in dataclasses.fields(self.config_cls)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+            raise UsageError(f"{flags} does not apply to the {self.name} policy")
         kwargs = {**dict(self.defaults), **overrides, "threshold": threshold}
         config = self.config_cls(**kwargs)
         validate = getattr(config, "validate", None)

@@ -120,6 +120,13 @@ def test_convert_bad_options_exit_2(tiny_ckpt, data, tmp_path, args, expected) -
     assert not (tmp_path / "x.ckpt").exists()
 
 
+def test_convert_keeps_the_input(tiny_ckpt, data) -> None:
+    before = tiny_ckpt.read_bytes()
+    result = _convert(tiny_ckpt, data, tiny_ckpt)
+    assert result.exit_code == 2 and "-o must differ" in result.stderr
+    assert tiny_ckpt.read_bytes() == before
+
+
 def test_convert_refuses_a_dynamic_input(tiny_ckpt, data, tmp_path) -> None:
     out = tmp_path / "dyn.ckpt"
     assert _convert(tiny_ckpt, data, out).exit_code == 0

@@ -144,6 +144,7 @@ def test_gate_at_picks_that_row(setup, tmp_path) -> None:
         (("--thresholds", "0.5:0.9"), "START:STOP:COUNT"),
         (("--layer", "3"), "blank-skip layer 3 has no CTC head"),
         (("--max-wer", "-1"), "--max-wer"),
+        (("--policy", "early-exit-entropy", "--layer", "1"), "--layer does not apply"),
     ],
 )
 def test_usage_errors_exit_2(setup, args, expected) -> None:
