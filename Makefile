@@ -35,7 +35,7 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-# The full recipe: build the digits corpus from ../shared/data/fsdd, train, evaluate (about an hour on CPU).
+# The full recipe: build the digits corpus from ../shared/data/fsdd, train, evaluate, convert, profile (~75 min on CPU).
 recipe: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH bash examples/digits/run.sh
 
