@@ -218,3 +218,13 @@ def test_wer_budget_stores_operating_point_used_by_profile(tiny_ckpt, data, tmp_
     assert prof.exit_code == 0, prof.output
     rows = json.loads(report.read_text())["rows"]
     assert [r["threshold"] for r in rows if r["stored_operating_point"]] == [point["threshold"]]
+
+
+def test_inspect_shows_exits_and_method(tiny_ckpt, data, tmp_path) -> None:
+    out = tmp_path / "dyn.ckpt"
+    assert _convert(tiny_ckpt, data, out).exit_code == 0
+    result = invoke("inspect", out, "--json", "-")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["exits"] == [1, 2] and info["ctc_heads"] == 3
+    assert info["method"] == "early-exit" and info["operating_point"] is None
