@@ -203,7 +203,23 @@ def render(report: Any) -> None:
         highlight=False,
     )
     gate = report.gate
-    if op is not None:
+    stored = [r for r in report.rows if r.get("stored_operating_point")]
+    if stored:
+        r = stored[0]
+        console.print(
+            f"stored operating point ({r['policy']} @ {r['threshold']:.4g}): WER {pct(r['wer'])} "
+            f"({100 * (r['wer'] - static['wer']):+.2f} points vs full depth), "
+            f"{r['speedup']:.2f}x end to end, {r['skipped_frame_fraction']:.0%} of frames skipped",
+            highlight=False,
+        )
+    bars = [k for k, v in gate["bars"].items() if v is not None and k != "at"]
+    if op is not None and not bars and gate["bars"]["at"] is None:
+        console.print(
+            "no gate bars given (--max-wer, --max-wer-increase, --max-rtf, --min-speedup); "
+            f"fastest row: {op['policy']} @ {op['threshold']:.4g}",
+            highlight=False,
+        )
+    elif op is not None:
         verdict = "passed" if gate["passed"] else "FAILED"
         console.print(
             f"gate {verdict}: operating point {op['policy']} @ {op['threshold']:.4g} "
