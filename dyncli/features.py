@@ -41,7 +41,7 @@ class LogMelFrontend(torch.nn.Module):
             win_length=config.win_length,
             hop_length=config.hop_length,
             center=False,
-            power=2.0,
+            power=None,  # complex; the power is taken below (complex abs() is ~3x slower)
         )
         self.mel = torchaudio.transforms.MelScale(
             n_mels=config.n_mels,
@@ -61,8 +61,8 @@ class LogMelFrontend(torch.nn.Module):
         if wave.shape[1] < self.min_samples:
             wave = torch.nn.functional.pad(wave, (0, self.min_samples - wave.shape[1]))
         frames = self.num_frames(lengths)
-        spec = self.spectrogram(wave)  # (B, F, T)
-        spec = spec[:, :, : int(frames.max())]
+        stft = self.spectrogram(wave)[:, :, : int(frames.max())]  # complex (B, F, T)
+        spec = stft.real.square() + stft.imag.square()  # power spectrum
         if warp is not None:
             spec = warp_frequency(spec, warp)
         feats = torch.log(self.mel(spec) + 1e-6).transpose(1, 2)  # (B, T, M)
