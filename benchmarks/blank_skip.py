@@ -3,7 +3,10 @@
 Profiles the bundled dynamic model on the bundled held-out-speaker set (or the given ones) at
 its operating point, static and dynamic timed interleaved in one run, and checks:
 
-* end-to-end RTF cut (1 - RTF_dynamic / RTF_static) >= 29% (the paper's figure; goal 35%),
+* end-to-end RTF cut >= 29% (the paper's figure; goal 35%), as 1 - 1 / speedup where speedup is
+  the median over rounds of static time / dynamic time in the same round (paired, so drift of a
+  shared machine cancels); the unpaired 1 - median RTF_dynamic / median RTF_static is recorded
+  too,
 * absolute WER increase over the static row <= 1.0 point,
 * measured encoder speedup >= 0.85 x the speedup the executed-FLOP counts predict.
 
@@ -66,7 +69,7 @@ def main() -> int:
     ap.add_argument("--checkpoint", type=Path, default=assets.DEMO_DYNAMIC)
     ap.add_argument("--data", type=Path, default=assets.EVAL_MANIFEST)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--thresholds", default=None, help="comma list; default: the policy sweep")
     ap.add_argument("--layer", type=int, default=None)
     ap.add_argument("--neighbours", type=int, default=None)
@@ -90,7 +93,7 @@ def main() -> int:
     op = stored[0] if stored else (min(within, key=lambda r: r["rtf"]) if within else None)
     rows = []
     for r in report["rows"]:
-        cut = 1 - r["rtf"] / static["rtf"]
+        cut = 1 - 1 / r["speedup"]
         predicted = r["predicted_encoder_speedup"] or 1.0
         rows.append(
             {
@@ -98,6 +101,7 @@ def main() -> int:
                 "wer": r["wer"],
                 "wer_increase": r["wer"] - static["wer"],
                 "rtf_cut": cut,
+                "rtf_cut_unpaired": 1 - r["rtf"] / static["rtf"],
                 "speedup": r["speedup"],
                 "encoder_speedup": r["encoder_speedup"],
                 "predicted_encoder_speedup": predicted,
