@@ -72,6 +72,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--thresholds", default=None, help="comma list; default: the policy sweep")
     ap.add_argument("--layer", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=1, help="padded batches (profile)")
     ap.add_argument("--neighbours", type=int, default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "blank_skip.json")
     args = ap.parse_args()
@@ -84,6 +85,7 @@ def main() -> int:
         overrides={"layer": args.layer, "neighbours": args.neighbours},
         threads=args.threads,
         repeats=args.repeats,
+        batch_size=args.batch_size,
         progress=lambda m: print(m, file=sys.stderr),
     ).to_json()
     static = report["static"]
@@ -109,7 +111,12 @@ def main() -> int:
                 "skipped_frame_fraction": r["skipped_frame_fraction"],
             }
         )
-    verdict: dict[str, object] = {"targets": TARGETS, "rows": rows, "operating_point": None}
+    verdict: dict[str, object] = {
+        "targets": TARGETS,
+        "batch_size": args.batch_size,
+        "rows": rows,
+        "operating_point": None,
+    }
     ok = False
     if op is not None:
         mine = next(x for x in rows if x["threshold"] == op["threshold"])
@@ -122,7 +129,7 @@ def main() -> int:
         ok = checks["rtf_cut"] and checks["wer_increase"] and checks["flop_fidelity"]
         verdict["operating_point"] = {**mine, "checks": checks, "stored": bool(stored)}
     verdict["passed"] = ok
-    if op is not None:
+    if op is not None and args.batch_size == 1:
         verdict["layer_scaling"] = layer_scaling(
             args.checkpoint, report, op["skipped_frame_fraction"], args.threads
         )

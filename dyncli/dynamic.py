@@ -316,15 +316,17 @@ class EarlyExit:
             if not bool(done.any()):
                 continue
             rows = active[done]
-            out[rows] = lp[done]
+            out[rows, : x.shape[1]] = lp[done]
             frame_layers[rows] = valid[rows] * layer
             stay = ~done
             if not bool(stay.any()):
                 return DynamicOutput(out, lengths, frame_layers, trace)
             active, x, cur_lens = active[stay], x[stay], cur_lens[stay]
-            if pad_mask is not None:
-                pad_mask = pad_mask[stay]
-        out[active] = model.log_probs(x)
+            # The utterances that go on are re-padded to the longest of them only.
+            t_cur = int(cur_lens.max())
+            x = x[:, :t_cur]
+            pad_mask = _pad_mask(cur_lens, t_cur)
+        out[active, : x.shape[1]] = model.log_probs(x)
         frame_layers[active] = valid[active] * big_l
         trace.append(("head", big_l, _lens(cur_lens)))
         return DynamicOutput(out, lengths, frame_layers, trace)

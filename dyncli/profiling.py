@@ -7,7 +7,9 @@ utterances, threads and machine:
   subsampling and the layers before the policy's decision run once for all thresholds
   (``SkipPolicy.sweep``; tests pin that this equals separate runs). FLOPs are counted by fvcore
   on the path each utterance executed (its trace), one multiply-add = one FLOP.
-* Timing is end to end (features + encoder + greedy decoding, batch size 1, audio in memory),
+* Timing is end to end (features + encoder + greedy decoding, audio in memory; batch size 1 by
+  default, or padded batches of utterances sorted by length, in which case the FLOP figures
+  count the padded work the batches executed),
   measured with ``torch.utils.benchmark`` with the thread count set, after a warm-up. Static and
   every threshold are timed interleaved: each of ``repeats`` rounds times one full pass of every
   configuration, in an order rotated per round, so drift hits all rows alike. RTF = processing
@@ -29,7 +31,7 @@ from typing import Any
 import torch
 
 from dyncli.checkpoint import Checkpoint, load_checkpoint
-from dyncli.data.dataset import Utterance, load_utterances
+from dyncli.data.dataset import Utterance, load_utterances, pad_waves
 from dyncli.data.manifest import read_manifest
 from dyncli.decoding import greedy_ctc
 from dyncli.dynamic import DynamicOutput, StaticPolicy, build_policy, stored_policy
@@ -45,7 +47,8 @@ from dyncli.text import Tokenizer
 SCHEMA_VERSION = 1
 RTF_DEFINITION = (
     "processing seconds / audio seconds, end to end (log-mel features + subsampling + encoder "
-    "+ greedy CTC decoding), batch size 1, audio in memory; median over timed rounds"
+    "+ greedy CTC decoding), audio in memory, batch size as in timing.batch_size; median over "
+    "timed rounds"
 )
 FLOP_UNIT = "fvcore FLOPs: one multiply-add counts as one FLOP"
 
@@ -222,12 +225,12 @@ def _row(
 
 
 class _Stepper:
-    """One utterance per call, cycling through the set; records each call's encoder seconds.
+    """One batch per call, cycling through the set; records each call's encoder seconds.
 
     ``torch.utils.benchmark.Timer.timeit(n)`` runs its statement twice as a warm-up before the
-    ``n`` timed runs; with one utterance per statement and ``n`` = the number of utterances,
-    the timed runs are exactly one full pass (the warm-up costs two utterances, not two
-    passes)."""
+    ``n`` timed runs; with one batch (one utterance at batch size 1) per statement and ``n`` =
+    the number of batches, the timed runs are exactly one full pass (the warm-up costs two
+    batches, not two passes)."""
 
     def __init__(
         self,
@@ -252,14 +255,62 @@ class _Stepper:
         wave, n = self.pairs[self.next]
         self.next = (self.next + 1) % len(self.pairs)
         model = self.model
-        feats, frames = model.features(wave[None], n)
+        feats, frames = model.features(wave, n)
         x, out_n = model.embed(feats, frames)
         self.sync()
         start = time.perf_counter()
         out = self.policy.encode(model, x, out_n)
         self.sync()
         self.encoder.append(time.perf_counter() - start)
-        self.tokenizer.decode(greedy_ctc(out.log_probs, out.lengths)[0])
+        for ids in greedy_ctc(out.log_probs, out.lengths):
+            self.tokenizer.decode(ids)
+
+
+def make_batches(
+    waves: Sequence[torch.Tensor], batch_size: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Padded (B, N) batches and lengths (B,); with B > 1, utterances sorted by length first
+    (as a server would bucket them) so padding stays small."""
+    order = list(range(len(waves)))
+    if batch_size > 1:
+        order.sort(key=lambda i: int(waves[i].shape[0]))
+    out = []
+    for start in range(0, len(order), batch_size):
+        wave, lens = pad_waves([waves[i] for i in order[start : start + batch_size]])
+        out.append((wave.to(device), lens.to(device)))
+    return out
+
+
+def _padded_part(table: Any, kind: str, index: int, frames: int) -> int:
+    if kind == "layer":
+        return int(table.layer(index, frames))
+    if kind == "exit":
+        return int(table.exit_head(index, frames))
+    return int(table.head(frames))
+
+
+@torch.inference_mode()
+def batched_flops(
+    model: CTCEncoder,
+    table: Any,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    policy: Any,
+) -> tuple[int, int]:
+    """(total, encoder) FLOPs a pass over padded ``batches`` executes, padding included: each
+    traced step runs on (rows x longest of them); the front end on (B x longest wave)."""
+    total = encoder = 0
+    for wave, lens in batches:
+        feats, frames = model.features(wave, lens)
+        x, n = model.embed(feats, frames)
+        out = policy.encode(model, x, n)
+        enc = sum(
+            len(rows) * _padded_part(table, kind, index, max(rows))
+            for kind, index, rows in out.trace
+            if rows
+        )
+        encoder += enc
+        total += enc + wave.shape[0] * table.frontend(int(wave.shape[1]))
+    return total, encoder
 
 
 def _time_configs(
@@ -270,10 +321,11 @@ def _time_configs(
     threads: int,
     repeats: int,
     device: torch.device,
+    batch_size: int = 1,
 ) -> list[dict[str, list[float]]]:
     """Interleaved end-to-end timing of each policy: pass seconds and encoder seconds per round."""
     benchmark = import_benchmark()
-    pairs = [(w, torch.tensor([w.shape[0]], device=device)) for w in waves]
+    pairs = make_batches(waves, batch_size, device)
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     steppers = [_Stepper(model, tokenizer, pairs, p, sync) for p in policies]
     for stepper in steppers:  # warm-up: a few utterances through every configuration
@@ -412,6 +464,7 @@ def profile(
     device: str = "cpu",
     skip_bad: bool = False,
     gate: GateConfig | None = None,
+    batch_size: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> ProfileReport:
     """Sweep a skip policy over thresholds against full depth; see the module docstring."""
@@ -420,6 +473,8 @@ def profile(
     gate.validate()
     if repeats < 1:
         raise UsageError("--repeats must be at least 1")
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
     torch.set_num_threads(threads)
     dev = pick_device(device)
     ckpt = load_checkpoint(checkpoint)
@@ -456,8 +511,23 @@ def profile(
     say(f"timing: {repeats} interleaved rounds of {len(values) + 1} configurations")
     policies: list[Any] = [StaticPolicy()] + [build_policy(name, th, **merged) for th in values]
     phase = time.perf_counter()
-    timings = _time_configs(model, ckpt.tokenizer, waves, policies, threads, repeats, dev)
+    timings = _time_configs(
+        model, ckpt.tokenizer, waves, policies, threads, repeats, dev, batch_size
+    )
     phases["timing_seconds"] = time.perf_counter() - phase
+    if batch_size > 1:
+        # What the timed batches executed, padding included, replaces the per-utterance counts.
+        from dyncli.flops import FlopTable
+
+        table = FlopTable(model)
+        batches = make_batches(waves, batch_size, dev)
+        counts = [batched_flops(model, table, batches, p) for p in policies]
+        base_total, base_encoder = counts[0]
+        for row, (total, encoder) in zip([static, *rows], counts, strict=True):
+            row["flops_ratio"] = total / base_total
+            row["encoder_flops_ratio"] = encoder / base_encoder
+            row["predicted_encoder_speedup"] = base_encoder / encoder if encoder else None
+            row["gflops_per_audio_second"] = total / 1e9 / audio_seconds
     base = timings[0]
     for row, t in zip([static, *rows], timings, strict=True):
         row["rtf"] = statistics.median(t["total"]) / audio_seconds
@@ -493,7 +563,10 @@ def profile(
         gate=verdict,
         timing={
             "repeats": repeats,
-            "batch_size": 1,
+            "batch_size": batch_size,
+            "flops_basis": "per utterance (batch size 1)"
+            if batch_size == 1
+            else f"padded batches of {batch_size}, utterances sorted by length, padding counted",
             "warmup": "8 utterances per configuration",
             **phases,
         },

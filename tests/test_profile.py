@@ -259,3 +259,38 @@ def test_release_gate_example_script(setup, tmp_path, min_speedup, status) -> No
     verdict = "passed" if status == 0 else "FAILED"
     assert f"release gate {verdict}" in done.stdout
     assert json.loads((tmp_path / "report.json").read_text())["gate"]["passed"] is (status == 0)
+
+
+def test_batched_profile_and_flop_accounting(setup, tmp_path) -> None:
+    """--batch-size times padded batches; at batch size 1 the padded count is the
+    per-utterance count of the shared sweep, and padding only ever adds work."""
+    import torch
+
+    from dyncli.checkpoint import load_checkpoint
+    from dyncli.data.dataset import load_utterances
+    from dyncli.data.manifest import read_manifest
+    from dyncli.dynamic import StaticPolicy, build_policy
+    from dyncli.flops import FlopTable
+    from dyncli.profiling import accuracy_sweep, batched_flops, make_batches
+
+    out = tmp_path / "b.json"
+    result = _profile(
+        setup, "--thresholds", "0.5", "--layer", "1", "--batch-size", "2", "--json", out
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["timing"]["batch_size"] == 2 and "padded" in report["timing"]["flops_basis"]
+
+    ckpt = load_checkpoint(setup["ckpt"])
+    model = ckpt.model
+    utts, _ = load_utterances(read_manifest(setup["data"]), model.sample_rate, False)
+    waves = [u.wave for u in utts]
+    static, (row,) = accuracy_sweep(model, ckpt.tokenizer, waves, "blank-skip", [0.5], {"layer": 1})
+    table = FlopTable(model)
+    cpu = torch.device("cpu")
+    skip = build_policy("blank-skip", 0.5, layer=1)
+    one = make_batches(waves, 1, cpu)
+    assert batched_flops(model, table, one, StaticPolicy())[0] == static.flops
+    assert batched_flops(model, table, one, skip)[0] == row.flops
+    three = make_batches(waves, 3, cpu)
+    assert batched_flops(model, table, three, StaticPolicy())[0] > static.flops

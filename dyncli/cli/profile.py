@@ -54,6 +54,15 @@ def run(
     ] = None,
     threads: ThreadsOpt = 1,
     repeats: Annotated[int, typer.Option(min=1, help="Timed rounds (median reported).")] = 3,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Time padded batches of this many utterances (sorted by length), as a server "
+            "would; FLOPs then count the padded work. Default 1 (streaming, one at a time).",
+        ),
+    ] = 1,
     device: DeviceOpt = "cpu",
     json_path: JsonOpt = None,
     skip_bad: SkipBadOpt = False,
@@ -122,6 +131,7 @@ def run(
         device=device,
         skip_bad=skip_bad,
         gate=gate,
+        batch_size=batch_size,
         progress=progress,
     )
     if json_path is not None:
@@ -197,7 +207,8 @@ def render(report: Any) -> None:
     )
     console.print(
         f"timing: {env['device_name']} ({env['cpu']}), {env['threads']} thread(s), torch "
-        f"{env['torch']}; {report.timing['repeats']} interleaved rounds after warm-up; "
+        f"{env['torch']}; batch size {report.timing['batch_size']}; "
+        f"{report.timing['repeats']} interleaved rounds after warm-up; "
         "RTF = processing s / audio s end to end (RTFx = 1/RTF); FLOPs: fvcore, "
         "1 multiply-add = 1 FLOP; dWER in points",
         highlight=False,
