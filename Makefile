@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dyncli-installed
 THREADS ?= 1
 
-.PHONY: demo test install lint typecheck pytest recipe clean-venv
+.PHONY: demo test install lint typecheck pytest recipe docs clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
+
+# The CLI reference, generated from --help (a test checks it is current).
+docs: $(STAMP)
+	$(BIN)/python -m dyncli.cli.reference > docs/cli.md
 
 # The full recipe: build the digits corpus from ../shared/data/fsdd, train, evaluate, convert, profile (~75 min on CPU).
 recipe: $(STAMP)
