@@ -80,9 +80,9 @@ def convert(
     cfg = config or convert_defaults()
     _check_config(cfg)
     if wer_budget is not None:
-        from dyncli.dynamic import policy_spec
+        from dyncli.plugins import get_skip_policy
 
-        policy_spec(policy)  # fail before training, not after
+        get_skip_policy(policy)  # fail before training, not after
     static = load_checkpoint(checkpoint)
     if static.method is not None:
         raise UsageError(

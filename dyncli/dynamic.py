@@ -31,7 +31,7 @@ import torch
 from dyncli.errors import UsageError
 from dyncli.features import lengths_to_mask
 from dyncli.models.base import CTCEncoder
-from dyncli.plugins import SkipPolicySpec, get_skip_policy
+from dyncli.plugins import get_skip_policy
 from dyncli.policy_config import BlankSkipConfig, EarlyExitConfig
 from dyncli.text import BLANK_ID
 
@@ -56,6 +56,16 @@ class SkipPolicy(Protocol):
     def encode(
         self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor
     ) -> DynamicOutput: ...
+
+    def sweep(
+        self,
+        model: CTCEncoder,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        thresholds: Sequence[float],
+    ) -> list[DynamicOutput]:
+        """One output per threshold, sharing what the thresholds have in common."""
+        ...
 
 
 def _pad_mask(lengths: torch.Tensor, t: int) -> torch.Tensor | None:
@@ -88,6 +98,17 @@ class StaticPolicy:
         trace.append(("head", model.num_layers, n))
         layers = _valid(lengths, x.shape[1]).long() * model.num_layers
         return DynamicOutput(model.log_probs(x), lengths, layers, trace)
+
+    def sweep(
+        self,
+        model: CTCEncoder,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        thresholds: Sequence[float],
+    ) -> list[DynamicOutput]:
+        """Full depth has no threshold: one run serves them all."""
+        out = self.encode(model, x, lengths)
+        return [out for _ in thresholds]
 
 
 def default_trigger(model: CTCEncoder, ckpt_method: dict[str, Any] | None = None) -> int:
@@ -387,10 +408,6 @@ def _early_trace(chosen: torch.Tensor, lengths: torch.Tensor, model: CTCEncoder)
     if finals:
         trace.append(("head", model.num_layers, finals))
     return trace
-
-
-def policy_spec(name: str) -> SkipPolicySpec:
-    return get_skip_policy(name)
 
 
 def build_policy(name: str, threshold: float, **overrides: Any) -> SkipPolicy:

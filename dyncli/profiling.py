@@ -130,17 +130,18 @@ class ProfileReport:
         }
 
 
+def _step_flops(table: Any, kind: str, index: int, frames: int) -> int:
+    """FLOPs of one traced step (a layer, an exit head or the final head) on ``frames``."""
+    if kind == "layer":
+        return int(table.layer(index, frames))
+    if kind == "exit":
+        return int(table.exit_head(index, frames))
+    return int(table.head(frames))
+
+
 def _encoder_flops(table: Any, trace: Sequence[tuple[str, int, list[int]]]) -> int:
-    total = 0
-    for kind, index, frames in trace:
-        for n in frames:
-            if kind == "layer":
-                total += table.layer(index, n)
-            elif kind == "exit":
-                total += table.exit_head(index, n)
-            else:
-                total += table.head(n)
-    return total
+    """Per utterance, unpadded: every step at each utterance's own frame count."""
+    return sum(_step_flops(table, kind, index, n) for kind, index, frames in trace for n in frames)
 
 
 def _accumulate(
@@ -165,6 +166,7 @@ def accuracy_sweep(
     policy: str,
     thresholds: Sequence[float],
     overrides: dict[str, Any],
+    table: Any = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[SweepStats, list[SweepStats]]:
     """Static and per-threshold transcripts and executed work, one utterance at a time.
@@ -174,7 +176,7 @@ def accuracy_sweep(
     """
     from dyncli.flops import FlopTable
 
-    table = FlopTable(model)
+    table = table or FlopTable(model)
     runner = build_policy(policy, thresholds[0], **overrides)
     runner.check(model)
     static = SweepStats(hyps=[])
@@ -187,11 +189,35 @@ def accuracy_sweep(
         x, n = model.embed(feats, frames)
         front = table.frontend(int(wave.shape[0]))
         _accumulate(static, StaticPolicy().encode(model, x, n), tokenizer, table, front, depth)
-        outs = runner.sweep(model, x, n, thresholds)  # type: ignore[attr-defined]
+        outs = runner.sweep(model, x, n, thresholds)
         for stats, out in zip(rows, outs, strict=True):
             _accumulate(stats, out, tokenizer, table, front, depth)
         if progress is not None:
             progress(i + 1)
+    return static, rows
+
+
+def sweep_rows(
+    ckpt: Checkpoint,
+    utts: Sequence[Utterance],
+    waves: Sequence[torch.Tensor],
+    policy: str,
+    thresholds: Sequence[float],
+    overrides: dict[str, Any],
+    table: Any = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The static row and one row per threshold: accuracy and executed work (no timing)."""
+    static_stats, row_stats = accuracy_sweep(
+        ckpt.model, ckpt.tokenizer, waves, policy, thresholds, overrides, table
+    )
+    refs = [u.text for u in utts]
+    audio = sum(u.samples for u in utts) / ckpt.model.sample_rate
+    depth = ckpt.model.num_layers
+    static = _row("static", None, static_stats, refs, static_stats, audio, depth)
+    rows = [
+        _row(policy, th, st, refs, static_stats, audio, depth)
+        for th, st in zip(thresholds, row_stats, strict=True)
+    ]
     return static, rows
 
 
@@ -281,14 +307,6 @@ def make_batches(
     return out
 
 
-def _padded_part(table: Any, kind: str, index: int, frames: int) -> int:
-    if kind == "layer":
-        return int(table.layer(index, frames))
-    if kind == "exit":
-        return int(table.exit_head(index, frames))
-    return int(table.head(frames))
-
-
 @torch.inference_mode()
 def batched_flops(
     model: CTCEncoder,
@@ -304,7 +322,7 @@ def batched_flops(
         x, n = model.embed(feats, frames)
         out = policy.encode(model, x, n)
         enc = sum(
-            len(rows) * _padded_part(table, kind, index, max(rows))
+            len(rows) * _step_flops(table, kind, index, max(rows))
             for kind, index, rows in out.trace
             if rows
         )
@@ -493,20 +511,18 @@ def profile(
         raise UsageError(f"{data}: no utterances to profile")
     waves = [u.wave.to(dev) for u in utts]
     audio_seconds = sum(u.samples for u in utts) / model.sample_rate
-    refs = [u.text for u in utts]
     say = progress or (lambda _msg: None)
 
     say(f"accuracy and FLOPs: {len(utts)} utterances, {len(values)} thresholds (shared sweep)")
+    from dyncli.flops import FlopTable
+
+    table = FlopTable(model)  # one table (and its trace cache) for the whole run
     phase = time.perf_counter()
-    static_stats, row_stats = accuracy_sweep(model, ckpt.tokenizer, waves, name, values, merged)
-    phases = {"load_seconds": phase - started, "accuracy_and_flops_seconds": 0.0}
-    phases["accuracy_and_flops_seconds"] = time.perf_counter() - phase
-    depth = model.num_layers
-    static = _row("static", None, static_stats, refs, static_stats, audio_seconds, depth)
-    rows = [
-        _row(name, th, st, refs, static_stats, audio_seconds, depth)
-        for th, st in zip(values, row_stats, strict=True)
-    ]
+    static, rows = sweep_rows(ckpt, utts, waves, name, values, merged, table)
+    phases = {
+        "load_seconds": phase - started,
+        "accuracy_and_flops_seconds": time.perf_counter() - phase,
+    }
 
     say(f"timing: {repeats} interleaved rounds of {len(values) + 1} configurations")
     policies: list[Any] = [StaticPolicy()] + [build_policy(name, th, **merged) for th in values]
@@ -517,9 +533,6 @@ def profile(
     phases["timing_seconds"] = time.perf_counter() - phase
     if batch_size > 1:
         # What the timed batches executed, padding included, replaces the per-utterance counts.
-        from dyncli.flops import FlopTable
-
-        table = FlopTable(model)
         batches = make_batches(waves, batch_size, dev)
         counts = [batched_flops(model, table, batches, p) for p in policies]
         base_total, base_encoder = counts[0]
@@ -594,18 +607,7 @@ def choose_operating_point(
         from dyncli.dynamic import default_trigger
 
         overrides = {"layer": default_trigger(model, ckpt.method), "neighbours": neighbours}
-    waves = [u.wave for u in utts]
-    refs = [u.text for u in utts]
-    audio = sum(u.samples for u in utts) / model.sample_rate
-    static_stats, row_stats = accuracy_sweep(
-        model, ckpt.tokenizer, waves, policy, values, overrides
-    )
-    depth = model.num_layers
-    static = _row("static", None, static_stats, refs, static_stats, audio, depth)
-    rows = [
-        _row(policy, th, st, refs, static_stats, audio, depth)
-        for th, st in zip(values, row_stats, strict=True)
-    ]
+    static, rows = sweep_rows(ckpt, utts, [u.wave for u in utts], policy, values, overrides)
     ok = [r for r in rows if r["wer"] - static["wer"] <= wer_budget + 1e-9]
     if not ok:
         return None, rows

@@ -162,7 +162,7 @@ def test_sweep_equals_separate_runs(model, waves, name) -> None:
     for wave in waves:
         feats, frames = model.features(wave[None], torch.tensor([wave.shape[0]]))
         x, n = model.embed(feats, frames)
-        swept = build_policy(name, 0.5).sweep(model, x, n, thresholds)  # type: ignore[attr-defined]
+        swept = build_policy(name, 0.5).sweep(model, x, n, thresholds)
         for th, got in zip(thresholds, swept, strict=True):
             alone = build_policy(name, th).encode(model, x, n)
             torch.testing.assert_close(got.log_probs, alone.log_probs, atol=0, rtol=0)
