@@ -71,9 +71,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--thresholds", default=None, help="comma list; default: the policy sweep")
-    ap.add_argument("--layer", type=int, default=None)
+    ap.add_argument("--skip-layer", "--layer", dest="layer", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=1, help="padded batches (profile)")
-    ap.add_argument("--neighbours", type=int, default=None)
+    ap.add_argument("--skip-neighbours", "--neighbours", dest="neighbours", type=int, default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "blank_skip.json")
     args = ap.parse_args()
     thresholds = [float(v) for v in args.thresholds.split(",")] if args.thresholds else None

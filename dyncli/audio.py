@@ -33,7 +33,8 @@ def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
     """Read ``path`` as a mono 1-D float32 tensor at ``sample_rate`` Hz.
 
     Multi-channel audio is averaged to mono (with a warning); any other rate is resampled.
-    Raises :class:`InputError` naming the file for missing, unreadable or empty audio.
+    Raises :class:`InputError` naming the file for missing, unreadable or empty audio, and for
+    audio holding NaN or infinite samples.
     """
     import soundfile as sf
     import torch
@@ -48,6 +49,8 @@ def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
     if data.shape[0] == 0:
         raise InputError(f"{p}: audio is empty (zero samples)")
     wave = torch.from_numpy(data.T.copy())  # (C, N)
+    if not bool(torch.isfinite(wave).all()):  # float WAVs can; the model would emit nothing
+        raise InputError(f"{p}: audio holds NaN/inf samples")
     if wave.shape[0] > 1:
         _warn_stereo(p, wave.shape[0])
         wave = wave.mean(dim=0, keepdim=True)

@@ -7,8 +7,9 @@ exit; ``early-exit`` stops at the first confident exit.
 
 With ``wer_budget`` the converted model is swept on the dev set and the operating point (policy
 and threshold) with the fewest executed FLOPs whose dev WER is within ``wer_budget`` (absolute)
-of the full-depth dev WER is stored in the checkpoint; ``profile`` and ``transcribe`` use it by
-default.
+of the full-depth dev WER, or within one word error when that is more on a small dev set, is
+stored in the checkpoint (``dyncli.profiling.choose_operating_point``); ``transcribe``,
+``evaluate`` and ``profile`` use it by default.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dyncli.checkpoint import load_checkpoint, save_checkpoint
 from dyncli.errors import UsageError
 from dyncli.features import AugmentConfig
 from dyncli.inference import pick_device
+from dyncli.profiling import PointChoice, choose_operating_point
 from dyncli.training import (
     ExitTraining,
     Reporter,
@@ -51,6 +53,7 @@ class ConvertResult:
     method: dict[str, Any]
     operating_point: dict[str, Any] | None = None
     sweep: list[dict[str, Any]] = field(default_factory=list)
+    choice: PointChoice | None = None
 
 
 def convert(
@@ -139,18 +142,16 @@ def convert(
     )
     out = ConvertResult(train=result, output=Path(output), method=method_record)
     if wer_budget is not None:
-        from dyncli.profiling import choose_operating_point
-
         converted = load_checkpoint(output)
-        point, sweep = choose_operating_point(
-            converted,
-            data.dev,
-            policy=policy,
-            wer_budget=wer_budget,
-            neighbours=exit_cfg.skip_neighbours if exit_cfg.skip_layer is not None else 1,
+        settings: dict[str, Any] = {}
+        if policy == "blank-skip":  # the trigger layer and neighbours it was trained with
+            settings = {"layer": exit_cfg.skip_layer, "neighbours": exit_cfg.skip_neighbours}
+        choice = choose_operating_point(
+            converted, data.dev, policy=policy, wer_budget=wer_budget, settings=settings
         )
         assert converted.method is not None
-        converted.method["operating_point"] = point
+        converted.method["operating_point"] = choice.point
         save_checkpoint(output, converted)
-        out.operating_point, out.sweep, out.method = point, sweep, converted.method
+        out.operating_point, out.sweep, out.method = choice.point, choice.rows, converted.method
+        out.choice = choice
     return out

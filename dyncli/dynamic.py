@@ -14,6 +14,10 @@ executed (which layers and heads ran on how many frames of each utterance), from
 * ``early-exit``: per utterance, the first exit whose confidence passes the threshold ends the
   forward pass; utterances that exit leave the batch, so deeper layers run only for the rest.
 
+``lengths`` may be given on another device than ``x`` (e.g. built on the host): every entry
+point moves them to ``x``'s device first, and every tensor built here takes its device from
+its inputs.
+
 ``sweep`` returns the outputs of many thresholds sharing what the maths allows: the layers
 before the trigger once per utterance (blank-skip), or one pass through every exit
 (early-exit). Tests pin that sweep results equal separate ``encode`` runs.
@@ -89,8 +93,9 @@ class StaticPolicy:
         return None
 
     def encode(self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor) -> DynamicOutput:
+        n = _lens(lengths)  # read before the move: host-side lengths cost no device sync
+        lengths = lengths.to(x.device)
         pad_mask = _pad_mask(lengths, x.shape[1])
-        n = _lens(lengths)
         trace: list[TraceStep] = []
         for i in range(model.num_layers):
             x = model.run_layer(i, x, pad_mask)
@@ -133,7 +138,7 @@ def keep_mask(
 ) -> torch.Tensor:
     """(B, T) True on the frames that run the remaining layers: P(blank) < ``threshold``,
     grown by ``neighbours`` frames on each side, never on padding."""
-    valid = _valid(lengths, exit_lp.shape[1])
+    valid = _valid(lengths.to(exit_lp.device), exit_lp.shape[1])
     keep = (exit_lp[..., BLANK_ID].exp() < threshold) & valid
     if neighbours > 0 and bool(keep.any()):
         grown = torch.nn.functional.max_pool1d(
@@ -201,8 +206,9 @@ class BlankSkip:
     ) -> tuple[torch.Tensor, torch.Tensor, list[TraceStep]]:
         """Layers 1..K on every frame and the exit head after K: (x_K, exit log-probs, trace)."""
         k = self.trigger(model)
-        pad_mask = _pad_mask(lengths, x.shape[1])
         n = _lens(lengths)
+        lengths = lengths.to(x.device)
+        pad_mask = _pad_mask(lengths, x.shape[1])
         trace: list[TraceStep] = []
         for i in range(k):
             x = model.run_layer(i, x, pad_mask)
@@ -228,6 +234,7 @@ class BlankSkip:
         k = self.trigger(model)
         big_l = model.num_layers
         b, t, d = x.shape
+        lengths = lengths.to(x.device)
         keep = self.keep_mask(exit_lp, lengths, threshold)
         counts = keep.sum(dim=1)
         out = exit_lp.clone()
@@ -277,7 +284,7 @@ def exit_confidence(log_probs: torch.Tensor, lengths: torch.Tensor, criterion: s
     ``posterior``: mean of max_v p_t(v) over frames whose argmax is not blank (higher is more
     confident); all frames when the greedy path emits nothing.
     """
-    valid = _valid(lengths, log_probs.shape[1]).to(log_probs.dtype)
+    valid = _valid(lengths.to(log_probs.device), log_probs.shape[1]).to(log_probs.dtype)
     frames = valid.sum(dim=1).clamp(min=1)
     if criterion == "entropy":
         probs = log_probs.exp()
@@ -316,6 +323,7 @@ class EarlyExit:
         b, t, _ = x.shape
         big_l = model.num_layers
         exits = set(model.exits)
+        lengths = lengths.to(x.device)
         out = x.new_zeros(b, t, model.head.out_features)
         frame_layers = torch.zeros(b, t, dtype=torch.long, device=x.device)
         valid = _valid(lengths, t).long()
@@ -363,6 +371,7 @@ class EarlyExit:
         b, t, _ = x.shape
         big_l = model.num_layers
         exits = set(model.exits)
+        lengths = lengths.to(x.device)
         pad_mask = _pad_mask(lengths, t)
         valid = _valid(lengths, t).long()
         heads: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (layer, log-probs, conf)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,12 @@ from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from dyncli.data.dataset import load_utterances
 from dyncli.data.manifest import read_manifest
 from dyncli.decoding import greedy_ctc
+from dyncli.dynamic import SkipPolicy, run_policy
 from dyncli.environment import describe
 from dyncli.errors import UsageError
 from dyncli.inference import pick_device
 from dyncli.metrics import error_rates
+from dyncli.operating_point import RunChoice, resolve_run
 from dyncli.text import normalize_text
 
 SCHEMA_VERSION = 1
@@ -35,6 +38,7 @@ class EvalReport:
     model: dict[str, Any]
     data: dict[str, Any]
     environment: dict[str, Any]
+    run: RunChoice
     wer: float
     cer: float
     words: int
@@ -51,6 +55,7 @@ class EvalReport:
             "model": self.model,
             "data": self.data,
             "environment": self.environment,
+            "run": self.run.to_json(),
             "result": {
                 "wer": self.wer,
                 "cer": self.cer,
@@ -85,10 +90,11 @@ def model_summary(ckpt: Checkpoint, path: Path) -> dict[str, Any]:
     }
 
 
-def _decode_one(ckpt: Checkpoint, wave: torch.Tensor) -> str:
+def _decode_one(ckpt: Checkpoint, runner: SkipPolicy, wave: torch.Tensor) -> str:
+    """Features, encoder (under ``runner``) and greedy decoding of one waveform (N,)."""
     lengths = torch.tensor([wave.shape[0]], device=wave.device)
-    log_probs, out_lens = ckpt.model(wave.unsqueeze(0), lengths)
-    return ckpt.tokenizer.decode(greedy_ctc(log_probs, out_lens)[0])
+    out = run_policy(ckpt.model, runner, wave.unsqueeze(0), lengths)
+    return ckpt.tokenizer.decode(greedy_ctc(out.log_probs, out.lengths)[0])
 
 
 def evaluate(
@@ -99,8 +105,15 @@ def evaluate(
     repeats: int = 3,
     device: str = "cpu",
     skip_bad: bool = False,
+    policy: str | None = None,
+    threshold: float | None = None,
+    full_depth: bool = False,
 ) -> EvalReport:
-    """WER/CER of greedy decoding and end-to-end RTF on ``data``."""
+    """WER/CER of greedy decoding and end-to-end RTF on ``data``.
+
+    A dynamic checkpoint runs as ``transcribe`` runs it: at its stored operating point unless
+    ``full_depth``, or as ``policy`` / ``threshold`` say (see :mod:`dyncli.operating_point`).
+    """
     benchmark = import_benchmark()
 
     if repeats < 1:
@@ -109,6 +122,9 @@ def evaluate(
     dev = pick_device(device)
     ckpt = load_checkpoint(checkpoint)
     ckpt.model.to(dev)
+    runner, choice = resolve_run(
+        ckpt, policy=policy, threshold=threshold, full_depth=full_depth, where=str(checkpoint)
+    )
     manifest = read_manifest(data, skip_bad=skip_bad)
     utts, skipped = load_utterances(manifest, ckpt.model.sample_rate, skip_bad)
     waves = [u.wave.to(dev) for u in utts]
@@ -116,7 +132,7 @@ def evaluate(
 
     @torch.inference_mode()
     def run_all() -> list[str]:
-        out = [_decode_one(ckpt, w) for w in waves]
+        out = [_decode_one(ckpt, runner, w) for w in waves]
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return out
@@ -126,7 +142,7 @@ def evaluate(
 
     @torch.inference_mode()
     def step() -> None:  # one utterance per statement, cycling through the set
-        _decode_one(ckpt, waves[cursor[0]])
+        _decode_one(ckpt, runner, waves[cursor[0]])
         cursor[0] = (cursor[0] + 1) % len(waves)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -140,6 +156,7 @@ def evaluate(
         model=model_summary(ckpt, Path(checkpoint)),
         data={"path": str(data), "utterances": len(utts), "audio_seconds": audio_seconds},
         environment=describe(dev),
+        run=choice,
         wer=rates.wer,
         cer=rates.cer,
         words=rates.words,
@@ -165,39 +182,35 @@ def transcribe(
     policy: str | None = None,
     threshold: float | None = None,
     full_depth: bool = False,
-) -> list[tuple[Path, str]]:
-    """Greedy transcripts of audio files, in the given order.
+    skip_bad: bool = False,
+    on_skip: Callable[[str], None] | None = None,
+) -> tuple[list[tuple[Path, str]], RunChoice]:
+    """Greedy transcripts of audio files, in the given order, and what ran.
 
     A dynamic checkpoint runs at its stored operating point unless ``full_depth``; ``policy``
-    and ``threshold`` override it (the threshold alone keeps the stored policy).
+    and ``threshold`` override it (the threshold alone keeps the stored policy). With
+    ``skip_bad`` an unreadable file is reported through ``on_skip`` and left out.
     """
     from dyncli.audio import load_audio
-    from dyncli.dynamic import StaticPolicy, build_policy, run_policy, stored_policy
+    from dyncli.errors import InputError
 
     torch.set_num_threads(threads)
     dev = pick_device(device)
     ckpt = load_checkpoint(checkpoint)
     ckpt.model.to(dev)
-    stored = None if full_depth else stored_policy(ckpt.method)
-    if (policy is not None or threshold is not None) and not full_depth:
-        if not ckpt.model.exits:
-            raise UsageError(f"{checkpoint}: a static model has no skip policy to set")
-        name = policy or (stored[0] if stored else "blank-skip")
-        if threshold is None:
-            if stored is None or stored[0] != name:
-                raise UsageError(f"--policy {name} needs --threshold (no stored operating point)")
-            threshold = stored[1]
-        overrides = stored[2] if stored and stored[0] == name else {}
-        runner = build_policy(name, threshold, **overrides)
-    elif stored is not None:
-        runner = build_policy(stored[0], stored[1], **stored[2])
-    else:
-        runner = StaticPolicy()
-    runner.check(ckpt.model)
+    runner, choice = resolve_run(
+        ckpt, policy=policy, threshold=threshold, full_depth=full_depth, where=str(checkpoint)
+    )
     out = []
     with torch.inference_mode():
         for p in audio:
-            wave = load_audio(p, ckpt.model.sample_rate).to(dev)
-            result = run_policy(ckpt.model, runner, wave[None], torch.tensor([wave.shape[0]]))
-            out.append((p, ckpt.tokenizer.decode(greedy_ctc(result.log_probs, result.lengths)[0])))
-    return out
+            try:
+                wave = load_audio(p, ckpt.model.sample_rate).to(dev)
+            except InputError as exc:
+                if not skip_bad:
+                    raise InputError(f"{exc} (use --skip-bad to skip it)") from None
+                if on_skip is not None:
+                    on_skip(str(exc))
+                continue
+            out.append((p, _decode_one(ckpt, runner, wave)))
+    return out, choice

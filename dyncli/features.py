@@ -60,8 +60,11 @@ class LogMelFrontend(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if wave.shape[1] < self.min_samples:
             wave = torch.nn.functional.pad(wave, (0, self.min_samples - wave.shape[1]))
-        frames = self.num_frames(lengths)
-        stft = self.spectrogram(wave)[:, :, : int(frames.max())]  # complex (B, F, T)
+        # The longest utterance's frame count is read where ``lengths`` lives (host-side
+        # lengths cost no device sync); the per-utterance counts go to the waveform's device.
+        longest = int(self.num_frames(lengths).max())
+        frames = self.num_frames(lengths.to(wave.device))
+        stft = self.spectrogram(wave)[:, :, :longest]  # complex (B, F, T)
         spec = stft.real.square() + stft.imag.square()  # power spectrum
         if warp is not None:
             spec = warp_frequency(spec, warp)
@@ -72,7 +75,11 @@ class LogMelFrontend(torch.nn.Module):
 
 
 def masked_normalize(feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Per-utterance, per-band mean/variance normalisation over true frames; padding -> 0."""
+    """Per-utterance, per-band mean/variance normalisation over true frames; padding -> 0.
+
+    ``feats`` (B, T, F); ``lengths`` (B,) frames, on any device (moved to the features').
+    """
+    lengths = lengths.to(feats.device)
     valid = (~lengths_to_mask(lengths, feats.shape[1])).unsqueeze(-1).to(feats.dtype)
     count = lengths.clamp(min=1).to(feats.dtype)[:, None, None]
     mean = (feats * valid).sum(1, keepdim=True) / count

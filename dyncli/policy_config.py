@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 from dyncli.errors import UsageError
 
+# The command-line flag of each policy setting, where it is not --<setting>.
+SETTING_FLAGS = {"layer": "--skip-layer", "neighbours": "--skip-neighbours"}
+
 
 @dataclass
 class BlankSkipConfig:
@@ -33,7 +36,7 @@ class BlankSkipConfig:
                 "probability, 0 < threshold <= 1"
             )
         if self.neighbours < 0:
-            raise UsageError(f"--neighbours must be >= 0, got {self.neighbours}")
+            raise UsageError(f"--skip-neighbours must be >= 0, got {self.neighbours}")
 
 
 @dataclass

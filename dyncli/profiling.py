@@ -21,6 +21,7 @@ utterances, threads and machine:
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -34,13 +35,14 @@ from dyncli.checkpoint import Checkpoint, load_checkpoint
 from dyncli.data.dataset import Utterance, load_utterances, pad_waves
 from dyncli.data.manifest import read_manifest
 from dyncli.decoding import greedy_ctc
-from dyncli.dynamic import DynamicOutput, StaticPolicy, build_policy, stored_policy
+from dyncli.dynamic import DynamicOutput, StaticPolicy, build_policy
 from dyncli.environment import describe
 from dyncli.errors import UsageError
 from dyncli.evaluation import import_benchmark, model_summary
 from dyncli.inference import pick_device
 from dyncli.metrics import error_rates
 from dyncli.models.base import CTCEncoder
+from dyncli.operating_point import canonical_threshold, policy_settings, stored_point
 from dyncli.plugins import get_skip_policy
 from dyncli.text import Tokenizer
 
@@ -62,6 +64,10 @@ class GateConfig:
     max_rtf: float | None = None
     min_speedup: float | None = None
     at: float | None = None  # judge the row at this threshold instead of the fastest passing
+
+    def __post_init__(self) -> None:
+        if self.at is not None:
+            self.at = canonical_threshold(self.at)  # the sweep stores this same rounding
 
     def validate(self) -> None:
         for name in ("max_wer", "max_wer_increase", "max_rtf", "min_speedup"):
@@ -408,7 +414,12 @@ def judge(
     if not rows:
         raise UsageError("nothing to judge: no thresholds")
     if gate.at is not None:
-        row = next(r for r in rows if abs(r["threshold"] - gate.at) < 1e-9)
+        at = canonical_threshold(gate.at)
+        matches = [r for r in rows if r["threshold"] == at]
+        if not matches:
+            swept = ", ".join(f"{r['threshold']:g}" for r in rows)
+            raise UsageError(f"--at {gate.at:g} is not among the swept thresholds ({swept})")
+        row = matches[0]
         found = violations(row, static, gate)
     else:
         passing = [r for r in rows if not violations(r, static, gate)]
@@ -440,21 +451,15 @@ def resolve_policy(
     overrides: dict[str, Any],
     at: float | None,
 ) -> tuple[str, list[float], dict[str, Any], float | None]:
-    """Policy name, thresholds (validated, ``at`` included) and config overrides to profile.
+    """Policy name, thresholds (validated, ``at`` included) and config settings to profile.
 
-    Defaults come from the checkpoint's stored operating point, then the registry.
+    Defaults come from the checkpoint's stored operating point, then the registry. Every
+    threshold gets :func:`canonical_threshold` once, here.
     """
-    stored = stored_policy(ckpt.method)
+    stored = stored_point(ckpt.method)
     name = policy or (stored[0] if stored else "blank-skip")
     spec = get_skip_policy(name)
-    merged: dict[str, Any] = {}
-    if stored and stored[0] == name:
-        merged.update({k: v for k, v in stored[2].items() if v is not None})
-    merged.update({k: v for k, v in overrides.items() if v is not None})
-    if name == "blank-skip" and merged.get("layer") is None:
-        from dyncli.dynamic import default_trigger
-
-        merged["layer"] = default_trigger(ckpt.model, ckpt.method)
+    merged = policy_settings(ckpt, name, overrides)
     if thresholds:
         values = list(thresholds)
     else:
@@ -463,7 +468,7 @@ def resolve_policy(
             values.append(stored[1])
     if at is not None:
         values.append(at)
-    values = sorted({round(float(v), 6) for v in values})
+    values = sorted({canonical_threshold(v) for v in values})
     for v in values:
         spec.make_config(v, **merged)  # range check: refuses before any work
     stored_threshold = stored[1] if stored and stored[0] == name else None
@@ -559,9 +564,7 @@ def profile(
     for row, flag in zip([static, *rows], pareto_flags([static, *rows]), strict=True):
         row["pareto"] = flag
     for row in rows:
-        row["stored_operating_point"] = (
-            stored_threshold is not None and abs(row["threshold"] - stored_threshold) < 1e-9
-        )
+        row["stored_operating_point"] = row["threshold"] == stored_threshold
     verdict = judge(rows, static, gate)
     summary = model_summary(ckpt, Path(checkpoint))
     summary["exits"] = model.exits
@@ -588,6 +591,33 @@ def profile(
     )
 
 
+@dataclass
+class PointChoice:
+    """The outcome of :func:`choose_operating_point`.
+
+    ``point`` is what the checkpoint stores (None when no threshold qualified); ``rule`` says
+    what decided the tolerance; ``closest`` is, when nothing qualified, the row that missed by
+    the least, with ``excess`` (WER points above the tolerance, as a fraction).
+    """
+
+    point: dict[str, Any] | None
+    rows: list[dict[str, Any]]
+    static: dict[str, Any]
+    tolerance: float
+    rule: str
+    closest: dict[str, Any] | None = None
+    excess: float | None = None
+
+
+def wer_tolerance(wer_budget: float, words: int) -> tuple[float, str]:
+    """The WER increase a threshold may cost: the budget, or one word error on this set when
+    that is larger (on a few hundred words a small budget is less than one error: noise)."""
+    one_word = 1.0 / words if words else 0.0
+    if one_word > wer_budget:
+        return one_word, f"one word error on {words} dev words ({100 * one_word:.2f} points)"
+    return wer_budget, f"--wer-budget ({100 * wer_budget:.2f} points)"
+
+
 def choose_operating_point(
     ckpt: Checkpoint,
     utts: Sequence[Utterance],
@@ -595,31 +625,33 @@ def choose_operating_point(
     policy: str,
     wer_budget: float,
     thresholds: Sequence[float] | None = None,
-    neighbours: int = 1,
-) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The threshold with the fewest executed FLOPs whose WER on ``utts`` is within
-    ``wer_budget`` (absolute) of full depth; None if no threshold meets it."""
-    model = ckpt.model
+    settings: dict[str, Any] | None = None,
+) -> PointChoice:
+    """The threshold with the fewest executed FLOPs whose WER on ``utts`` is at most the
+    tolerance (:func:`wer_tolerance`) above full depth; ties go to the lower WER."""
     spec = get_skip_policy(policy)
-    values = list(thresholds or spec.default_thresholds)
-    overrides: dict[str, Any] = {}
-    if policy == "blank-skip":
-        from dyncli.dynamic import default_trigger
-
-        overrides = {"layer": default_trigger(model, ckpt.method), "neighbours": neighbours}
-    static, rows = sweep_rows(ckpt, utts, [u.wave for u in utts], policy, values, overrides)
-    ok = [r for r in rows if r["wer"] - static["wer"] <= wer_budget + 1e-9]
+    values = sorted({canonical_threshold(v) for v in (thresholds or spec.default_thresholds)})
+    merged = policy_settings(ckpt, policy, settings or {})
+    static, rows = sweep_rows(ckpt, utts, [u.wave for u in utts], policy, values, merged)
+    tolerance, rule = wer_tolerance(wer_budget, int(static["words"]))
+    ok = [r for r in rows if r["wer"] - static["wer"] <= tolerance + 1e-9]
     if not ok:
-        return None, rows
+        closest = min(rows, key=lambda r: (r["wer"], r["flops_ratio"]))
+        excess = closest["wer"] - static["wer"] - tolerance
+        return PointChoice(None, rows, static, tolerance, rule, closest, excess)
     best = min(ok, key=lambda r: (r["flops_ratio"], r["wer"]))
+    config = dataclasses.asdict(spec.make_config(best["threshold"], **merged))
     point = {
         "policy": policy,
         "threshold": best["threshold"],
-        **overrides,
+        **{k: v for k, v in config.items() if k != "threshold"},
         "dev_wer": best["wer"],
         "static_dev_wer": static["wer"],
+        "dev_words": static["words"],
         "flops_ratio": best["flops_ratio"],
         "wer_budget": wer_budget,
+        "tolerance": tolerance,
+        "rule": rule,
         "chosen_on": "dev set given to convert",
     }
-    return point, rows
+    return PointChoice(point, rows, static, tolerance, rule)

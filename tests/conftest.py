@@ -46,3 +46,24 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
     )
     return path
+
+
+# Commands that take --device. Tests mean the CPU unless they say otherwise: the suite gives the
+# same results on a machine with CUDA (where 'auto' would pick the GPU).
+DEVICE_COMMANDS = {"train", "convert", "evaluate", "profile", "transcribe"}
+
+
+def cpu_args(args: list[str]) -> list[str]:
+    """``args`` plus ``--device cpu`` for a command that takes --device and was given none."""
+    if args and args[0] in DEVICE_COMMANDS and not any(a.startswith("--device") for a in args):
+        return [*args, "--device", "cpu"]
+    return args
+
+
+def invoke_cli(*args: object, **kwargs: object):
+    """Run the dyncli app in-process (CliRunner) on the CPU unless ``--device`` is given."""
+    from typer.testing import CliRunner
+
+    from dyncli.cli.app import build_app
+
+    return CliRunner().invoke(build_app(), cpu_args([str(a) for a in args]), **kwargs)  # type: ignore[arg-type]

@@ -82,3 +82,31 @@ def test_pad_waves() -> None:
     assert batch.shape == (2, 5) and lens.tolist() == [3, 5]
     assert batch[0, 3:].abs().sum() == 0
     assert Utterance(torch.ones(4), "x", "o").samples == 4
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_nan_or_inf_samples_are_refused(tmp_path: Path, bad: float) -> None:
+    samples = np.full(4000, 0.1, dtype=np.float32)
+    samples[1234] = bad
+    wav = tmp_path / "bad.wav"
+    sf.write(str(wav), samples, 8000, subtype="FLOAT")
+    assert not np.isfinite(sf.read(str(wav), dtype="float32")[0]).all()  # stored as written
+    with pytest.raises(InputError) as info:
+        load_audio(wav, 8000)
+    assert str(info.value) == f"{wav}: audio holds NaN/inf samples"
+    with pytest.raises(InputError, match="NaN/inf"):
+        load_audio(wav, 16000)  # refused before resampling spreads it
+
+
+def test_nan_audio_is_skipped_with_skip_bad(tmp_path: Path) -> None:
+    write_wav(tmp_path / "ok.wav")
+    samples = np.zeros((4000, 2), dtype=np.float32)
+    samples[10, 1] = np.nan  # one bad sample in one channel of a stereo file
+    sf.write(str(tmp_path / "nan.wav"), samples, 8000, subtype="FLOAT")
+    m = tmp_path / "m.tsv"
+    m.write_text("ok.wav\tone\nnan.wav\ttwo\n")
+    with pytest.raises(InputError, match=r"m\.tsv:2: .*nan\.wav: audio holds NaN/inf samples"):
+        load_utterances(read_manifest(m), 8000)
+    utts, skipped = load_utterances(read_manifest(m), 8000, skip_bad=True)
+    assert [u.text for u in utts] == ["one"]
+    assert len(skipped) == 1 and "nan.wav: audio holds NaN/inf samples" in skipped[0]

@@ -38,7 +38,9 @@ def test_eval_set_is_one_unseen_speaker() -> None:
 
 def test_default_evaluate_runs_on_bundled_assets(tmp_path) -> None:
     report = tmp_path / "r.json"
-    result = CliRunner().invoke(build_app(), ["evaluate", "--repeats", "1", "--json", report])
+    result = CliRunner().invoke(
+        build_app(), ["evaluate", "--repeats", "1", "--device", "cpu", "--json", report]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     assert data["data"]["utterances"] == len(read_manifest(assets.EVAL_MANIFEST).items)
@@ -58,7 +60,17 @@ def test_bundled_dynamic_model_skips_on_the_bundled_set(tmp_path) -> None:
     report = tmp_path / "r.json"
     result = CliRunner().invoke(
         build_app(),
-        ["profile", "--repeats", "1", "--thresholds", str(point["threshold"]), "--json", report],
+        [
+            "profile",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+            "--thresholds",
+            str(point["threshold"]),
+            "--json",
+            report,
+        ],
     )
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())

@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dyncli.cli.app import build_app
-from tests.conftest import write_wav
+from tests.conftest import invoke_cli, write_wav
 
 runner = CliRunner()
 
 
-def invoke(*args: str):
-    return runner.invoke(build_app(), [str(a) for a in args])
+def invoke(*args: object):
+    return invoke_cli(*args)
 
 
 def one_error_line(result) -> str:
@@ -189,7 +188,7 @@ def test_skip_bad_reports_count(trained, tmp_path: Path) -> None:
                 "--speed",
                 "fast",
             ],
-            "expects LOW:HIGH",
+            "expects a range LOW:HIGH",
         ),
         (
             [
@@ -266,3 +265,55 @@ def test_bad_input_is_one_line_exit_2(trained, tmp_path: Path, args, expected) -
 )
 def test_option_validation_is_usage_error(args) -> None:
     assert invoke(*args).exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["evaluate", "{ckpt}", "--data", "{manifest}", "--json", "{dir}"],
+        ["profile", "{ckpt}", "--data", "{manifest}", "--json", "{dir}"],
+        ["inspect", "{ckpt}", "--json", "{dir}"],
+        ["train", "--train", "{manifest}", "--dev", "{manifest}", "-o", "{dir}"],
+        ["convert", "{ckpt}", "-o", "{dir}", "--train", "{manifest}", "--dev", "{manifest}"],
+    ],
+)
+def test_output_path_that_is_a_directory_is_refused_up_front(trained, tmp_path, args) -> None:
+    """Refused before any work starts (profile of a static checkpoint would fail later)."""
+    fill = {"ckpt": trained["ckpt"], "manifest": trained["manifest"], "dir": tmp_path}
+    result = invoke(*[a.format(**fill) for a in args])
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result)
+    assert "is a directory" in line and str(tmp_path) in line
+
+
+def test_output_path_parent_is_created_or_refused(trained, tmp_path) -> None:
+    out = tmp_path / "new" / "deeper" / "r.json"
+    result = invoke(
+        "evaluate", trained["ckpt"], "--data", trained["manifest"], "--repeats", "1",
+        "--json", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["result"]["words"] > 0
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = invoke("inspect", trained["ckpt"], "--json", blocker / "r.json")
+    assert result.exit_code == 2
+    assert "--json" in one_error_line(result)
+
+
+def test_nan_audio_is_refused_and_skip_bad_skips_it(trained, tmp_path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    bad = tmp_path / "nan.wav"
+    wave = np.zeros(4000, dtype=np.float32)
+    wave[100] = np.nan
+    sf.write(str(bad), wave, 8000, subtype="FLOAT")
+    good = trained["root"] / "u0.wav"
+    result = invoke("transcribe", trained["ckpt"], good, bad)
+    assert result.exit_code == 2
+    assert f"{bad}: audio holds NaN/inf samples" in one_error_line(result)
+    result = invoke("transcribe", trained["ckpt"], good, bad, "--skip-bad")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0].startswith(f"{good}\t") and str(bad) not in result.stdout
+    assert f"skipped: {bad}: audio holds NaN/inf samples" in result.stderr

@@ -14,28 +14,53 @@ from dyncli.cli.app import build_app
 runner = CliRunner()
 
 
-def test_help_does_not_import_torch() -> None:
-    code = (
-        "import sys\n"
-        "from dyncli.cli.app import build_app\n"
-        "app = build_app()\n"
-        "try:\n"
-        "    app(['--help'])\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "assert 'torch' not in sys.modules, 'torch imported by --help'\n"
-        "assert 'torchaudio' not in sys.modules\n"
-        "print('ok')\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
+HELP_SCRIPT = """
+import importlib.metadata
+import sys
+from types import SimpleNamespace
+
+loaded = []
+plugin = SimpleNamespace(name="spy", dist=SimpleNamespace(name="dyncli-spy"),
+                         load=lambda: loaded.append("spy") or SimpleNamespace())
+importlib.metadata.entry_points = lambda group=None, **kw: [plugin] if group == "dyncli" else []
+
+from dyncli.cli.app import build_app
+
+app = build_app()
+try:
+    app(sys.argv[1:])
+except SystemExit:
+    pass
+assert 'torch' not in sys.modules, 'torch imported by --help'
+assert 'torchaudio' not in sys.modules
+assert loaded == [], 'a third-party plugin was loaded by --help'
+print('ok')
+"""
+
+
+def run_help(*args: str) -> subprocess.CompletedProcess[str]:
+    """``dyncli ARGS`` in a fresh interpreter with one installed (fake) third-party plugin
+    that records being loaded; the script asserts it was not, and that torch was not imported."""
+    return subprocess.run(
+        [sys.executable, "-c", HELP_SCRIPT, *args],
         capture_output=True,
         text=True,
         env={**os.environ, "COLUMNS": "120"},
     )
+
+
+def test_help_does_not_import_torch_or_load_plugins() -> None:
+    out = run_help("--help")
     assert out.returncode == 0, out.stderr
     assert "ok" in out.stdout
     assert "evaluate" in out.stdout and "train" in out.stdout
+    assert "dyncli plugins" in out.stdout  # where plugin commands are listed
+
+
+def test_command_help_loads_no_plugin() -> None:
+    out = run_help("inspect", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "ok" in out.stdout and "Usage" in out.stdout
 
 
 def test_version() -> None:

@@ -9,17 +9,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dyncli.cli.app import build_app
 from dyncli.data.dataset import Utterance
 from dyncli.features import AugmentConfig
 from dyncli.training import ExitTraining, TrainConfig, _train_step
-from tests.conftest import WORDS, write_wav
+from tests.conftest import WORDS, invoke_cli, write_wav
 
 runner = CliRunner()
 
 
 def invoke(*args: object):
-    return runner.invoke(build_app(), [str(a) for a in args])
+    return invoke_cli(*args)
 
 
 @pytest.fixture(scope="module")
@@ -193,11 +192,11 @@ def test_convert_skip_aware(tiny_ckpt, data, tmp_path) -> None:
     from dyncli.checkpoint import load_checkpoint
 
     out = tmp_path / "skip.ckpt"
-    result = _convert(tiny_ckpt, data, out, "--skip-aware", "1")
+    result = _convert(tiny_ckpt, data, out, "--skip-layer", "1")
     assert result.exit_code == 0, result.output
     ckpt = load_checkpoint(out)
     assert ckpt.method is not None and ckpt.method["skip_aware_training"]["layer"] == 1
-    bad = _convert(tiny_ckpt, data, tmp_path / "bad.ckpt", "--skip-aware", "2", "--exits", "1")
+    bad = _convert(tiny_ckpt, data, tmp_path / "bad.ckpt", "--skip-layer", "2", "--exits", "1")
     assert bad.exit_code == 2 and "needs an exit" in bad.stderr
 
 
@@ -205,7 +204,7 @@ def test_wer_budget_stores_operating_point_used_by_profile(tiny_ckpt, data, tmp_
     from dyncli.checkpoint import load_checkpoint
 
     out = tmp_path / "op.ckpt"
-    result = _convert(tiny_ckpt, data, out, "--wer-budget", "1.0", "--skip-aware", "1")
+    result = _convert(tiny_ckpt, data, out, "--wer-budget", "1.0", "--skip-layer", "1")
     assert result.exit_code == 0, result.output
     assert "operating point (blank-skip, chosen on dev)" in result.output
     ckpt = load_checkpoint(out)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +25,15 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def registered() -> Iterator[callable]:
+def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin manager built afresh for the test; the session's is restored afterwards."""
+    for attr in ("_failures", "_distributions", "_warned"):
+        monkeypatch.setattr(plugins, attr, getattr(plugins, attr))
+    monkeypatch.setattr(plugins, "_pm", None)
+
+
+@pytest.fixture
+def registered(fresh_registry: None) -> Iterator[callable]:
     pm = plugins.get_plugin_manager()
     added = []
 
@@ -34,7 +43,27 @@ def registered() -> Iterator[callable]:
 
     yield register
     for obj in added:
-        pm.unregister(obj)
+        if pm.is_registered(obj):  # a plugin that failed is unregistered already
+            pm.unregister(obj)
+
+
+def entry_point(name: str, load) -> SimpleNamespace:
+    """An installed plugin as importlib.metadata lists it, from distribution dyncli-<name>."""
+    return SimpleNamespace(name=name, dist=SimpleNamespace(name=f"dyncli-{name}"), load=load)
+
+
+def broken_load():
+    raise ImportError("No module named 'numpyy'")
+
+
+@pytest.fixture
+def installed(monkeypatch: pytest.MonkeyPatch, fresh_registry: None) -> Callable[..., None]:
+    """Fake the installed entry points (no package is installed); the manager loads them anew."""
+
+    def install(*eps: SimpleNamespace) -> None:
+        monkeypatch.setattr(plugins.importlib.metadata, "entry_points", lambda group: list(eps))
+
+    return install
 
 
 def test_builtin_conformer_comes_through_the_hook() -> None:
@@ -85,17 +114,134 @@ def test_plugin_unregistered_afterwards() -> None:
         plugins.get_skip_policy("never")
 
 
-def test_duplicate_names_are_refused(registered) -> None:
+def test_duplicate_names_warn_and_the_builtin_is_kept(registered, capsys) -> None:
     conformer = plugins.get_backbone("conformer")
+    blank_skip = plugins.get_skip_policy("blank-skip")
 
     class Dup:
         @hookimpl
         def register_backbones(self, register):
-            register(conformer)
+            register(plugins.BackboneSpec("conformer", NeverSkipConfig, build=None, presets={}))
+            register(plugins.BackboneSpec("dup-net", NeverSkipConfig, build=None, presets={}))
+
+        @hookimpl
+        def register_skip_policies(self, register):
+            register(plugins.SkipPolicySpec("blank-skip", NeverSkipConfig, build=lambda c: None))
+
+        @hookimpl
+        def register_commands(self, cli):
+            cli.add_typer(typer.Typer(), name="train")
 
     registered(Dup(), "dup")
-    with pytest.raises(UsageError, match="two plugins"):
-        plugins.backbones()
+    found = plugins.backbones()
+    assert found["conformer"] == conformer and "dup-net" in found
+    assert plugins.get_skip_policy("blank-skip") == blank_skip
+    err = capsys.readouterr().err
+    assert "'conformer' is registered by both plugin 'dyncli.default_plugins.conformer'" in err
+    assert "and plugin 'dup'" in err
+
+    result = runner.invoke(build_app(), ["plugins", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["skip_policies"]["blank-skip"]["description"] == blank_skip.description
+    assert "train" not in info["commands"] and info["failed"] == []
+    assert "command 'train' is registered by both dyncli itself and plugin 'dup'" in result.stderr
+    assert "dup" in info["plugins"]
+
+
+def test_two_third_party_plugins_clash_first_registered_is_kept(registered, capsys) -> None:
+    class Other:
+        @hookimpl
+        def register_skip_policies(self, register):
+            register(plugins.SkipPolicySpec("never", NeverSkipConfig, build=lambda c: None))
+
+    registered(NeverSkipPlugin(), "never-skip")
+    registered(Other(), "other")
+    assert plugins.get_skip_policy("never").description == "never skips"
+    assert "both plugin 'never-skip' and plugin 'other'" in capsys.readouterr().err
+
+
+def test_plugin_whose_hook_raises_is_skipped_and_warned_once(registered, capsys) -> None:
+    class Raises:
+        @hookimpl
+        def register_skip_policies(self, register):
+            register(plugins.SkipPolicySpec("half", NeverSkipConfig, build=lambda c: None))
+            raise RuntimeError("boom\nsecond line")
+
+    registered(NeverSkipPlugin(), "never-skip")
+    registered(Raises(), "raises")
+    for _ in range(2):
+        found = plugins.skip_policies()
+        assert "blank-skip" in found and "never" in found and "half" not in found
+    err = capsys.readouterr().err
+    assert err.count("warning: plugin 'raises' failed in register_skip_policies") == 1, err
+    assert plugins.plugin_failures() == [
+        plugins.PluginFailure("raises", None, "RuntimeError: boom second line")
+    ]
+    assert plugins.get_plugin_manager().get_plugin("raises") is None
+
+    result = runner.invoke(build_app(), ["plugins", "--json", "-"])
+    assert result.exit_code == 0
+    info = json.loads(result.stdout)
+    assert info["failed"] == [
+        {"name": "raises", "distribution": None, "reason": "RuntimeError: boom second line"}
+    ]
+    assert "raises" not in info["plugins"] and "never" in info["skip_policies"]
+
+
+def test_plugin_whose_command_hook_raises_is_skipped(registered) -> None:
+    class Raises:
+        @hookimpl
+        def register_commands(self, cli):
+            cli.add_typer(typer.Typer(), name="half")
+            raise ValueError("no commands today")
+
+    registered(Raises(), "raises")
+    registered(NeverSkipPlugin(), "never-skip")
+    result = runner.invoke(build_app(), ["greet", "hi"])
+    assert result.exit_code == 0 and "hello from plugin" in result.stdout
+    assert "plugin 'raises' failed in register_commands" in result.stderr
+    result = runner.invoke(build_app(), ["half"])
+    assert result.exit_code == 2
+
+
+def test_broken_entry_point_is_skipped_with_one_warning(installed) -> None:
+    installed(
+        entry_point("broken", broken_load),
+        entry_point("never-skip", lambda: NeverSkipPlugin()),
+    )
+    app = build_app()
+    result = runner.invoke(app, ["plugins", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["failed"] == [
+        {
+            "name": "broken",
+            "distribution": "dyncli-broken",
+            "reason": "ImportError: No module named 'numpyy'",
+        }
+    ]
+    assert "never-skip" in info["plugins"] and "broken" not in info["plugins"]
+    assert "never" in info["skip_policies"] and "greet" in info["commands"]
+    assert result.stderr.count("dyncli-broken") == 1, result.stderr
+    assert (
+        "warning: plugin 'broken' (distribution 'dyncli-broken') failed to load and was skipped: "
+        "ImportError: No module named 'numpyy'" in result.stderr
+    )
+    result = runner.invoke(app, ["greet", "hi"])  # same process: no second warning
+    assert result.exit_code == 0 and "hello from plugin" in result.stdout
+    assert "dyncli-broken" not in result.stderr
+
+    result = runner.invoke(app, ["plugins"])
+    assert result.exit_code == 0
+    assert "failed plugin" in result.stdout and "numpyy" in result.stdout
+
+
+def test_unknown_command_with_a_broken_plugin_is_usage_error(installed) -> None:
+    installed(entry_point("broken", broken_load))
+    result = runner.invoke(build_app(), ["frobnicate"])
+    assert result.exit_code == 2
+    assert "dyncli-broken" in result.stderr
 
 
 def test_transformer_plugin_backbone(registered, tmp_path: Path) -> None:

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dyncli.cli.app import build_app
 from dyncli.cli.options import parse_thresholds
 from dyncli.errors import UsageError
-from tests.conftest import WORDS, write_wav
+from tests.conftest import WORDS, invoke_cli, write_wav
 
 runner = CliRunner()
 
@@ -33,7 +32,7 @@ ROW_KEYS = {
 
 
 def invoke(*args: object):
-    return runner.invoke(build_app(), [str(a) for a in args])
+    return invoke_cli(*args)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +68,7 @@ def _profile(setup, *extra: object):
 
 def test_json_schema(setup, tmp_path) -> None:
     out = tmp_path / "report.json"
-    result = _profile(setup, "--thresholds", "0.5,0.9", "--layer", "1", "--json", out)
+    result = _profile(setup, "--thresholds", "0.5,0.9", "--skip-layer", "1", "--json", out)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["schema_version"] == 1
@@ -124,6 +123,23 @@ def test_gate_fails_exit_1_one_line_per_bar(setup, tmp_path) -> None:
     assert report["gate"]["passed"] is False and len(report["gate"]["violations"]) == 2
 
 
+def test_gate_at_an_unrounded_threshold(setup, tmp_path) -> None:
+    """--at is rounded once, as the sweep rounds it (this ended in StopIteration before)."""
+    out = tmp_path / "r.json"
+    result = _profile(setup, "--thresholds", "0.9", "--at", "0.12345678", "--json", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["gate"]["operating_point"]["threshold"] == 0.123457
+    assert [r["threshold"] for r in report["rows"]] == [0.123457, 0.9]
+
+
+def test_judge_refuses_an_at_outside_the_sweep() -> None:
+    from dyncli.profiling import GateConfig, judge
+
+    with pytest.raises(UsageError, match="not among the swept thresholds"):
+        judge([_row(0.5, 0.1, 0.01, 1.0)], _row(0, 0.1, 0.01, 1.0), GateConfig(at=0.7))
+
+
 def test_gate_at_picks_that_row(setup, tmp_path) -> None:
     out = tmp_path / "r.json"
     result = _profile(setup, "--thresholds", "0.5,0.9", "--at", "0.7", "--json", out)
@@ -140,11 +156,11 @@ def test_gate_at_picks_that_row(setup, tmp_path) -> None:
         (("--thresholds", "0:0.9:3"), "out of range"),
         (("--policy", "early-exit-entropy", "--thresholds", "-0.1"), "out of range"),
         (("--policy", "layer-magic"), "unknown skip policy 'layer-magic'"),
-        (("--thresholds", "a,b"), "--thresholds expects numbers"),
-        (("--thresholds", "0.5:0.9"), "START:STOP:COUNT"),
-        (("--layer", "3"), "blank-skip layer 3 has no CTC head"),
+        (("--thresholds", "a,b"), "--thresholds expects a list"),
+        (("--thresholds", "0.5:0.9"), "LOW:HIGH:COUNT"),
+        (("--skip-layer", "3"), "blank-skip layer 3 has no CTC head"),
         (("--max-wer", "-1"), "--max-wer"),
-        (("--policy", "early-exit-entropy", "--layer", "1"), "--layer does not apply"),
+        (("--policy", "early-exit-entropy", "--skip-layer", "1"), "--skip-layer does not apply"),
     ],
 )
 def test_usage_errors_exit_2(setup, args, expected) -> None:
@@ -246,7 +262,7 @@ def test_release_gate_example_script(setup, tmp_path, min_speedup, status) -> No
         "REPORT": str(tmp_path / "report.json"),
         "MIN_SPEEDUP": min_speedup,
         "MAX_WER_INCREASE": "1.0",
-        "EXTRA_ARGS": "--repeats 1 --thresholds 0.9 --layer 1",
+        "EXTRA_ARGS": "--repeats 1 --thresholds 0.9 --skip-layer 1",
     }
     done = subprocess.run(
         ["bash", str(script), str(setup["ckpt"]), str(setup["data"])],
@@ -275,7 +291,7 @@ def test_batched_profile_and_flop_accounting(setup, tmp_path) -> None:
 
     out = tmp_path / "b.json"
     result = _profile(
-        setup, "--thresholds", "0.5", "--layer", "1", "--batch-size", "2", "--json", out
+        setup, "--thresholds", "0.5", "--skip-layer", "1", "--batch-size", "2", "--json", out
     )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())

@@ -1,20 +1,32 @@
-"""Assembles the ``dyncli`` app: built-in commands plus those that plugins register."""
+"""Assembles the ``dyncli`` app: built-in commands plus those that plugins register.
+
+Plugin commands load lazily: the root group (:class:`DyncliGroup`) lists the built-in commands
+only, and loads the plugins when asked for a name that is not a built-in. So ``dyncli --help``
+and the built-in commands start without importing any third-party plugin; ``dyncli plugins``
+lists the commands plugins add.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Collection
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from dyncli import __version__
 from dyncli.cli import convert, evaluate, inspect, plugins, profile, train, transcribe
+from dyncli.cli.command import DyncliCommand
 from dyncli.cli.errors import debug_enabled, guarded, report
 from dyncli.errors import DyncliError
 
 HELP = """Give CTC speech encoders input-dependent depth, and measure what it buys.
 
 Exit codes: 0 success, 1 failed job or failed gate, 2 usage or input error.
-Set DYNCLI_DEBUG=1 to see tracebacks."""
+Set DYNCLI_DEBUG=1 to see tracebacks. Commands that plugins add are listed by 'dyncli plugins'."""
+
+COMMANDS = (train, convert, profile, evaluate, transcribe, inspect, plugins)
 
 
 def _version(value: bool) -> None:
@@ -31,9 +43,55 @@ def _help(doc: str | None) -> str:
     return "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
 
+def plugin_commands(reserved: Collection[str] = ()) -> dict[str, Any]:
+    """The click commands that plugins add through ``register_commands``, by name.
+
+    Loads the plugins. Each plugin adds its commands to a Typer app of its own, so one whose
+    hook raises is skipped whole (see :func:`dyncli.plugins.call_each`). A name in ``reserved``
+    (the built-in commands) or already added by an earlier plugin is skipped with a warning.
+    """
+    from typer.main import get_group
+
+    from dyncli.plugins import call_each, warn_name_clash
+
+    found: dict[str, Any] = {}
+    owners: dict[str, str] = {}
+
+    def call(plugin: str, hook: Any) -> None:
+        cli = typer.Typer()
+        hook(cli=cli)
+        for name, command in get_group(cli).commands.items():
+            if name in reserved or name in found:
+                warn_name_clash("command", name, kept=owners.get(name), skipped=plugin)
+                continue
+            found[name], owners[name] = command, plugin
+
+    call_each("register_commands", call)
+    return found
+
+
+class DyncliGroup(TyperGroup):
+    """The root group: built-in commands first; plugin commands loaded only when asked for.
+
+    :meth:`list_commands` (so ``dyncli --help`` and completion) gives the built-ins only. A name
+    that is not a built-in loads the plugins and their commands (once per group).
+    """
+
+    _plugin_commands: dict[str, Any] | None = None
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        if self._plugin_commands is None:
+            self._plugin_commands = plugin_commands(reserved=self.commands)
+        return self._plugin_commands.get(cmd_name)
+
+
 def build_app() -> typer.Typer:
     app = typer.Typer(
         name="dyncli",
+        cls=DyncliGroup,
         help=HELP,
         no_args_is_help=True,
         pretty_exceptions_enable=False,
@@ -49,12 +107,10 @@ def build_app() -> typer.Typer:
     ) -> None:
         """dyncli command-line interface."""
 
-    for module in (train, convert, profile, evaluate, transcribe, inspect, plugins):
-        app.command(name=module.NAME, help=_help(module.run.__doc__))(guarded(module.run))
-
-    from dyncli.plugins import get_plugin_manager
-
-    get_plugin_manager().hook.register_commands(cli=app)
+    for module in COMMANDS:
+        app.command(name=module.NAME, help=_help(module.run.__doc__), cls=DyncliCommand)(
+            guarded(module.run)
+        )
     return app
 
 

@@ -7,18 +7,25 @@ from typing import Annotated
 import typer
 
 from dyncli.cli.options import (
+    AugmentOpt,
     CheckpointArg,
     DevDataOpt,
     DeviceOpt,
+    EpochsOpt,
     ExitsOpt,
     ExitWeightOpt,
     FinalWeightOpt,
+    JobThreadsOpt,
+    LrOpt,
+    MaxStepsOpt,
     OutputOpt,
     SeedOpt,
     SkipBadOpt,
-    ThreadsOpt,
     TrainDataOpt,
+    WarmupStepsOpt,
+    default_job_threads,
     parse_exits,
+    parse_range,
 )
 
 NAME = "convert"
@@ -43,66 +50,85 @@ def run(
     ] = False,
     exit_weight: ExitWeightOpt = 1.0,
     final_weight: FinalWeightOpt = 1.0,
-    skip_aware: Annotated[
+    skip_layer: Annotated[
         int | None,
         typer.Option(
-            "--skip-aware",
+            "--skip-layer",
             min=1,
-            help="Skip-aware training: on half the steps run blank-skip at the exit after this "
-            "layer (threshold drawn from --skip-thresholds), so later layers learn to work on "
-            "the compacted sequences inference gives them.",
+            help="blank-skip: the exit layer (1-based) whose blank posterior decides. Turns on "
+            "skip-aware training: on half the steps blank-skip runs at this exit (threshold "
+            "drawn from --skip-threshold-range), so the later layers learn to work on the "
+            "compacted sequences inference gives them. --wer-budget then picks the operating "
+            "point at this layer. It needs an exit there (--exits).",
             show_default=False,
         ),
     ] = None,
-    skip_thresholds: Annotated[
-        str, typer.Option(help="Skip-aware training: threshold range LOW:HIGH.")
+    skip_threshold_range: Annotated[
+        str,
+        typer.Option(
+            "--skip-threshold-range",
+            help="Skip-aware training: the range LOW:HIGH each step's threshold is drawn from "
+            "(uniformly).",
+        ),
     ] = "0.5:0.99",
     skip_neighbours: Annotated[
-        int, typer.Option(min=0, help="Skip-aware training: neighbours kept each side.")
+        int,
+        typer.Option(
+            "--skip-neighbours",
+            min=0,
+            help="blank-skip: also keep this many frames on each side of every kept frame "
+            "(skip-aware training and the stored operating point).",
+        ),
     ] = 1,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 4,
-    max_steps: Annotated[
-        int | None, typer.Option(min=1, help="Stop after this many steps.")
-    ] = None,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 5e-4,
-    warmup_steps: Annotated[int, typer.Option(min=1, help="Linear warm-up steps.")] = 100,
-    augment: Annotated[
-        bool, typer.Option("--augment/--no-augment", help="Augmentation on or off.")
-    ] = True,
+    epochs: EpochsOpt = 4,
+    max_steps: MaxStepsOpt = None,
+    lr: LrOpt = 5e-4,
+    warmup_steps: WarmupStepsOpt = 100,
+    augment: AugmentOpt = True,
     wer_budget: Annotated[
         float | None,
         typer.Option(
             "--wer-budget",
             min=0.0,
             help="After training, sweep --policy on the dev set and store, as the checkpoint's "
-            "operating point, the threshold with the fewest executed FLOPs whose dev WER is "
-            "at most this much (absolute, 0.01 = 1 point) above full depth.",
+            "operating point, the threshold with the fewest executed FLOPs whose dev WER is at "
+            "most this much (absolute, 0.01 = 1 point) above full depth, or one word error "
+            "above it when the dev set is too small for the budget to be more than noise.",
+            show_default=False,
         ),
     ] = None,
     policy: Annotated[
-        str, typer.Option(help="Skip policy the --wer-budget operating point is chosen for.")
+        str,
+        typer.Option(
+            "--policy",
+            help="Skip policy the --wer-budget operating point is chosen for ({skip_policies}).",
+        ),
     ] = "blank-skip",
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    threads: ThreadsOpt = 2,
+    threads: JobThreadsOpt = None,
     skip_bad: SkipBadOpt = False,
 ) -> None:
     """Turn a static checkpoint into a dynamic one: attach CTC heads after --exits, train them.
 
     Loss = final-weight * CTC(final) + exit-weight * sum of CTC(exit); CTC lengths are each
     utterance's true frame count. The best epoch (mean dev WER over all heads) is saved with
-    its method, exits and, with --wer-budget, the recommended operating point.
+    its method, exits and, with --wer-budget, the recommended operating point. Defaults are
+    fine-tuning defaults (short, lower learning rate, augmentation from step 0), where 'dyncli
+    train' trains from scratch.
     """
     import dataclasses
 
     import torch
 
     from dyncli.cli.render import TrainReporter, pct
-    from dyncli.cli.train import _range
     from dyncli.convert import convert, convert_defaults
+    from dyncli.fileio import check_output_path
     from dyncli.training import ExitTraining
 
-    torch.set_num_threads(threads)
+    check_output_path(output, "--output")
+    skip_range = parse_range(skip_threshold_range, "--skip-threshold-range")
+    torch.set_num_threads(threads or default_job_threads())
     base = convert_defaults()
     config = dataclasses.replace(
         base,
@@ -128,8 +154,8 @@ def run(
                 exit_weight=exit_weight,
                 final_weight=final_weight,
                 freeze_backbone=freeze_backbone,
-                skip_layer=skip_aware,
-                skip_thresholds=_range(skip_thresholds, "--skip-thresholds"),
+                skip_layer=skip_layer,
+                skip_thresholds=skip_range,
                 skip_neighbours=skip_neighbours,
             ),
             config=config,
@@ -145,12 +171,23 @@ def run(
         + "".join(f", exit {k}: {pct(v)}" for k, v in t.best_dev_exit_wer.items())
         + f"; saved {result.output} ({t.seconds / 60:.1f} min)"
     )
-    point = result.operating_point
+    choice = result.choice
+    if choice is None:
+        return
+    point = choice.point
     if point is not None:
         reporter.message(
             f"operating point ({point['policy']}, chosen on dev): threshold "
             f"{point['threshold']:g}, dev WER {pct(point['dev_wer'])} vs "
-            f"{pct(point['static_dev_wer'])} full depth, {point['flops_ratio']:.2f}x the FLOPs"
+            f"{pct(point['static_dev_wer'])} full depth, {point['flops_ratio']:.2f}x the FLOPs; "
+            f"allowed increase: {choice.rule}"
         )
-    elif wer_budget is not None:
-        reporter.message("no threshold met --wer-budget on dev; no operating point stored")
+    elif choice.closest is not None:
+        c = choice.closest
+        words = (c["wer"] - choice.static["wer"]) * choice.static["words"]
+        reporter.message(
+            f"no threshold met the tolerance on dev ({choice.rule}); no operating point stored. "
+            f"Closest: {c['policy']} @ {c['threshold']:g}, dev WER {pct(c['wer'])} vs "
+            f"{pct(choice.static['wer'])} full depth ({words:+.0f} words), "
+            f"{100 * (choice.excess or 0):.2f} points over the tolerance"
+        )

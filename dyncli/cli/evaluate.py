@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
+from typing import Any
 
 from dyncli.cli.options import (
     DataOpt,
-    DeviceOpt,
+    FormatOpt,
+    FullDepthOpt,
     JsonOpt,
     OptionalCheckpointArg,
+    OutputFormat,
+    PolicyOpt,
+    RepeatsOpt,
     SkipBadOpt,
-    ThreadsOpt,
+    ThresholdOpt,
+    TimingDeviceOpt,
+    TimingThreadsOpt,
 )
 
 NAME = "evaluate"
@@ -21,23 +25,34 @@ NAME = "evaluate"
 def run(
     checkpoint: OptionalCheckpointArg = None,
     data: DataOpt = None,
-    threads: ThreadsOpt = 1,
-    repeats: Annotated[int, typer.Option(min=1, help="Timed passes (median reported).")] = 3,
-    device: DeviceOpt = "cpu",
+    policy: PolicyOpt = None,
+    threshold: ThresholdOpt = None,
+    full_depth: FullDepthOpt = False,
+    threads: TimingThreadsOpt = 1,
+    repeats: RepeatsOpt = 3,
+    device: TimingDeviceOpt = "cpu",
+    output_format: FormatOpt = OutputFormat.table,
     json_path: JsonOpt = None,
     skip_bad: SkipBadOpt = False,
 ) -> None:
     """Greedy WER/CER and end-to-end RTF (median of repeats, after warm-up).
 
-    With no CHECKPOINT or --data, uses the bundled demo model and evaluation set.
+    With no CHECKPOINT or --data, uses the bundled demo model and evaluation set. A dynamic
+    checkpoint runs as 'dyncli transcribe' runs it: at its stored operating point unless
+    --full-depth or --policy/--threshold say otherwise; the report says which ran.
     RTF = processing seconds / audio seconds (features + encoder + decoding, batch size 1).
     """
     from rich.table import Table
 
     from dyncli import assets
-    from dyncli.cli.render import console, pct, write_json
+    from dyncli.cli.output import check_stdout, emit_machine, print_line, print_table
+    from dyncli.cli.render import pct, write_json
     from dyncli.evaluation import evaluate
+    from dyncli.fileio import check_output_path
 
+    check_stdout(output_format, json_path)
+    if json_path is not None:
+        check_output_path(json_path, "--json", allow_stdout=True)
     ckpt = checkpoint or assets.require(assets.DEMO_STATIC, "demo model")
     manifest = data or assets.require(assets.EVAL_MANIFEST, "evaluation set")
     report = evaluate(
@@ -47,16 +62,27 @@ def run(
         repeats=repeats,
         device=device,
         skip_bad=skip_bad,
+        policy=policy,
+        threshold=threshold,
+        full_depth=full_depth,
     )
     if json_path is not None:
         write_json(json_path, report.to_json())
-        if str(json_path) == "-":
-            return
+    if emit_machine(output_format, report.to_json(), [record(report)]):
+        return
+    if json_path is not None and str(json_path) == "-":
+        return
     env = report.environment
     table = Table(title=f"dyncli evaluate: {report.model['path']}")
-    for col in ("utterances", "audio", "WER", "CER", "RTF (median)", "RTF min-max", "RTFx"):
+    for col in ("ran", "utterances", "audio", "WER", "CER", "RTF (median)", "RTF min-max", "RTFx"):
         table.add_column(col, justify="right")
+    run_cell = (
+        "full depth"
+        if report.run.full_depth
+        else (f"{report.run.policy} @ {report.run.threshold:g}")
+    )
     table.add_row(
+        run_cell,
         str(report.data["utterances"]),
         f"{report.data['audio_seconds']:.1f} s",
         pct(report.wer),
@@ -65,19 +91,37 @@ def run(
         f"{report.rtf_min:.4f}-{report.rtf_max:.4f}",
         f"{1 / report.rtf:.1f}",
     )
-    console.print(table)
-    console.print(
+    print_table(table)
+    print_line(f"ran: {report.run.describe()}")
+    print_line(
         f"data: {report.data['path']} ({report.words} words); model: {report.model['backbone']}, "
-        f"{report.model['layers']} layers, {report.model['method']}",
-        highlight=False,
+        f"{report.model['layers']} layers, {report.model['method']}"
     )
-    console.print(
+    print_line(
         f"timing: {env['device_name']} ({env['cpu']}), {env['threads']} thread(s), torch "
         f"{env['torch']}, {report.repeats} timed passes after a warm-up; RTF = processing s / "
-        "audio s, end to end",
-        highlight=False,
+        "audio s, end to end"
     )
     for ex in report.examples[:3]:
-        console.print(f"  ref: {ex['ref']}\n  hyp: {ex['hyp']}", highlight=False, markup=False)
+        print_line(f"  ref: {ex['ref']}")
+        print_line(f"  hyp: {ex['hyp']}")
     if report.skipped:
-        console.print(f"skipped {len(report.skipped)} bad entries (--skip-bad)")
+        print_line(f"skipped {len(report.skipped)} bad entries (--skip-bad)")
+
+
+def record(report: Any) -> dict[str, Any]:
+    """The report as one flat TSV row: every figure of the JSON 'result', and what ran."""
+    data = report.data
+    return {
+        "model": report.model["path"],
+        "data": data["path"],
+        "utterances": data["utterances"],
+        "audio_seconds": data["audio_seconds"],
+        "policy": report.run.policy,
+        "threshold": report.run.threshold,
+        "run_source": report.run.source,
+        **{k: v for k, v in report.to_json()["result"].items() if k != "rtf_definition"},
+        "threads": report.environment["threads"],
+        "device": report.environment["device"],
+        "skipped": len(report.skipped),
+    }

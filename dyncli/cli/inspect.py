@@ -12,8 +12,12 @@ def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
     from rich.table import Table
 
     from dyncli.checkpoint import summarize
-    from dyncli.cli.render import console, write_json
+    from dyncli.cli.output import print_table
+    from dyncli.cli.render import write_json
+    from dyncli.fileio import check_output_path
 
+    if json_path is not None:
+        check_output_path(json_path, "--json", allow_stdout=True)
     info = summarize(checkpoint)
     if json_path is not None:
         write_json(json_path, info)
@@ -60,4 +64,4 @@ def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
     ]
     for k, v in rows:
         table.add_row(k, v)
-    console.print(table)
+    print_table(table)

@@ -1,7 +1,22 @@
-"""Shared option types: the same flag means the same thing in every command."""
+"""Shared option types: the same flag means the same thing, with the same help, in every command.
+
+One name and one syntax per concept:
+
+* ``LOW:HIGH`` is always a closed range (``--speed 0.9:1.1``, ``--skip-threshold-range``);
+  ``LOW:HIGH:COUNT`` is COUNT evenly spaced values over that range (``--thresholds``).
+* The blank-skip settings are ``--skip-layer`` and ``--skip-neighbours`` wherever they apply.
+* Defaults differ only where the job differs, and the help says why: commands that time
+  (``evaluate``, ``profile``) default to 1 thread on the CPU, so RTF figures are reproducible
+  and comparable; commands that do a job (``train``, ``convert``, ``transcribe``) use every
+  core, and a GPU when there is one.
+
+Renamed flags keep their old spelling for one release (see ``dyncli.cli.command.RENAMED``).
+"""
 
 from __future__ import annotations
 
+import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -40,31 +55,149 @@ DevDataOpt = Annotated[
     Path,
     typer.Option("--dev", help="Dev manifest: picks the best checkpoint (by WER)."),
 ]
-OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Where to write the checkpoint.")]
+OutputOpt = Annotated[
+    Path,
+    typer.Option(
+        "--output", "-o", help="Where to write the checkpoint (written atomically on success)."
+    ),
+]
 JsonOpt = Annotated[
     Path | None,
-    typer.Option("--json", help="Also write the report as JSON to this path ('-' for stdout)."),
+    typer.Option(
+        "--json",
+        help="Also write the report as JSON to this path ('-' for stdout).",
+        show_default=False,
+    ),
 ]
-ThreadsOpt = Annotated[
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    tsv = "tsv"
+    json = "json"
+
+
+FormatOpt = Annotated[
+    OutputFormat,
+    typer.Option(
+        "--format",
+        case_sensitive=False,
+        help="What stdout gets: 'table' (rich; full width, never cut, when piped), 'tsv' (one "
+        "header line, then one line per row with every figure at full precision: for shell "
+        "scripts and spreadsheets) or 'json' (the --json report).",
+    ),
+]
+
+ALL_CORES = "all cores"
+
+
+def default_job_threads() -> int:
+    """Every core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+JobThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads for torch. Default: every core (this command does a job; it does not "
+        "time one).",
+        show_default=False,
+    ),
+]
+TimingThreadsOpt = Annotated[
     int,
     typer.Option(
         "--threads",
         min=1,
-        help="CPU threads for torch (set explicitly so timings are reproducible).",
+        help="CPU threads for torch. Default 1: one thread gives reproducible RTF figures that "
+        "compare across machines; the count is recorded in the report.",
     ),
 ]
 DeviceOpt = Annotated[
-    str, typer.Option("--device", help="'auto' (CUDA if present, else CPU), 'cpu' or 'cuda'.")
+    str,
+    typer.Option(
+        "--device",
+        help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'. Default auto: this "
+        "command does a job, so it uses a GPU when there is one.",
+    ),
+]
+TimingDeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA if present, else CPU). Default cpu: a "
+        "timing is taken where you ask, not wherever the hardware happens to allow.",
+    ),
 ]
 SkipBadOpt = Annotated[
     bool,
     typer.Option(
         "--skip-bad",
-        help="Skip unreadable audio, missing files and empty transcripts (counted and reported) "
-        "instead of stopping at the first one.",
+        help="Skip unreadable audio (NaN/inf samples included), missing files and empty "
+        "transcripts (counted and reported) instead of stopping at the first one.",
     ),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (data order, augmentation).")]
+RepeatsOpt = Annotated[
+    int,
+    typer.Option(
+        "--repeats", min=1, help="Timed passes over the data (median reported, with min and max)."
+    ),
+]
+
+# Dynamic depth: the stored operating point is the default everywhere.
+PolicyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--policy",
+        help="Skip policy ({skip_policies}). Default: the checkpoint's stored operating point, "
+        "else blank-skip.",
+        show_default=False,
+    ),
+]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        help="The policy's threshold. Default: the stored operating point's.",
+        show_default=False,
+    ),
+]
+FullDepthOpt = Annotated[
+    bool,
+    typer.Option(
+        "--full-depth",
+        help="Run every layer on every frame, ignoring the stored operating point.",
+    ),
+]
+SkipLayerOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--skip-layer",
+        min=1,
+        help="blank-skip: the exit layer (1-based) whose blank posterior decides which frames "
+        "skip the layers after it. Default: the stored operating point's, else the "
+        "skip-aware training layer, else the exit nearest mid-depth.",
+        show_default=False,
+    ),
+]
+SkipNeighboursOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--skip-neighbours",
+        min=0,
+        help="blank-skip: also keep this many frames on each side of every kept frame. "
+        "Default: the stored operating point's, else 1.",
+        show_default=False,
+    ),
+]
+
+# Training (train, convert): one definition each; convert's defaults are fine-tuning defaults.
 ExitsOpt = Annotated[
     str | None,
     typer.Option(
@@ -79,6 +212,24 @@ ExitWeightOpt = Annotated[
 ]
 FinalWeightOpt = Annotated[
     float, typer.Option("--final-weight", min=0.0, help="Weight of the final CTC loss.")
+]
+EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")]
+MaxStepsOpt = Annotated[
+    int | None,
+    typer.Option("--max-steps", min=1, help="Stop after this many steps.", show_default=False),
+]
+LrOpt = Annotated[
+    float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, linear warm-up).")
+]
+WarmupStepsOpt = Annotated[
+    int, typer.Option("--warmup-steps", min=1, help="Steps of linear learning-rate warm-up.")
+]
+AugmentOpt = Annotated[
+    bool,
+    typer.Option(
+        "--augment/--no-augment",
+        help="All training augmentation (speed, VTLP, noise, gain, SpecAugment) on or off.",
+    ),
 ]
 
 
@@ -97,9 +248,24 @@ def parse_exits(text: str | None) -> list[int]:
     return exits
 
 
-def parse_thresholds(text: str | None) -> list[float] | None:
-    """'0.5,0.7,0.9' (a list) or '0.5:0.99:10' (START:STOP:COUNT, both ends included)."""
+def parse_range(text: str, flag: str) -> tuple[float, float]:
+    """'LOW:HIGH' -> (LOW, HIGH): a closed range, LOW <= HIGH."""
     from dyncli.errors import UsageError
+
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise UsageError(f"{flag} expects a range LOW:HIGH (e.g. 0.9:1.1), got {text!r}") from None
+    if lo > hi:
+        raise UsageError(f"{flag}: LOW must not exceed HIGH (got {text!r})")
+    return lo, hi
+
+
+def parse_thresholds(text: str | None) -> list[float] | None:
+    """'0.5,0.7,0.9' (a list) or '0.5:0.99:10' (LOW:HIGH:COUNT: COUNT evenly spaced values over
+    the range LOW:HIGH, both ends included)."""
+    from dyncli.errors import UsageError
+    from dyncli.operating_point import canonical_threshold
 
     if text is None or not text.strip():
         return None
@@ -112,17 +278,19 @@ def parse_thresholds(text: str | None) -> list[float] | None:
             start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
         except ValueError:
             raise UsageError(
-                f"--thresholds range must be START:STOP:COUNT (e.g. 0.5:0.99:10), got {text!r}"
+                f"--thresholds expects a list 0.5,0.7,0.9 or LOW:HIGH:COUNT (e.g. 0.5:0.99:10), "
+                f"got {text!r}"
             ) from None
         if count < 1:
             raise UsageError(f"--thresholds COUNT must be at least 1, got {count}")
         if count == 1:
-            return [start]
+            return [canonical_threshold(start)]
         step = (stop - start) / (count - 1)
-        return [round(start + i * step, 6) for i in range(count)]
+        return [canonical_threshold(start + i * step) for i in range(count)]
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        return [canonical_threshold(float(v)) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UsageError(
-            f"--thresholds expects numbers like 0.5,0.7,0.9 or a range 0.5:0.99:10, got {text!r}"
+            f"--thresholds expects a list 0.5,0.7,0.9 or LOW:HIGH:COUNT (e.g. 0.5:0.99:10), "
+            f"got {text!r}"
         ) from None

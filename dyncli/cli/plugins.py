@@ -1,4 +1,13 @@
-"""``dyncli plugins``: what the plugin registry holds."""
+"""``dyncli plugins``: what the plugin registry holds, and which plugins failed.
+
+``--json`` schema::
+
+    {"plugins": [name, ...],
+     "commands": {name: {"help": str}},
+     "backbones": {name: {"presets": [str], "description": str}},
+     "skip_policies": {name: {"description": str}},
+     "failed": [{"name": str, "distribution": str | null, "reason": "ExcType: message"}]}
+"""
 
 from __future__ import annotations
 
@@ -10,20 +19,36 @@ NAME = "plugins"
 
 
 def run(json_path: JsonOpt = None) -> None:
-    """List loaded plugins and the backbones and skip policies they register."""
+    """List loaded plugins, what they register, and the plugins that failed.
+
+    Shows the commands, backbones and skip policies plugins register. A plugin that failed to
+    load, or whose hook raised, is skipped and listed with the reason; this still exits 0."""
+    from rich.markup import escape
     from rich.table import Table
 
+    from dyncli.cli.app import COMMANDS, plugin_commands
     from dyncli.cli.render import console, write_json
-    from dyncli.plugins import backbones, get_plugin_manager, skip_policies
+    from dyncli.plugins import backbones, get_plugin_manager, plugin_failures, skip_policies
 
+    found_backbones, found_policies = backbones(), skip_policies()
+    commands = plugin_commands(reserved={module.NAME for module in COMMANDS})
+    # after the hooks ran: a plugin whose hook raised is unregistered and listed as failed
     pm = get_plugin_manager()
     info: dict[str, Any] = {
         "plugins": sorted(name for name, _ in pm.list_name_plugin()),
+        "commands": {
+            n: {"help": " ".join((c.get_short_help_str(limit=200) or "").split())}
+            for n, c in sorted(commands.items())
+        },
         "backbones": {
             n: {"presets": sorted(s.presets), "description": s.description}
-            for n, s in backbones().items()
+            for n, s in found_backbones.items()
         },
-        "skip_policies": {n: {"description": s.description} for n, s in skip_policies().items()},
+        "skip_policies": {n: {"description": s.description} for n, s in found_policies.items()},
+        "failed": [
+            {"name": f.name, "distribution": f.distribution, "reason": f.reason}
+            for f in plugin_failures()
+        ],
     }
     if json_path is not None:
         write_json(json_path, info)
@@ -34,8 +59,13 @@ def run(json_path: JsonOpt = None) -> None:
         table.add_column(col)
     for name in info["plugins"]:
         table.add_row("plugin", name, "")
+    for name, c in info["commands"].items():
+        table.add_row("command", name, c["help"])
     for name, b in info["backbones"].items():
         table.add_row("backbone", name, f"{b['description']} (presets: {', '.join(b['presets'])})")
     for name, p in info["skip_policies"].items():
         table.add_row("skip policy", name, p["description"])
+    for f in info["failed"]:
+        where = f" (distribution {f['distribution']})" if f["distribution"] else ""
+        table.add_row("failed plugin", f["name"], escape(f"{f['reason']}{where}"))
     console.print(table)

@@ -8,27 +8,21 @@ import typer
 
 from dyncli.cli.options import (
     DataOpt,
-    DeviceOpt,
+    FormatOpt,
     JsonOpt,
     OptionalDynamicCheckpointArg,
+    OutputFormat,
+    PolicyOpt,
+    RepeatsOpt,
     SkipBadOpt,
-    ThreadsOpt,
+    SkipLayerOpt,
+    SkipNeighboursOpt,
+    TimingDeviceOpt,
+    TimingThreadsOpt,
     parse_thresholds,
 )
-from dyncli.plugins import skip_policies
 
 NAME = "profile"
-
-
-def _policy_help() -> str:
-    specs = skip_policies()
-    names = "; ".join(f"{n}: {s.description}" for n, s in sorted(specs.items()))
-    return (
-        f"Skip policy ({names}). Default: the checkpoint's stored operating point, else blank-skip."
-    )
-
-
-PolicyOpt = Annotated[str | None, typer.Option("--policy", help=_policy_help(), show_default=False)]
 
 
 def run(
@@ -39,31 +33,28 @@ def run(
         str | None,
         typer.Option(
             "--thresholds",
-            help="Thresholds to sweep: a list 0.5,0.7,0.9 or START:STOP:COUNT (0.5:0.99:10). "
-            "Default: the policy's sweep (plus the stored operating point).",
+            help="Thresholds to sweep: a list 0.5,0.7,0.9, or LOW:HIGH:COUNT for COUNT evenly "
+            "spaced values over LOW:HIGH (0.5:0.99:10). Default: the policy's sweep (plus the "
+            "stored operating point).",
             show_default=False,
         ),
     ] = None,
-    layer: Annotated[
-        int | None,
-        typer.Option(min=1, help="blank-skip: the exit layer whose blank posterior decides."),
-    ] = None,
-    neighbours: Annotated[
-        int | None,
-        typer.Option(min=0, help="blank-skip: keep this many frames each side of a kept frame."),
-    ] = None,
-    threads: ThreadsOpt = 1,
-    repeats: Annotated[int, typer.Option(min=1, help="Timed rounds (median reported).")] = 3,
+    skip_layer: SkipLayerOpt = None,
+    skip_neighbours: SkipNeighboursOpt = None,
+    threads: TimingThreadsOpt = 1,
+    repeats: RepeatsOpt = 3,
     batch_size: Annotated[
         int,
         typer.Option(
             "--batch-size",
             min=1,
-            help="Time padded batches of this many utterances (sorted by length), as a server "
-            "would; FLOPs then count the padded work. Default 1 (streaming, one at a time).",
+            help="Utterances per timed batch. Default 1: whole utterances, one at a time. N > 1: "
+            "padded batches of N utterances sorted by length, as a server would batch them; "
+            "FLOPs then count the padded work.",
         ),
     ] = 1,
-    device: DeviceOpt = "cpu",
+    device: TimingDeviceOpt = "cpu",
+    output_format: FormatOpt = OutputFormat.table,
     json_path: JsonOpt = None,
     skip_bad: SkipBadOpt = False,
     max_wer: Annotated[
@@ -90,6 +81,7 @@ def run(
             "--at",
             help="Gate the row at this threshold (added to the sweep if missing) instead of "
             "the fastest row that meets every bar.",
+            show_default=False,
         ),
     ] = None,
 ) -> None:
@@ -103,9 +95,14 @@ def run(
     2 usage or input error.
     """
     from dyncli import assets
+    from dyncli.cli.output import check_stdout, emit_machine
     from dyncli.cli.render import err_console, interactive, write_json
+    from dyncli.fileio import check_output_path
     from dyncli.profiling import GateConfig, profile
 
+    check_stdout(output_format, json_path)
+    if json_path is not None:
+        check_output_path(json_path, "--json", allow_stdout=True)
     ckpt = checkpoint or assets.require(assets.DEMO_DYNAMIC, "bundled dynamic model")
     manifest = data or assets.require(assets.EVAL_MANIFEST, "evaluation set")
     gate = GateConfig(
@@ -125,7 +122,7 @@ def run(
         data=manifest,
         policy=policy,
         thresholds=parse_thresholds(thresholds),
-        overrides={"layer": layer, "neighbours": neighbours},
+        overrides={"layer": skip_layer, "neighbours": skip_neighbours},
         threads=threads,
         repeats=repeats,
         device=device,
@@ -136,7 +133,10 @@ def run(
     )
     if json_path is not None:
         write_json(json_path, report.to_json())
-    if json_path is None or str(json_path) != "-":
+    records = [report.static, *report.rows]
+    if not emit_machine(output_format, report.to_json(), records) and (
+        json_path is None or str(json_path) != "-"
+    ):
         render(report)
     if not report.gate["passed"]:
         for line in report.gate["violations"]:
@@ -144,33 +144,38 @@ def run(
         raise typer.Exit(1)
 
 
+COLUMNS = (
+    "",
+    "threshold",
+    "WER",
+    "dWER",
+    "CER",
+    "RTF",
+    "RTF min-max",
+    "speedup",
+    "enc. speedup",
+    "FLOPs",
+    "GFLOP/audio s",
+    "avg layers",
+    "skipped",
+    "Pareto",
+)
+
+
 def render(report: Any) -> None:
     from rich.table import Table
 
-    from dyncli.cli.render import console, pct
+    from dyncli.cli.output import print_line, print_table
+    from dyncli.cli.render import pct
 
     op = report.gate["operating_point"]
     static = report.static
     table = Table(
         title=f"dyncli profile: {report.model['path']} ({report.policy['name']})",
-        caption="bold green = Pareto-optimal (WER vs RTF); > = operating point; "
-        "* = checkpoint's stored operating point",
+        caption="> = operating point; * = checkpoint's stored operating point; Pareto = no "
+        "other row has both lower WER and lower RTF (bold green on a terminal)",
     )
-    for col in (
-        "",
-        "threshold",
-        "WER",
-        "dWER",
-        "CER",
-        "RTF",
-        "RTF min-max",
-        "speedup",
-        "enc. speedup",
-        "FLOPs",
-        "GFLOP/audio s",
-        "avg layers",
-        "skipped",
-    ):
+    for col in COLUMNS:
         table.add_column(col, justify="right")
     for row in [static, *report.rows]:
         is_static = row["policy"] == "static"
@@ -181,7 +186,7 @@ def render(report: Any) -> None:
             mark += "*"
         table.add_row(
             mark,
-            "static" if is_static else f"{row['threshold']:.4g}",
+            "static" if is_static else f"{row['threshold']:.6g}",
             pct(row["wer"]),
             "" if is_static else f"{100 * (row['wer'] - static['wer']):+.2f}",
             pct(row["cer"]),
@@ -193,56 +198,51 @@ def render(report: Any) -> None:
             f"{row['gflops_per_audio_second']:.3f}",
             f"{row['avg_layers']:.2f}",
             pct(row["skipped_frame_fraction"]),
+            "yes" if row["pareto"] else "",
             style="bold green" if row["pareto"] else None,
         )
-    console.print(table)
+    print_table(table)
     env = report.environment
     cfg = ", ".join(f"{k}={v}" for k, v in report.policy["config"].items())
-    console.print(
+    print_line(
         f"data: {report.data['path']} ({report.data['utterances']} utterances, "
         f"{report.data['audio_seconds']:.1f} s); model: {report.model['backbone']}, "
         f"{report.model['layers']} layers, exits {report.model['exits']}"
-        + (f"; policy {cfg}" if cfg else ""),
-        highlight=False,
+        + (f"; policy {cfg}" if cfg else "")
     )
-    console.print(
+    print_line(
         f"timing: {env['device_name']} ({env['cpu']}), {env['threads']} thread(s), torch "
         f"{env['torch']}; batch size {report.timing['batch_size']}; "
         f"{report.timing['repeats']} interleaved rounds after warm-up; "
         "RTF = processing s / audio s end to end (RTFx = 1/RTF); FLOPs: fvcore, "
-        "1 multiply-add = 1 FLOP; dWER in points",
-        highlight=False,
+        "1 multiply-add = 1 FLOP; dWER in points"
     )
     gate = report.gate
     stored = [r for r in report.rows if r.get("stored_operating_point")]
     if stored:
         r = stored[0]
-        console.print(
-            f"stored operating point ({r['policy']} @ {r['threshold']:.4g}): WER {pct(r['wer'])} "
+        print_line(
+            f"stored operating point ({r['policy']} @ {r['threshold']:.6g}): WER {pct(r['wer'])} "
             f"({100 * (r['wer'] - static['wer']):+.2f} points vs full depth), "
-            f"{r['speedup']:.2f}x end to end, {r['skipped_frame_fraction']:.0%} of frames skipped",
-            highlight=False,
+            f"{r['speedup']:.2f}x end to end, {r['skipped_frame_fraction']:.0%} of frames skipped"
         )
     bars = [k for k, v in gate["bars"].items() if v is not None and k != "at"]
     if op is not None and not bars and gate["bars"]["at"] is None:
-        console.print(
+        print_line(
             "no gate bars given (--max-wer, --max-wer-increase, --max-rtf, --min-speedup); "
-            f"fastest row: {op['policy']} @ {op['threshold']:.4g}",
-            highlight=False,
+            f"fastest row: {op['policy']} @ {op['threshold']:.6g}"
         )
     elif op is not None:
         verdict = "passed" if gate["passed"] else "FAILED"
-        console.print(
-            f"gate {verdict}: operating point {op['policy']} @ {op['threshold']:.4g} "
+        print_line(
+            f"gate {verdict}: operating point {op['policy']} @ {op['threshold']:.6g} "
             f"({gate['selection']}): WER {pct(op['wer'])}, RTF {op['rtf']:.4f} "
             f"(RTFx {op['rtfx']:.0f}), {op['speedup']:.2f}x end to end, "
             f"{op['encoder_speedup']:.2f}x encoder (FLOPs predict "
-            f"{op['predicted_encoder_speedup'] or 0:.2f}x)",
-            highlight=False,
+            f"{op['predicted_encoder_speedup'] or 0:.2f}x)"
         )
     t = report.timing
-    console.print(
+    print_line(
         f"profiled in {report.seconds:.1f} s (accuracy + FLOPs "
-        f"{t['accuracy_and_flops_seconds']:.1f} s, timing {t['timing_seconds']:.1f} s)",
-        highlight=False,
+        f"{t['accuracy_and_flops_seconds']:.1f} s, timing {t['timing_seconds']:.1f} s)"
     )

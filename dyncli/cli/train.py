@@ -8,31 +8,28 @@ from typing import Annotated
 import typer
 
 from dyncli.cli.options import (
+    AugmentOpt,
     DevDataOpt,
     DeviceOpt,
+    EpochsOpt,
     ExitsOpt,
     ExitWeightOpt,
     FinalWeightOpt,
+    JobThreadsOpt,
+    LrOpt,
+    MaxStepsOpt,
     OutputOpt,
     SeedOpt,
     SkipBadOpt,
-    ThreadsOpt,
     TrainDataOpt,
+    WarmupStepsOpt,
+    default_job_threads,
     parse_exits,
+    parse_range,
 )
 from dyncli.errors import UsageError
 
 NAME = "train"
-
-
-def _range(text: str, flag: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(":"))
-    except ValueError:
-        raise UsageError(f"{flag} expects LOW:HIGH (e.g. 0.9:1.1), got {text!r}") from None
-    if lo > hi:
-        raise UsageError(f"{flag}: LOW must not exceed HIGH (got {text!r})")
-    return lo, hi
 
 
 def run(
@@ -45,34 +42,50 @@ def run(
     d_model: Annotated[int | None, typer.Option(min=8, help="Override: model width.")] = None,
     ffn_dim: Annotated[int | None, typer.Option(min=8, help="Override: FFN width.")] = None,
     heads: Annotated[int | None, typer.Option(min=1, help="Override: attention heads.")] = None,
-    dropout: Annotated[float | None, typer.Option(min=0.0, max=0.9, help="Override.")] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 30,
-    max_steps: Annotated[
-        int | None, typer.Option(min=1, help="Stop after this many steps.")
+    dropout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=0.9,
+            help="Override: dropout probability in attention, feed-forward and convolution "
+            "modules (the preset's otherwise).",
+            show_default=False,
+        ),
     ] = None,
+    epochs: EpochsOpt = 30,
+    max_steps: MaxStepsOpt = None,
     batch_seconds: Annotated[
         float, typer.Option(min=1.0, help="Padded audio seconds per batch.")
     ] = 48.0,
     batch_size: Annotated[
         int, typer.Option(min=1, help="Most utterances per batch (with --batch-seconds).")
     ] = 32,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 1e-3,
-    warmup_steps: Annotated[int, typer.Option(min=1, help="Linear warm-up steps.")] = 400,
-    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.01,
+    lr: LrOpt = 1e-3,
+    warmup_steps: WarmupStepsOpt = 400,
+    weight_decay: Annotated[
+        float,
+        typer.Option(min=0.0, help="AdamW weight decay (decoupled), on every trained parameter."),
+    ] = 0.01,
     patience: Annotated[
         int | None, typer.Option(min=1, help="Stop after N epochs without dev improvement.")
     ] = None,
     tokenizer: Annotated[str, typer.Option(help="'sentencepiece' or 'char'.")] = "sentencepiece",
     vocab_size: Annotated[int, typer.Option(min=4, help="Sentencepiece vocabulary size.")] = 32,
-    augment: Annotated[
-        bool, typer.Option("--augment/--no-augment", help="All augmentation on or off.")
+    augment: AugmentOpt = True,
+    spec_augment: Annotated[
+        bool,
+        typer.Option(
+            "--spec-augment/--no-spec-augment",
+            help="SpecAugment (frequency and time masks on the log-mel features) on or off.",
+        ),
     ] = True,
-    spec_augment: Annotated[bool, typer.Option("--spec-augment/--no-spec-augment")] = True,
     speed: Annotated[str, typer.Option(help="Speed perturbation range LOW:HIGH.")] = "0.85:1.15",
     vtlp: Annotated[
         str, typer.Option(help="Vocal-tract-length warp range LOW:HIGH.")
     ] = "0.88:1.12",
-    noise_snr: Annotated[str, typer.Option(help="Additive-noise SNR range in dB.")] = "10:40",
+    noise_snr: Annotated[
+        str, typer.Option(help="Additive-noise SNR range LOW:HIGH in dB.")
+    ] = "10:40",
     augment_ramp: Annotated[
         int,
         typer.Option(
@@ -86,7 +99,7 @@ def run(
     final_weight: FinalWeightOpt = 1.0,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    threads: ThreadsOpt = 2,
+    threads: JobThreadsOpt = None,
     skip_bad: SkipBadOpt = False,
 ) -> None:
     """Train a CTC model from scratch; the checkpoint with the best dev WER is kept at --output.
@@ -100,11 +113,13 @@ def run(
 
     from dyncli.cli.render import TrainReporter, pct
     from dyncli.features import AugmentConfig
+    from dyncli.fileio import check_output_path
     from dyncli.plugins import get_backbone
     from dyncli.training import ExitTraining, TrainConfig
     from dyncli.training import train as train_model
 
-    torch.set_num_threads(threads)
+    check_output_path(output, "--output")
+    torch.set_num_threads(threads or default_job_threads())
     spec = get_backbone(backbone)
     if preset not in spec.presets:
         raise UsageError(
@@ -123,9 +138,9 @@ def run(
     if tokenizer not in ("sentencepiece", "char"):
         raise UsageError(f"--tokenizer must be 'sentencepiece' or 'char', got {tokenizer!r}")
     aug = AugmentConfig(
-        speed=_range(speed, "--speed"),
-        vtlp=_range(vtlp, "--vtlp"),
-        snr_db=_range(noise_snr, "--noise-snr"),
+        speed=parse_range(speed, "--speed"),
+        vtlp=parse_range(vtlp, "--vtlp"),
+        snr_db=parse_range(noise_snr, "--noise-snr"),
         enabled=augment,
         ramp_steps=augment_ramp,
     )

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from dyncli.cli.options import CheckpointArg, DeviceOpt, ThreadsOpt
+from dyncli.cli.options import (
+    CheckpointArg,
+    DeviceOpt,
+    FullDepthOpt,
+    JobThreadsOpt,
+    PolicyOpt,
+    SkipBadOpt,
+    ThresholdOpt,
+    default_job_threads,
+)
 
 NAME = "transcribe"
 
@@ -15,32 +24,35 @@ NAME = "transcribe"
 def run(
     checkpoint: CheckpointArg,
     audio: Annotated[list[Path], typer.Argument(help="Audio files (any rate; mono or stereo).")],
-    threads: ThreadsOpt = 1,
-    device: DeviceOpt = "cpu",
-    policy: Annotated[
-        str | None, typer.Option(help="Skip policy (default: the stored operating point).")
-    ] = None,
-    threshold: Annotated[
-        float | None, typer.Option(help="Policy threshold (default: the stored one).")
-    ] = None,
-    full_depth: Annotated[
-        bool, typer.Option("--full-depth", help="Run every layer (ignore the operating point).")
-    ] = False,
+    threads: JobThreadsOpt = None,
+    device: DeviceOpt = "auto",
+    policy: PolicyOpt = None,
+    threshold: ThresholdOpt = None,
+    full_depth: FullDepthOpt = False,
+    skip_bad: SkipBadOpt = False,
 ) -> None:
     """Transcribe audio files with greedy CTC decoding: one 'path<TAB>text' line per file.
 
     A dynamic checkpoint runs at its stored operating point (see 'dyncli convert
-    --wer-budget') unless --full-depth or --policy/--threshold say otherwise.
+    --wer-budget') unless --full-depth or --policy/--threshold say otherwise; what ran is
+    said on stderr, so stdout stays one line per file.
     """
     from dyncli.evaluation import transcribe
 
-    for path, text in transcribe(
+    def skipped(message: str) -> None:
+        typer.echo(f"skipped: {message}", err=True)
+
+    results, choice = transcribe(
         checkpoint=checkpoint,
         audio=audio,
-        threads=threads,
+        threads=threads or default_job_threads(),
         device=device,
         policy=policy,
         threshold=threshold,
         full_depth=full_depth,
-    ):
+        skip_bad=skip_bad,
+        on_skip=skipped,
+    )
+    typer.echo(f"ran: {choice.describe()}", err=True)
+    for path, text in results:
         typer.echo(f"{path}\t{text}")

@@ -73,14 +73,19 @@ class CTCEncoder(torch.nn.Module):
     def features(
         self, wave: torch.Tensor, lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms (B, N) and sample counts (B,) -> features (B, T_f, F) and frame counts (B,).
+
+        ``lengths`` may live on another device than ``wave`` (e.g. built on the host); the
+        frame counts come back on the waveform's device.
+        """
         feats, frames = self.frontend(wave, lengths)
-        return feats, frames
+        return feats, frames.to(wave.device)
 
     def encode_features(
         self, feats: torch.Tensor, frames: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features -> final encoder output (B, T, D) and lengths, through every layer."""
-        x, lengths = self.embed(feats, frames)
+        x, lengths = self.embed(feats, frames.to(feats.device))
         pad_mask = lengths_to_mask(lengths, x.shape[1]) if x.shape[0] > 1 else None
         for i in range(self.num_layers):
             x = self.run_layer(i, x, pad_mask)
@@ -102,7 +107,7 @@ class CTCEncoder(torch.nn.Module):
     ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
         """One full-depth pass; log-probs (B, T, V) at every exit and at ``num_layers`` (final)."""
         feats, frames = self.features(wave, lengths)
-        x, out_lengths = self.embed(feats, frames)
+        x, out_lengths = self.embed(feats, frames.to(feats.device))
         pad_mask = lengths_to_mask(out_lengths, x.shape[1]) if x.shape[0] > 1 else None
         exits = set(self.exits)
         out: dict[int, torch.Tensor] = {}

@@ -1,0 +1,92 @@
+"""One output sink for reports: a rich table on a terminal, the same table at full width when
+piped, TSV for scripts and spreadsheets, or JSON.
+
+Off a terminal nothing is cut: a table is printed at its natural width (however wide) and text
+lines are never wrapped, so ``dyncli profile > out.txt`` keeps every header and figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from rich.measure import Measurement
+from rich.table import Table
+
+from dyncli.cli.options import OutputFormat
+from dyncli.cli.render import console
+
+
+def print_table(table: Table) -> None:
+    """A rich table: wrapped to the terminal on a terminal, at full natural width otherwise."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    wide = console.options.update_width(1_000_000)
+    width = max(Measurement.get(console, wide, table).maximum, 1)
+    narrow = console.width  # Console.print clamps to this, so widen the console itself
+    console.width = max(width, narrow)
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = narrow
+
+
+def print_line(text: str) -> None:
+    """A line of plain text (no markup); off a terminal it is never wrapped."""
+    console.print(
+        text, highlight=False, markup=False, soft_wrap=not console.is_terminal, crop=False
+    )
+
+
+def tsv_value(value: Any) -> str:
+    """A TSV cell: floats at full precision (repr round-trips), None empty, bools true/false."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return ",".join(tsv_value(v) for v in value)
+    if isinstance(value, Mapping):
+        return json.dumps(value, sort_keys=True)
+    return " ".join(str(value).split())  # no tabs or newlines inside a cell
+
+
+def tsv_columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every key of every record, in first-seen order."""
+    cols: list[str] = []
+    for rec in records:
+        cols.extend(k for k in rec if k not in cols)
+    return cols
+
+
+def format_tsv(records: Sequence[Mapping[str, Any]], columns: Iterable[str] | None = None) -> str:
+    cols = list(columns) if columns is not None else tsv_columns(records)
+    lines = ["\t".join(cols)]
+    lines += ["\t".join(tsv_value(rec.get(c)) for c in cols) for rec in records]
+    return "\n".join(lines) + "\n"
+
+
+def emit_machine(fmt: OutputFormat, report: dict[str, Any], records: list[dict[str, Any]]) -> bool:
+    """Write ``report`` (json) or ``records`` (tsv) to stdout; False for the table format."""
+    import sys
+
+    if fmt is OutputFormat.json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return True
+    if fmt is OutputFormat.tsv:
+        sys.stdout.write(format_tsv(records))
+        return True
+    return False
+
+
+def check_stdout(fmt: OutputFormat, json_path: Any) -> None:
+    """Refuse two things writing to stdout at once (--json - with --format tsv/json)."""
+    from dyncli.errors import UsageError
+
+    if json_path is not None and str(json_path) == "-" and fmt is not OutputFormat.table:
+        raise UsageError(f"--json - and --format {fmt.value} both write to stdout: pick one")

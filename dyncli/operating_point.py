@@ -1,0 +1,134 @@
+"""Which path a dynamic checkpoint runs: the stored operating point, an override, or full depth.
+
+``transcribe``, ``evaluate`` and ``profile`` resolve a run the same way:
+
+1. ``--full-depth`` runs every layer (a static checkpoint always does);
+2. ``--policy`` / ``--threshold`` / policy settings override the stored operating point (a
+   threshold alone keeps the stored policy);
+3. otherwise the checkpoint's stored operating point (``dyncli convert --wer-budget``) runs;
+4. a dynamic checkpoint with no stored operating point runs at full depth, and says so.
+
+Thresholds are compared after one rounding (:func:`canonical_threshold`), done once where a
+threshold enters, so a value the user typed matches the row a sweep made for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dyncli.errors import UsageError
+
+if TYPE_CHECKING:
+    from dyncli.checkpoint import Checkpoint
+    from dyncli.dynamic import SkipPolicy
+
+THRESHOLD_DIGITS = 6
+
+
+def canonical_threshold(value: float) -> float:
+    """The one rounding every threshold gets (6 decimals) before it is stored or compared."""
+    return round(float(value), THRESHOLD_DIGITS)
+
+
+@dataclass(frozen=True)
+class RunChoice:
+    """What ran: ``policy`` is 'static' at full depth. ``source`` says why it was chosen."""
+
+    policy: str
+    threshold: float | None
+    config: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def full_depth(self) -> bool:
+        return self.policy == "static"
+
+    def describe(self) -> str:
+        if self.full_depth:
+            return f"full depth ({self.source})"
+        cfg = "".join(f", {k}={v}" for k, v in self.config.items() if v is not None)
+        return f"{self.policy} @ {self.threshold:g}{cfg} ({self.source})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "threshold": self.threshold,
+            "config": dict(self.config),
+            "source": self.source,
+        }
+
+
+def stored_point(method: dict[str, Any] | None) -> tuple[str, float, dict[str, Any]] | None:
+    """The operating point a converted checkpoint recommends: (policy, threshold, settings)."""
+    point = (method or {}).get("operating_point")
+    if not point:
+        return None
+    settings: dict[str, Any] = {}
+    if point.get("policy") == "blank-skip":
+        settings = {"layer": point.get("layer"), "neighbours": point.get("neighbours", 1)}
+    return str(point["policy"]), canonical_threshold(point["threshold"]), settings
+
+
+def policy_settings(ckpt: Checkpoint, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Config settings for policy ``name`` on ``ckpt``: the stored operating point's (when it is
+    the same policy), then the user's ``overrides`` (None = not given), then model defaults."""
+    stored = stored_point(ckpt.method)
+    merged: dict[str, Any] = {}
+    if stored and stored[0] == name:
+        merged.update({k: v for k, v in stored[2].items() if v is not None})
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    if name == "blank-skip" and merged.get("layer") is None:
+        from dyncli.dynamic import default_trigger
+
+        merged["layer"] = default_trigger(ckpt.model, ckpt.method)
+    return merged
+
+
+def resolve_run(
+    ckpt: Checkpoint,
+    *,
+    policy: str | None = None,
+    threshold: float | None = None,
+    overrides: dict[str, Any] | None = None,
+    full_depth: bool = False,
+    where: str = "checkpoint",
+) -> tuple[SkipPolicy, RunChoice]:
+    """The policy to run and a record of the choice (see the module docstring)."""
+    from dyncli.dynamic import StaticPolicy, build_policy
+
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    asked = policy is not None or threshold is not None or bool(overrides)
+    if full_depth:
+        if asked:
+            raise UsageError(
+                "--full-depth runs every layer: drop --policy, --threshold and the policy settings"
+            )
+        return StaticPolicy(), RunChoice("static", None, {}, "--full-depth")
+    if not ckpt.model.exits:
+        if asked:
+            raise UsageError(f"{where}: a static model has no skip policy to set")
+        return StaticPolicy(), RunChoice("static", None, {}, "static model")
+    stored = stored_point(ckpt.method)
+    if asked:
+        name = policy or (stored[0] if stored else "blank-skip")
+        if threshold is None:
+            if stored is None or stored[0] != name:
+                raise UsageError(
+                    f"--policy {name} needs --threshold (no stored operating point for it)"
+                )
+            threshold = stored[1]
+        source = "stored operating point, overridden" if stored else "given on the command line"
+        if stored and stored[0] != name:
+            source = "given on the command line"
+    elif stored is not None:
+        name, threshold, source = stored[0], stored[1], "stored operating point"
+    else:
+        return StaticPolicy(), RunChoice(
+            "static", None, {}, "no stored operating point; give --policy and --threshold"
+        )
+    threshold = canonical_threshold(threshold)
+    settings = policy_settings(ckpt, name, overrides)
+    runner = build_policy(name, threshold, **settings)
+    runner.check(ckpt.model)
+    return runner, RunChoice(name, threshold, settings, source)
