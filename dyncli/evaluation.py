@@ -107,6 +107,7 @@ def evaluate(
     skip_bad: bool = False,
     policy: str | None = None,
     threshold: float | None = None,
+    overrides: dict[str, Any] | None = None,
     full_depth: bool = False,
 ) -> EvalReport:
     """WER/CER of greedy decoding and end-to-end RTF on ``data``.
@@ -123,7 +124,12 @@ def evaluate(
     ckpt = load_checkpoint(checkpoint)
     ckpt.model.to(dev)
     runner, choice = resolve_run(
-        ckpt, policy=policy, threshold=threshold, full_depth=full_depth, where=str(checkpoint)
+        ckpt,
+        policy=policy,
+        threshold=threshold,
+        overrides=overrides,
+        full_depth=full_depth,
+        where=str(checkpoint),
     )
     manifest = read_manifest(data, skip_bad=skip_bad)
     utts, skipped = load_utterances(manifest, ckpt.model.sample_rate, skip_bad)
@@ -181,6 +187,7 @@ def transcribe(
     device: str = "cpu",
     policy: str | None = None,
     threshold: float | None = None,
+    overrides: dict[str, Any] | None = None,
     full_depth: bool = False,
     skip_bad: bool = False,
     on_skip: Callable[[str], None] | None = None,
@@ -199,7 +206,12 @@ def transcribe(
     ckpt = load_checkpoint(checkpoint)
     ckpt.model.to(dev)
     runner, choice = resolve_run(
-        ckpt, policy=policy, threshold=threshold, full_depth=full_depth, where=str(checkpoint)
+        ckpt,
+        policy=policy,
+        threshold=threshold,
+        overrides=overrides,
+        full_depth=full_depth,
+        where=str(checkpoint),
     )
     out = []
     with torch.inference_mode():

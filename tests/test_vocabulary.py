@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import typer
@@ -100,6 +101,8 @@ def test_rename_table_rewrites_both_spellings(capsys) -> None:
         "--skip-layer", "3", "--skip-threshold-range", "0.5:0.9",
     ]  # fmt: skip
     assert rename_deprecated("evaluate", ["--layer", "3"]) == ["--layer", "3"]
+    path = Path("--layer")  # not a string: left alone
+    assert rename_deprecated("profile", [path]) == [path]
 
 
 def test_deprecated_profile_flags_still_work(setup, tmp_path) -> None:  # noqa: F811

@@ -39,6 +39,9 @@ def rename_deprecated(command: str, args: list[str]) -> list[str]:
     warned: set[str] = set()
     rest = False
     for arg in args:
+        if not isinstance(arg, str):  # in-process callers may pass paths
+            out.append(arg)
+            continue
         if rest or arg == "--":
             rest = True
             out.append(arg)

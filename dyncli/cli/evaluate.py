@@ -14,6 +14,8 @@ from dyncli.cli.options import (
     PolicyOpt,
     RepeatsOpt,
     SkipBadOpt,
+    SkipLayerOpt,
+    SkipNeighboursOpt,
     ThresholdOpt,
     TimingDeviceOpt,
     TimingThreadsOpt,
@@ -27,6 +29,8 @@ def run(
     data: DataOpt = None,
     policy: PolicyOpt = None,
     threshold: ThresholdOpt = None,
+    skip_layer: SkipLayerOpt = None,
+    skip_neighbours: SkipNeighboursOpt = None,
     full_depth: FullDepthOpt = False,
     threads: TimingThreadsOpt = 1,
     repeats: RepeatsOpt = 3,
@@ -64,6 +68,7 @@ def run(
         skip_bad=skip_bad,
         policy=policy,
         threshold=threshold,
+        overrides={"layer": skip_layer, "neighbours": skip_neighbours},
         full_depth=full_depth,
     )
     if json_path is not None:

@@ -155,8 +155,8 @@ PolicyOpt = Annotated[
     str | None,
     typer.Option(
         "--policy",
-        help="Skip policy ({skip_policies}). Default: the checkpoint's stored operating point, "
-        "else blank-skip.",
+        help="Skip policy ({skip_policies}). Default: the checkpoint's stored operating point's "
+        "policy (blank-skip when none is stored).",
         show_default=False,
     ),
 ]

@@ -14,6 +14,8 @@ from dyncli.cli.options import (
     JobThreadsOpt,
     PolicyOpt,
     SkipBadOpt,
+    SkipLayerOpt,
+    SkipNeighboursOpt,
     ThresholdOpt,
     default_job_threads,
 )
@@ -28,6 +30,8 @@ def run(
     device: DeviceOpt = "auto",
     policy: PolicyOpt = None,
     threshold: ThresholdOpt = None,
+    skip_layer: SkipLayerOpt = None,
+    skip_neighbours: SkipNeighboursOpt = None,
     full_depth: FullDepthOpt = False,
     skip_bad: SkipBadOpt = False,
 ) -> None:
@@ -49,6 +53,7 @@ def run(
         device=device,
         policy=policy,
         threshold=threshold,
+        overrides={"layer": skip_layer, "neighbours": skip_neighbours},
         full_depth=full_depth,
         skip_bad=skip_bad,
         on_skip=skipped,
