@@ -35,7 +35,7 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-# The CLI reference, generated from --help (a test checks it is current).
+# The CLI reference, generated from the commands' option tables (a test checks it is current).
 docs: $(STAMP)
 	$(BIN)/python -m dyncli.cli.reference > docs/cli.md
 

@@ -50,7 +50,9 @@ class SkipPolicySpec:
 
     ``build(config)`` returns the policy object (see ``dyncli.dynamic.SkipPolicy``); the
     config is ``config_cls(threshold=..., **defaults)``. ``default_thresholds`` is the sweep
-    ``dyncli profile`` runs when none is given.
+    ``dyncli profile`` runs when none is given; ``conservative_thresholds`` are thresholds
+    nearer full depth that ``dyncli convert --wer-budget`` tries as well, so that a model whose
+    default sweep all costs too much accuracy still gets a (smaller) saving.
     """
 
     name: str
@@ -59,6 +61,7 @@ class SkipPolicySpec:
     description: str = ""
     defaults: tuple[tuple[str, Any], ...] = ()
     default_thresholds: tuple[float, ...] = ()
+    conservative_thresholds: tuple[float, ...] = ()
 
     def make_config(self, threshold: float, **overrides: Any) -> Any:
         """The policy's config at ``threshold``, validated (bad values raise UsageError)."""

@@ -628,9 +628,11 @@ def choose_operating_point(
     settings: dict[str, Any] | None = None,
 ) -> PointChoice:
     """The threshold with the fewest executed FLOPs whose WER on ``utts`` is at most the
-    tolerance (:func:`wer_tolerance`) above full depth; ties go to the lower WER."""
+    tolerance (:func:`wer_tolerance`) above full depth; ties go to the lower WER. The grid is
+    the policy's default sweep plus its conservative thresholds, unless ``thresholds``."""
     spec = get_skip_policy(policy)
-    values = sorted({canonical_threshold(v) for v in (thresholds or spec.default_thresholds)})
+    grid = thresholds or (*spec.default_thresholds, *spec.conservative_thresholds)
+    values = sorted({canonical_threshold(v) for v in grid})
     merged = policy_settings(ckpt, policy, settings or {})
     static, rows = sweep_rows(ckpt, utts, [u.wave for u in utts], policy, values, merged)
     tolerance, rule = wer_tolerance(wer_budget, int(static["words"]))

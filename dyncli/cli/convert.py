@@ -174,6 +174,14 @@ def run(
     choice = result.choice
     if choice is None:
         return
+    static, words = choice.static, int(choice.static["words"])
+    reporter.message(f"dev sweep ({policy}; full depth {pct(static['wer'])} WER on {words} words):")
+    for row in choice.rows:
+        delta = round((row["wer"] - static["wer"]) * words)
+        reporter.message(
+            f"  threshold {row['threshold']:g}: WER {pct(row['wer'])} ({delta:+d} words), "
+            f"{row['flops_ratio']:.2f}x the FLOPs"
+        )
     point = choice.point
     if point is not None:
         reporter.message(

@@ -31,6 +31,7 @@ def register_skip_policies(register: Callable[[Any], None]) -> None:
             build=_blank_skip,
             description="frames with P(blank) >= threshold at an exit skip the layers after it",
             default_thresholds=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
+            conservative_thresholds=(0.995, 0.999),
         )
     )
     register(
@@ -41,6 +42,7 @@ def register_skip_policies(register: Callable[[Any], None]) -> None:
             description="stop at the first exit whose normalised mean entropy <= threshold",
             defaults=(("criterion", "entropy"),),
             default_thresholds=(0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3),
+            conservative_thresholds=(0.001, 0.005),
         )
     )
     register(
@@ -51,5 +53,6 @@ def register_skip_policies(register: Callable[[Any], None]) -> None:
             description="stop at the first exit whose mean token posterior >= threshold",
             defaults=(("criterion", "posterior"),),
             default_thresholds=(0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7),
+            conservative_thresholds=(0.995, 0.999),
         )
     )
