@@ -112,8 +112,16 @@ def test_choose_operating_point_rules(setup, monkeypatch) -> None:  # noqa: F811
     ckpt = load_checkpoint(setup["ckpt"])
     # 200 dev words: budget 0 -> one word (0.5 points) decides; 0.9 costs exactly one word.
     sweep = _rows(0.10, 200, [(0.5, 0.115, 0.40), (0.9, 0.105, 0.50), (0.99, 0.10, 0.60)])
-    monkeypatch.setattr(profiling, "sweep_rows", lambda *a, **k: sweep)
+    grids: list[list[float]] = []
+
+    def fake_sweep(ckpt, utts, waves, policy, thresholds, settings, table=None):
+        grids.append(list(thresholds))
+        return sweep
+
+    monkeypatch.setattr(profiling, "sweep_rows", fake_sweep)
     choice = profiling.choose_operating_point(ckpt, [], policy="blank-skip", wer_budget=0.0)
+    # the default sweep plus the conservative thresholds nearer full depth
+    assert grids[-1] == [0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999]
     assert choice.point is not None and choice.point["threshold"] == 0.9
     assert choice.point["rule"].startswith("one word error on 200 dev words")
     assert choice.point["layer"] in ckpt.model.exits and choice.point["neighbours"] == 1
