@@ -25,11 +25,12 @@ from dyncli import assets
 from dyncli.checkpoint import load_checkpoint
 from dyncli.data.dataset import load_utterances, pad_waves
 from dyncli.data.manifest import read_manifest
-from dyncli.dynamic import StaticPolicy, build_policy, stored_policy
+from dyncli.dynamic import StaticPolicy, build_policy
 from dyncli.environment import describe
 from dyncli.evaluation import import_benchmark
 from dyncli.fileio import atomic_write_text
 from dyncli.flops import FlopTable
+from dyncli.operating_point import stored_point
 
 HERE = Path(__file__).resolve().parent
 
@@ -47,7 +48,7 @@ def main() -> None:
     timer_cls = import_benchmark().Timer
     ckpt = load_checkpoint(args.checkpoint)
     model = ckpt.model
-    point = stored_policy(ckpt.method)
+    point = stored_point(ckpt.method)
     assert point is not None and point[0] == "blank-skip", "needs a stored blank-skip point"
     policy = build_policy(point[0], point[1], **point[2])
     static = StaticPolicy()

@@ -426,17 +426,6 @@ def build_policy(name: str, threshold: float, **overrides: Any) -> SkipPolicy:
     return policy
 
 
-def stored_policy(method: dict[str, Any] | None) -> tuple[str, float, dict[str, Any]] | None:
-    """The operating point a converted checkpoint recommends: (policy, threshold, overrides)."""
-    point = (method or {}).get("operating_point")
-    if not point:
-        return None
-    overrides: dict[str, Any] = {}
-    if point.get("policy") == "blank-skip":
-        overrides = {"layer": point.get("layer"), "neighbours": point.get("neighbours", 1)}
-    return str(point["policy"]), float(point["threshold"]), overrides
-
-
 def run_policy(
     model: CTCEncoder, policy: SkipPolicy, wave: torch.Tensor, lengths: torch.Tensor
 ) -> DynamicOutput:

@@ -90,6 +90,28 @@ def model_summary(ckpt: Checkpoint, path: Path) -> dict[str, Any]:
     }
 
 
+def _load_run(
+    checkpoint: str | Path,
+    dev: torch.device,
+    policy: str | None,
+    threshold: float | None,
+    overrides: dict[str, Any] | None,
+    full_depth: bool,
+) -> tuple[Checkpoint, SkipPolicy, RunChoice]:
+    """The checkpoint on ``dev`` and the policy it runs (see :mod:`dyncli.operating_point`)."""
+    ckpt = load_checkpoint(checkpoint)
+    ckpt.model.to(dev)
+    runner, choice = resolve_run(
+        ckpt,
+        policy=policy,
+        threshold=threshold,
+        overrides=overrides,
+        full_depth=full_depth,
+        where=str(checkpoint),
+    )
+    return ckpt, runner, choice
+
+
 def _decode_one(ckpt: Checkpoint, runner: SkipPolicy, wave: torch.Tensor) -> str:
     """Features, encoder (under ``runner``) and greedy decoding of one waveform (N,)."""
     lengths = torch.tensor([wave.shape[0]], device=wave.device)
@@ -121,16 +143,7 @@ def evaluate(
         raise UsageError("--repeats must be at least 1")
     torch.set_num_threads(threads)
     dev = pick_device(device)
-    ckpt = load_checkpoint(checkpoint)
-    ckpt.model.to(dev)
-    runner, choice = resolve_run(
-        ckpt,
-        policy=policy,
-        threshold=threshold,
-        overrides=overrides,
-        full_depth=full_depth,
-        where=str(checkpoint),
-    )
+    ckpt, runner, choice = _load_run(checkpoint, dev, policy, threshold, overrides, full_depth)
     manifest = read_manifest(data, skip_bad=skip_bad)
     utts, skipped = load_utterances(manifest, ckpt.model.sample_rate, skip_bad)
     waves = [u.wave.to(dev) for u in utts]
@@ -203,16 +216,7 @@ def transcribe(
 
     torch.set_num_threads(threads)
     dev = pick_device(device)
-    ckpt = load_checkpoint(checkpoint)
-    ckpt.model.to(dev)
-    runner, choice = resolve_run(
-        ckpt,
-        policy=policy,
-        threshold=threshold,
-        overrides=overrides,
-        full_depth=full_depth,
-        where=str(checkpoint),
-    )
+    ckpt, runner, choice = _load_run(checkpoint, dev, policy, threshold, overrides, full_depth)
     out = []
     with torch.inference_mode():
         for p in audio:
