@@ -207,6 +207,8 @@ def test_wer_budget_stores_operating_point_used_by_profile(tiny_ckpt, data, tmp_
     result = _convert(tiny_ckpt, data, out, "--wer-budget", "1.0", "--skip-layer", "1")
     assert result.exit_code == 0, result.output
     assert "operating point (blank-skip, chosen on dev)" in result.output
+    assert "dev sweep (blank-skip; full depth" in result.output
+    assert "threshold 0.999:" in result.output  # the conservative thresholds are tried too
     ckpt = load_checkpoint(out)
     assert ckpt.method is not None
     point = ckpt.method["operating_point"]
