@@ -14,29 +14,33 @@ stored in the checkpoint (``dyncli.profiling.choose_operating_point``); ``transc
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dyncli.checkpoint import load_checkpoint, save_checkpoint
+from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from dyncli.errors import UsageError
 from dyncli.features import AugmentConfig
-from dyncli.inference import pick_device
 from dyncli.profiling import PointChoice, choose_operating_point
-from dyncli.training import (
+from dyncli.training.config import (
     ExitTraining,
     Reporter,
+    SilentReporter,
     TrainConfig,
     TrainResult,
-    _check_config,
-    _load_data,
-    _provenance,
-    _seed_everything,
     check_exits,
     early_exit_method,
-    fit,
 )
+from dyncli.training.data import load_data, provenance
+from dyncli.training.recipes import (
+    RunOptions,
+    ctc_objectives,
+    exit_path,
+    run_engine,
+    seed_everything,
+    start,
+)
+from dyncli.training.trainer import publish
 
 METHODS = ("early-exit",)
 
@@ -68,6 +72,7 @@ def convert(
     wer_budget: float | None = None,
     policy: str = "blank-skip",
     reporter: Reporter,
+    run: RunOptions | None = None,
 ) -> ConvertResult:
     """Attach ``exits`` to the static model at ``checkpoint``, train them, write ``output``."""
     if method not in METHODS:
@@ -81,7 +86,7 @@ def convert(
     if Path(output).resolve() == Path(checkpoint).resolve():
         raise UsageError("-o must differ from the input checkpoint (the static model is kept)")
     cfg = config or convert_defaults()
-    _check_config(cfg)
+    run = run or RunOptions()
     if wer_budget is not None:
         from dyncli.plugins import get_skip_policy
 
@@ -116,33 +121,39 @@ def convert(
         lo, hi = exit_cfg.skip_thresholds
         if not 0 < lo <= hi <= 1:
             raise UsageError(f"--skip-thresholds must satisfy 0 < LOW <= HIGH <= 1, got {lo}:{hi}")
-    _seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
-    started = time.perf_counter()
-    data = _load_data(train_manifest, dev_manifest, model.sample_rate, cfg, reporter)
+    device, world = start(cfg)
+    reporter = reporter if world.main else SilentReporter()
+    seed_everything(cfg.seed)
+    data = load_data(train_manifest, dev_manifest, model.sample_rate, cfg, reporter)
     model.attach_exits(exit_cfg.exits)
     method_record = early_exit_method(exit_cfg, training="fine-tune")
     method_record["source"] = {"path": str(checkpoint), "metrics": static.metrics}
-    provenance = _provenance(train_manifest, dev_manifest, data, cfg)
-    provenance["converted_from"] = str(checkpoint)
-    result = fit(
-        model=model.to(device),
+    prov = provenance(train_manifest, dev_manifest, data, cfg)
+    prov["converted_from"] = str(checkpoint)
+    prov["converted_from_sha256"] = file_sha256(checkpoint)
+    result = run_engine(
+        model=model,
         tokenizer=static.tokenizer,
         backbone=static.backbone,
         model_config=static.config,
         data=data,
         output=output,
         config=cfg,
-        exits=exit_cfg,
         method=method_record,
-        provenance=provenance,
+        provenance=prov,
+        objectives=ctc_objectives(exit_cfg),
+        path=exit_path(exit_cfg, cfg.seed, world),
         reporter=reporter,
         device=device,
-        started=started,
+        world=world,
+        run=run,
+        freeze_backbone=exit_cfg.freeze_backbone,
     )
     out = ConvertResult(train=result, output=Path(output), method=method_record)
-    if wer_budget is not None:
-        converted = load_checkpoint(output)
+
+    def store_point(converted: Checkpoint) -> Checkpoint:
+        """Sweep the trained model on dev and store the chosen operating point."""
+        assert wer_budget is not None
         settings: dict[str, Any] = {}
         if policy == "blank-skip":  # the trigger layer and neighbours it was trained with
             settings = {"layer": exit_cfg.skip_layer, "neighbours": exit_cfg.skip_neighbours}
@@ -151,7 +162,15 @@ def convert(
         )
         assert converted.method is not None
         converted.method["operating_point"] = choice.point
-        save_checkpoint(output, converted)
         out.operating_point, out.sweep, out.method = choice.point, choice.rows, converted.method
         out.choice = choice
+        return converted
+
+    publish(
+        world,
+        run.directory(output),
+        output,
+        transform=store_point if wer_budget is not None and world.main else None,
+    )
+    result.output = Path(output)
     return out

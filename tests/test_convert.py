@@ -9,9 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dyncli.data.dataset import Utterance
-from dyncli.features import AugmentConfig
-from dyncli.training import ExitTraining, TrainConfig, _train_step
+from dyncli.data.dataset import pad_waves
+from dyncli.training import ExitTraining
+from dyncli.training.module import TrainingModule
+from dyncli.training.objectives import Batch, FullDepth, SkipAware, StudentPath
+from dyncli.training.recipes import ctc_objectives
 from tests.conftest import WORDS, invoke_cli, write_wav
 
 runner = CliRunner()
@@ -134,56 +136,50 @@ def test_convert_refuses_a_dynamic_input(tiny_ckpt, data, tmp_path) -> None:
     assert "already a dynamic checkpoint" in again.stderr
 
 
+def _loss(
+    model: torch.nn.Module,
+    waves: list[torch.Tensor],
+    targets: list[list[int]],
+    exits: ExitTraining,
+    path: StudentPath | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    module = TrainingModule(model, ctc_objectives(exits), path=path or FullDepth())  # type: ignore[arg-type]
+    module.train(False)  # no dropout: deterministic
+    wave, lens = pad_waves(waves)
+    return module(Batch(ids=list(range(len(waves))), wave=wave, lengths=lens, targets=targets))
+
+
 def test_exit_losses_use_true_lengths(tiny_ckpt) -> None:
     """Batch loss (final + exits) equals the mean of single-utterance losses: padding unused."""
     from dyncli.checkpoint import load_checkpoint
 
     model = load_checkpoint(tiny_ckpt).model
     model.attach_exits([1, 2])
-    model.eval()  # no dropout: deterministic
     gen = torch.Generator().manual_seed(0)
     waves = [torch.randn(n, generator=gen) * 0.1 for n in (4000, 7200)]
-    utts = [Utterance(wave=w, text="x", origin=str(i)) for i, w in enumerate(waves)]
     targets = [[3, 4], [5]]
-    cfg = TrainConfig(augment=AugmentConfig(enabled=False))
     exits = ExitTraining(exits=[1, 2], exit_weight=0.5)
-    g = torch.Generator()
-    batch = _train_step(model, utts, targets, cfg, g, torch.device("cpu"), 0, exits)
-    singles = [
-        _train_step(model, [u], [t], cfg, g, torch.device("cpu"), 0, exits)
-        for u, t in zip(utts, targets, strict=True)
-    ]
+    batch, terms = _loss(model, waves, targets, exits)
+    assert set(terms) == {"ctc", "exit_ctc"}
+    singles = [_loss(model, [w], [t], exits)[0] for w, t in zip(waves, targets, strict=True)]
     torch.testing.assert_close(batch, sum(singles) / 2, rtol=1e-4, atol=1e-4)
 
 
 def test_skip_aware_loss_equals_plain_loss_when_nothing_is_skipped(tiny_ckpt) -> None:
-    """With every frame kept, the compacted (gather/scatter) path is the full-depth loss."""
+    """With every frame kept, blank-skip in the loop (the policy's own prefix and suffix,
+    gather/scatter included) gives the full-depth loss, and is differentiable."""
     from dyncli.checkpoint import load_checkpoint
-    from dyncli.training import _skip_aware_loss
 
     model = load_checkpoint(tiny_ckpt).model
-    model.attach_exits([1, 2])
-    model.eval()
+    model.attach_exits([1])
     gen = torch.Generator().manual_seed(0)
     waves = [torch.randn(n, generator=gen) * 0.1 for n in (4000, 7200)]
-    utts = [Utterance(wave=w, text="x", origin=str(i)) for i, w in enumerate(waves)]
     targets = [[3, 4], [5]]
-    cfg = TrainConfig(augment=AugmentConfig(enabled=False))
-    plain = _train_step(
-        model, utts, targets, cfg, torch.Generator(), torch.device("cpu"), 0,
-        ExitTraining(exits=[1, 2]),
-    )  # fmt: skip
-    from dyncli.data.dataset import pad_waves
-    from dyncli.features import lengths_to_mask
-
-    wave, lens = pad_waves(waves)
-    feats, frames = model.frontend(wave, lens)
-    x, n = model.embed(feats, frames)
-    skip = _skip_aware_loss(
-        model, x, n, lengths_to_mask(n, x.shape[1]), targets,
-        ExitTraining(exits=[1, 2], skip_layer=1, skip_neighbours=0), threshold=1.0,
-    )  # fmt: skip
+    plain, plain_terms = _loss(model, waves, targets, ExitTraining(exits=[1]))
+    always = SkipAware(1, (1.0, 1.0), neighbours=0, prob=1.0, generator=torch.Generator())
+    skip, terms = _loss(model, waves, targets, ExitTraining(exits=[1]), path=always)
     torch.testing.assert_close(skip, plain, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(terms["exit_ctc"], plain_terms["exit_ctc"])
     skip.backward()  # differentiable through gather and scatter
     assert model.layers[2].ffn1.sequential[1].weight.grad is not None
 

@@ -13,7 +13,8 @@ from dyncli.features import (
     warp_frequency,
 )
 from dyncli.models.config import FrontendConfig
-from dyncli.training import TrainConfig, _lr_lambda, ctc_loss
+from dyncli.training import TrainConfig, ctc_loss
+from dyncli.training.trainer import lr_lambda
 
 
 def test_ctc_loss_uses_true_lengths_not_padding() -> None:
@@ -80,7 +81,7 @@ def test_front_end_warp_only_when_asked() -> None:
 
 def test_lr_schedule_warms_up_then_decays() -> None:
     cfg = TrainConfig(warmup_steps=10, min_lr_ratio=0.1)
-    f = _lr_lambda(cfg, total=100)
+    f = lr_lambda(cfg, total=100)
     assert f(0) < f(5) < f(9) <= 1.0
     assert f(50) < f(10)
     assert abs(f(100) - 0.1) < 1e-6

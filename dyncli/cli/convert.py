@@ -19,6 +19,9 @@ from dyncli.cli.options import (
     LrOpt,
     MaxStepsOpt,
     OutputOpt,
+    ResumeOpt,
+    RunDirOpt,
+    SaveEveryOpt,
     SeedOpt,
     SkipBadOpt,
     TrainDataOpt,
@@ -108,6 +111,9 @@ def run(
     device: DeviceOpt = "auto",
     threads: JobThreadsOpt = None,
     skip_bad: SkipBadOpt = False,
+    run_dir: RunDirOpt = None,
+    resume: ResumeOpt = False,
+    save_every: SaveEveryOpt = 100,
 ) -> None:
     """Turn a static checkpoint into a dynamic one: attach CTC heads after --exits, train them.
 
@@ -125,6 +131,7 @@ def run(
     from dyncli.convert import convert, convert_defaults
     from dyncli.fileio import check_output_path
     from dyncli.training import ExitTraining
+    from dyncli.training.config import SilentReporter
 
     check_output_path(output, "--output")
     skip_range = parse_range(skip_threshold_range, "--skip-threshold-range")
@@ -139,9 +146,14 @@ def run(
         seed=seed,
         device=device,
         skip_bad=skip_bad,
+        save_every=save_every,
         augment=dataclasses.replace(base.augment, enabled=augment),
     )
-    reporter = TrainReporter()
+    from dyncli.training import RunOptions
+    from dyncli.training.distributed import is_main_process
+
+    main = is_main_process()
+    reporter = TrainReporter() if main else SilentReporter()
     try:
         result = convert(
             checkpoint=checkpoint,
@@ -162,9 +174,13 @@ def run(
             wer_budget=wer_budget,
             policy=policy,
             reporter=reporter,
+            run=RunOptions(run_dir=run_dir, resume=resume),
         )
     finally:
-        reporter.close()
+        if isinstance(reporter, TrainReporter):
+            reporter.close()
+    if not main:
+        return
     t = result.train
     reporter.message(
         f"best epoch {t.best_epoch}: dev WER {pct(t.best_dev_wer)}"

@@ -224,6 +224,33 @@ LrOpt = Annotated[
 WarmupStepsOpt = Annotated[
     int, typer.Option("--warmup-steps", min=1, help="Steps of linear learning-rate warm-up.")
 ]
+RunDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--run-dir",
+        help="Where the run keeps its in-progress state (last resumable state and best epoch "
+        "so far). Default: OUTPUT.run beside the output. The output itself is written once, "
+        "when the run ends, and the run directory is then removed.",
+        show_default=False,
+    ),
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue the unfinished run in the run directory from its last saved state "
+        "(same options required); it ends where an uninterrupted run would.",
+    ),
+]
+SaveEveryOpt = Annotated[
+    int,
+    typer.Option(
+        "--save-every",
+        min=1,
+        help="Steps between resumable states in the run directory (one is also saved at the "
+        "end of every epoch).",
+    ),
+]
 AugmentOpt = Annotated[
     bool,
     typer.Option(

@@ -19,6 +19,9 @@ from dyncli.cli.options import (
     LrOpt,
     MaxStepsOpt,
     OutputOpt,
+    ResumeOpt,
+    RunDirOpt,
+    SaveEveryOpt,
     SeedOpt,
     SkipBadOpt,
     TrainDataOpt,
@@ -101,6 +104,9 @@ def run(
     device: DeviceOpt = "auto",
     threads: JobThreadsOpt = None,
     skip_bad: SkipBadOpt = False,
+    run_dir: RunDirOpt = None,
+    resume: ResumeOpt = False,
+    save_every: SaveEveryOpt = 100,
 ) -> None:
     """Train a CTC model from scratch; the checkpoint with the best dev WER is kept at --output.
 
@@ -117,6 +123,7 @@ def run(
     from dyncli.plugins import get_backbone
     from dyncli.training import ExitTraining, TrainConfig
     from dyncli.training import train as train_model
+    from dyncli.training.config import SilentReporter
 
     check_output_path(output, "--output")
     torch.set_num_threads(threads or default_job_threads())
@@ -161,8 +168,13 @@ def run(
         vocab_size=vocab_size,
         augment=aug,
         skip_bad=skip_bad,
+        save_every=save_every,
     )
-    reporter = TrainReporter()
+    from dyncli.training import RunOptions
+    from dyncli.training.distributed import is_main_process
+
+    main = is_main_process()
+    reporter = TrainReporter() if main else SilentReporter()
     try:
         result = train_model(
             train_manifest=train,
@@ -175,9 +187,13 @@ def run(
                 exits=parse_exits(exits), exit_weight=exit_weight, final_weight=final_weight
             ),
             reporter=reporter,
+            run=RunOptions(run_dir=run_dir, resume=resume),
         )
     finally:
-        reporter.close()
+        if isinstance(reporter, TrainReporter):
+            reporter.close()
+    if not main:
+        return
     reporter.message(
         f"best epoch {result.best_epoch}: dev WER {pct(result.best_dev_wer)}, "
         f"CER {pct(result.best_dev_cer)}"

@@ -1,0 +1,42 @@
+"""One training engine for every training command (``train``, ``convert``, ``distill``).
+
+========================  ====================================================================
+module                    what lives there
+========================  ====================================================================
+``config``                ``TrainConfig``, ``ExitTraining``, the reporter protocol, results
+``data``                  manifests read once; length-bucketed batches sharded over ranks
+``objectives``            the batch, the student's path per step, and the loss objectives
+``kd``                    distillation losses on CTC posteriors (factorized, posterior, labels)
+``module``                ``TrainingModule`` (``forward(batch)`` returns the loss), ``Teacher``
+``trainer``               ``Trainer``: loop, AMP, clipping, dev scoring, best, resume, rank 0 I/O
+``distributed``           joining the torchrun process group; gather and broadcast helpers
+``recipes``               ``train`` and the shared set-up of the other recipes
+========================  ====================================================================
+"""
+
+from dyncli.training.config import (
+    ExitTraining,
+    Reporter,
+    TrainConfig,
+    TrainResult,
+    check_config,
+    check_exits,
+    early_exit_method,
+)
+from dyncli.training.objectives import ctc_loss
+from dyncli.training.recipes import RunOptions, train
+from dyncli.training.trainer import dev_scores
+
+__all__ = [
+    "ExitTraining",
+    "Reporter",
+    "RunOptions",
+    "TrainConfig",
+    "TrainResult",
+    "check_config",
+    "check_exits",
+    "ctc_loss",
+    "dev_scores",
+    "early_exit_method",
+    "train",
+]
