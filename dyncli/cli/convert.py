@@ -16,6 +16,7 @@ from dyncli.cli.options import (
     ExitWeightOpt,
     FinalWeightOpt,
     JobThreadsOpt,
+    LogEveryOpt,
     LrOpt,
     MaxStepsOpt,
     OutputOpt,
@@ -114,6 +115,7 @@ def run(
     run_dir: RunDirOpt = None,
     resume: ResumeOpt = False,
     save_every: SaveEveryOpt = 100,
+    log_every: LogEveryOpt = 50,
 ) -> None:
     """Turn a static checkpoint into a dynamic one: attach CTC heads after --exits, train them.
 
@@ -153,7 +155,7 @@ def run(
     from dyncli.training.distributed import is_main_process
 
     main = is_main_process()
-    reporter = TrainReporter() if main else SilentReporter()
+    reporter = TrainReporter(log_every) if main else SilentReporter()
     try:
         result = convert(
             checkpoint=checkpoint,

@@ -251,6 +251,15 @@ SaveEveryOpt = Annotated[
         "end of every epoch).",
     ),
 ]
+LogEveryOpt = Annotated[
+    int,
+    typer.Option(
+        "--log-every",
+        min=1,
+        help="Off a terminal, print the step, loss (the global batch's, over all processes) "
+        "and learning rate every N steps.",
+    ),
+]
 AugmentOpt = Annotated[
     bool,
     typer.Option(

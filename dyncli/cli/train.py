@@ -16,6 +16,7 @@ from dyncli.cli.options import (
     ExitWeightOpt,
     FinalWeightOpt,
     JobThreadsOpt,
+    LogEveryOpt,
     LrOpt,
     MaxStepsOpt,
     OutputOpt,
@@ -107,6 +108,7 @@ def run(
     run_dir: RunDirOpt = None,
     resume: ResumeOpt = False,
     save_every: SaveEveryOpt = 100,
+    log_every: LogEveryOpt = 50,
 ) -> None:
     """Train a CTC model from scratch; the checkpoint with the best dev WER is kept at --output.
 
@@ -174,7 +176,7 @@ def run(
     from dyncli.training.distributed import is_main_process
 
     main = is_main_process()
-    reporter = TrainReporter() if main else SilentReporter()
+    reporter = TrainReporter(log_every) if main else SilentReporter()
     try:
         result = train_model(
             train_manifest=train,

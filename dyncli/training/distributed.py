@@ -91,6 +91,19 @@ def broadcast_object(world: World, value: Any) -> Any:
     return box[0]
 
 
+def mean(world: World, value: torch.Tensor) -> torch.Tensor:
+    """The mean of ``value`` over ranks (every rank gets it; ``value`` itself for one process).
+
+    Each rank's loss is scaled so that this mean is the loss of the whole global batch, the
+    figure a single process would log for it, and every rank sees the same number.
+    """
+    if not world.distributed:
+        return value
+    total = value.clone()
+    dist.all_reduce(total)
+    return total / world.size
+
+
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()

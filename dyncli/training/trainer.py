@@ -287,7 +287,7 @@ class Trainer:
         amp = self.cfg.amp and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             loss, _terms = self.ddp(batch)
-        value = float(loss.item())
+        value = float(distributed.mean(self.world, loss.detach()).item())
         if not math.isfinite(value):
             raise JobFailed(
                 f"training diverged at step {self.progress.step + 1} (loss {value}); "
