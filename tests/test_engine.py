@@ -121,12 +121,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(data, tmp_pa
     env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(key, None)
+    launcher = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-port", "29517", "-m", "dyncli",
+    ]  # fmt: skip
     two = subprocess.run(
-        [
-            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-            "--master-port", "29517", "-m", "dyncli",
-            *train_args(data, tmp_path / "two.ckpt", *extra),
-        ],  # fmt: skip
+        [*launcher, *train_args(data, tmp_path / "two.ckpt", *extra)],
         capture_output=True,
         text=True,
         env=env,
