@@ -32,7 +32,7 @@ import torch
 from dyncli import __version__
 from dyncli.errors import CheckpointError, InputError
 from dyncli.fileio import atomic_write
-from dyncli.models.base import CTCEncoder
+from dyncli.models.base import EXIT_HEAD_FORMS, CTCEncoder
 from dyncli.models.config import config_from_dict, config_to_dict
 from dyncli.plugins import get_backbone
 from dyncli.text import Tokenizer, tokenizer_from_state
@@ -146,6 +146,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         model.attach_exits([int(k) for k in exits], init_from_final=False)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{p}: bad exits {exits!r} in checkpoint method ({exc})") from None
+    form = (method or {}).get("exit_head", "softmax")
+    if form not in EXIT_HEAD_FORMS:
+        raise CheckpointError(f"{p}: unknown exit head form {form!r} in checkpoint method")
+    model.exit_head_form = str(form)
     state = {
         k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()
     }

@@ -16,7 +16,7 @@ from tests.conftest import invoke_cli
 from tests.test_profile import setup  # noqa: F401  (the module-scoped tiny dynamic model)
 
 TIMING_COMMANDS = {"evaluate", "profile"}
-JOB_COMMANDS = {"train", "convert", "transcribe"}
+JOB_COMMANDS = {"train", "convert", "distill", "transcribe"}
 # Flags whose help may differ between commands, because what they do depends on the job.
 JOB_DEPENDENT = {
     "--threads",  # timing: 1 thread; jobs: every core
@@ -25,6 +25,7 @@ JOB_DEPENDENT = {
     "--policy",  # the policy to run vs the one convert's operating point is chosen for
     "--skip-layer",  # convert: also turns on skip-aware training
     "--skip-neighbours",
+    "--method",  # convert: what is attached; distill: how the teacher is distilled
 }
 
 

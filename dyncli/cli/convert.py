@@ -8,6 +8,7 @@ import typer
 
 from dyncli.cli.options import (
     AugmentOpt,
+    BudgetPolicyOpt,
     CheckpointArg,
     DevDataOpt,
     DeviceOpt,
@@ -27,6 +28,7 @@ from dyncli.cli.options import (
     SkipBadOpt,
     TrainDataOpt,
     WarmupStepsOpt,
+    WerBudgetOpt,
     default_job_threads,
     parse_exits,
     parse_range,
@@ -89,25 +91,8 @@ def run(
     lr: LrOpt = 5e-4,
     warmup_steps: WarmupStepsOpt = 100,
     augment: AugmentOpt = True,
-    wer_budget: Annotated[
-        float | None,
-        typer.Option(
-            "--wer-budget",
-            min=0.0,
-            help="After training, sweep --policy on the dev set and store, as the checkpoint's "
-            "operating point, the threshold with the fewest executed FLOPs whose dev WER is at "
-            "most this much (absolute, 0.01 = 1 point) above full depth, or one word error "
-            "above it when the dev set is too small for the budget to be more than noise.",
-            show_default=False,
-        ),
-    ] = None,
-    policy: Annotated[
-        str,
-        typer.Option(
-            "--policy",
-            help="Skip policy the --wer-budget operating point is chosen for ({skip_policies}).",
-        ),
-    ] = "blank-skip",
+    wer_budget: WerBudgetOpt = None,
+    policy: BudgetPolicyOpt = "blank-skip",
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     threads: JobThreadsOpt = None,
@@ -129,7 +114,7 @@ def run(
 
     import torch
 
-    from dyncli.cli.render import TrainReporter, pct
+    from dyncli.cli.render import TrainReporter, pct, report_choice
     from dyncli.convert import convert, convert_defaults
     from dyncli.fileio import check_output_path
     from dyncli.training import ExitTraining
@@ -189,31 +174,4 @@ def run(
         + "".join(f", exit {k}: {pct(v)}" for k, v in t.best_dev_exit_wer.items())
         + f"; saved {result.output} ({t.seconds / 60:.1f} min)"
     )
-    choice = result.choice
-    if choice is None:
-        return
-    static, words = choice.static, int(choice.static["words"])
-    reporter.message(f"dev sweep ({policy}; full depth {pct(static['wer'])} WER on {words} words):")
-    for row in choice.rows:
-        delta = round((row["wer"] - static["wer"]) * words)
-        reporter.message(
-            f"  threshold {row['threshold']:g}: WER {pct(row['wer'])} ({delta:+d} words), "
-            f"{row['flops_ratio']:.2f}x the FLOPs"
-        )
-    point = choice.point
-    if point is not None:
-        reporter.message(
-            f"operating point ({point['policy']}, chosen on dev): threshold "
-            f"{point['threshold']:g}, dev WER {pct(point['dev_wer'])} vs "
-            f"{pct(point['static_dev_wer'])} full depth, {point['flops_ratio']:.2f}x the FLOPs; "
-            f"allowed increase: {choice.rule}"
-        )
-    elif choice.closest is not None:
-        c = choice.closest
-        words = (c["wer"] - choice.static["wer"]) * choice.static["words"]
-        reporter.message(
-            f"no threshold met the tolerance on dev ({choice.rule}); no operating point stored. "
-            f"Closest: {c['policy']} @ {c['threshold']:g}, dev WER {pct(c['wer'])} vs "
-            f"{pct(choice.static['wer'])} full depth ({words:+.0f} words), "
-            f"{100 * (choice.excess or 0):.2f} points over the tolerance"
-        )
+    report_choice(reporter, result.choice, policy)

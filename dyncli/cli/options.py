@@ -260,6 +260,25 @@ LogEveryOpt = Annotated[
         "and learning rate every N steps.",
     ),
 ]
+WerBudgetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--wer-budget",
+        min=0.0,
+        help="After training, sweep --policy on the dev set and store, as the checkpoint's "
+        "operating point, the threshold with the fewest executed FLOPs whose dev WER is at "
+        "most this much (absolute, 0.01 = 1 point) above full depth, or one word error "
+        "above it when the dev set is too small for the budget to be more than noise.",
+        show_default=False,
+    ),
+]
+BudgetPolicyOpt = Annotated[
+    str,
+    typer.Option(
+        "--policy",
+        help="Skip policy the --wer-budget operating point is chosen for ({skip_policies}).",
+    ),
+]
 AugmentOpt = Annotated[
     bool,
     typer.Option(

@@ -88,3 +88,34 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
+
+
+def report_choice(reporter: Any, choice: Any, policy: str) -> None:
+    """The --wer-budget dev sweep and the operating point it chose (or the closest miss)."""
+    if choice is None:
+        return
+    static, words = choice.static, int(choice.static["words"])
+    reporter.message(f"dev sweep ({policy}; full depth {pct(static['wer'])} WER on {words} words):")
+    for row in choice.rows:
+        delta = round((row["wer"] - static["wer"]) * words)
+        reporter.message(
+            f"  threshold {row['threshold']:g}: WER {pct(row['wer'])} ({delta:+d} words), "
+            f"{row['flops_ratio']:.2f}x the FLOPs"
+        )
+    point = choice.point
+    if point is not None:
+        reporter.message(
+            f"operating point ({point['policy']}, chosen on dev): threshold "
+            f"{point['threshold']:g}, dev WER {pct(point['dev_wer'])} vs "
+            f"{pct(point['static_dev_wer'])} full depth, {point['flops_ratio']:.2f}x the FLOPs; "
+            f"allowed increase: {choice.rule}"
+        )
+    elif choice.closest is not None:
+        c = choice.closest
+        words = (c["wer"] - choice.static["wer"]) * choice.static["words"]
+        reporter.message(
+            f"no threshold met the tolerance on dev ({choice.rule}); no operating point stored. "
+            f"Closest: {c['policy']} @ {c['threshold']:g}, dev WER {pct(c['wer'])} vs "
+            f"{pct(choice.static['wer'])} full depth ({words:+.0f} words), "
+            f"{100 * (choice.excess or 0):.2f} points over the tolerance"
+        )

@@ -10,6 +10,12 @@ Later features insert heads, gates and frame skipping between layers through ``r
 Early exits: ``attach_exits([4, 8])`` adds one CTC head after each named layer (1-based), kept in
 ``exit_heads`` (a ``ModuleDict`` keyed by the layer number as a string, each its own ``Linear``).
 A static model has none, so its state dict is unchanged.
+
+Exit heads come in two forms with the same weights (``exit_head_form``, recorded in the
+checkpoint's method as ``exit_head``): ``softmax``, one softmax over the vocabulary, and
+``factorized`` (``dyncli distill --factorized-head``), where the blank logit is a Bernoulli logit
+of its own, P(blank) = sigmoid(z_blank), and the other logits give the distribution over the
+non-blank tokens: log p(v) = log sigmoid(-z_blank) + log_softmax(z_non-blank)(v).
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from __future__ import annotations
 import torch
 
 from dyncli.features import lengths_to_mask
+from dyncli.text import BLANK_ID
+
+EXIT_HEAD_FORMS = ("softmax", "factorized")
 
 
 class CTCEncoder(torch.nn.Module):
@@ -30,6 +39,7 @@ class CTCEncoder(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.exit_heads = torch.nn.ModuleDict()
+        self.exit_head_form = "softmax"
 
     @property
     def exits(self) -> list[int]:
@@ -54,7 +64,10 @@ class CTCEncoder(torch.nn.Module):
 
     def exit_log_probs(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """CTC log-probs (B, T, V) of the exit head after 1-based ``layer``, from (B, T, D)."""
-        return torch.log_softmax(self.exit_heads[str(layer)](x), dim=-1)
+        logits = self.exit_heads[str(layer)](x)
+        if self.exit_head_form == "factorized":
+            return factorized_log_probs(logits)
+        return torch.log_softmax(logits, dim=-1)
 
     def embed(
         self, feats: torch.Tensor, lengths: torch.Tensor
@@ -117,3 +130,13 @@ class CTCEncoder(torch.nn.Module):
                 out[i + 1] = self.exit_log_probs(i + 1, x)
         out[self.num_layers] = self.log_probs(x)
         return out, out_lengths
+
+
+def factorized_log_probs(logits: torch.Tensor, blank: int = BLANK_ID) -> torch.Tensor:
+    """CTC log-probs from logits read in factorized form: the blank logit is a Bernoulli logit,
+    the others a softmax over the non-blank tokens (see the module docstring)."""
+    z_blank = logits[..., blank : blank + 1]
+    rest = torch.cat([logits[..., :blank], logits[..., blank + 1 :]], dim=-1)
+    nonblank = torch.nn.functional.logsigmoid(-z_blank) + torch.log_softmax(rest, dim=-1)
+    blank_lp = torch.nn.functional.logsigmoid(z_blank)
+    return torch.cat([nonblank[..., :blank], blank_lp, nonblank[..., blank:]], dim=-1)

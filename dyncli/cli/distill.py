@@ -1,0 +1,192 @@
+"""``dyncli distill``: distil a full-depth teacher into a dynamic model's shallow paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dyncli.cli.options import (
+    AugmentOpt,
+    BudgetPolicyOpt,
+    CheckpointArg,
+    DevDataOpt,
+    DeviceOpt,
+    EpochsOpt,
+    ExitWeightOpt,
+    FinalWeightOpt,
+    JobThreadsOpt,
+    LogEveryOpt,
+    LrOpt,
+    MaxStepsOpt,
+    OutputOpt,
+    ResumeOpt,
+    RunDirOpt,
+    SaveEveryOpt,
+    SeedOpt,
+    SkipBadOpt,
+    TrainDataOpt,
+    WarmupStepsOpt,
+    WerBudgetOpt,
+    default_job_threads,
+)
+
+NAME = "distill"
+
+
+def run(
+    checkpoint: CheckpointArg,
+    output: OutputOpt,
+    train: TrainDataOpt,
+    dev: DevDataOpt,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="factorized-kd: the teacher's final posteriors into every exit, factorized "
+            "into blank / non-blank (arXiv 2401.02046). dld: distillation-based layer dropping, "
+            "a sampled sub-network per step learns the teacher's posteriors (arXiv 2601.16117). "
+            "exit-kd: the teacher's greedy transcript as a CTC pseudo-label for every exit "
+            "(arXiv 2309.09546).",
+        ),
+    ] = "factorized-kd",
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            "--teacher",
+            help="Teacher checkpoint (same tokenizer and frame rate). Default: the static "
+            "checkpoint this model was converted from, if it still exists with the same "
+            "sha256; else the model's own full-depth path, frozen at the start.",
+            show_default=False,
+        ),
+    ] = None,
+    temperature: Annotated[
+        float,
+        typer.Option(
+            "--temperature", min=0.01, help="Softmax temperature of the KL terms (T^2-scaled)."
+        ),
+    ] = 1.0,
+    kd_weight: Annotated[
+        float, typer.Option("--kd-weight", min=0.0, help="Weight of the distillation terms.")
+    ] = 1.0,
+    factorized_head: Annotated[
+        bool,
+        typer.Option(
+            "--factorized-head",
+            help="factorized-kd: read each exit head in factorized form (its blank logit a "
+            "Bernoulli logit of its own, the rest a softmax over non-blank tokens).",
+        ),
+    ] = False,
+    drop_rate: Annotated[
+        float,
+        typer.Option(
+            "--drop-rate",
+            min=0.0,
+            max=0.99,
+            help="dld: probability that a layer is dropped (bypassed, not computed) in a step.",
+        ),
+    ] = 0.5,
+    alpha: Annotated[
+        float,
+        typer.Option(
+            "--alpha",
+            min=0.0,
+            max=1.0,
+            help="exit-kd: weight of the pseudo-label CTC against the reference CTC at each exit.",
+        ),
+    ] = 0.3,
+    kd_kl: Annotated[
+        bool,
+        typer.Option("--kd-kl", help="exit-kd: also add the posterior KL into each exit."),
+    ] = False,
+    exit_weight: ExitWeightOpt = 1.0,
+    final_weight: FinalWeightOpt = 1.0,
+    epochs: EpochsOpt = 4,
+    max_steps: MaxStepsOpt = None,
+    lr: LrOpt = 3e-4,
+    warmup_steps: WarmupStepsOpt = 100,
+    augment: AugmentOpt = True,
+    wer_budget: WerBudgetOpt = None,
+    policy: BudgetPolicyOpt = "blank-skip",
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    threads: JobThreadsOpt = None,
+    skip_bad: SkipBadOpt = False,
+    run_dir: RunDirOpt = None,
+    resume: ResumeOpt = False,
+    save_every: SaveEveryOpt = 100,
+    log_every: LogEveryOpt = 50,
+) -> None:
+    """Distil a full-depth teacher into a model's shallow paths (exits or sub-networks).
+
+    The checkpoint records the method, the teacher (path and sha256) and every option; with
+    --wer-budget it also stores a new operating point chosen on dev, as 'dyncli convert' does.
+    Defaults are fine-tuning defaults (short, low learning rate, augmentation from step 0).
+    """
+    import dataclasses
+
+    import torch
+
+    from dyncli.cli.render import TrainReporter, pct, report_choice
+    from dyncli.distill import DistillOptions, distill, distill_defaults
+    from dyncli.fileio import check_output_path
+    from dyncli.training import RunOptions
+    from dyncli.training.config import SilentReporter
+    from dyncli.training.distributed import is_main_process
+
+    check_output_path(output, "--output")
+    options = DistillOptions(
+        method=method,
+        temperature=temperature,
+        kd_weight=kd_weight,
+        exit_weight=exit_weight,
+        final_weight=final_weight,
+        factorized_head=factorized_head,
+        drop_rate=drop_rate,
+        alpha=alpha,
+        kd_kl=kd_kl,
+    )
+    options.check()
+    torch.set_num_threads(threads or default_job_threads())
+    base = distill_defaults()
+    config = dataclasses.replace(
+        base,
+        epochs=epochs,
+        max_steps=max_steps,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        seed=seed,
+        device=device,
+        skip_bad=skip_bad,
+        save_every=save_every,
+        augment=dataclasses.replace(base.augment, enabled=augment),
+    )
+    main = is_main_process()
+    reporter = TrainReporter(log_every) if main else SilentReporter()
+    try:
+        result = distill(
+            checkpoint=checkpoint,
+            output=output,
+            train_manifest=train,
+            dev_manifest=dev,
+            options=options,
+            teacher=teacher,
+            config=config,
+            wer_budget=wer_budget,
+            policy=policy,
+            reporter=reporter,
+            run=RunOptions(run_dir=run_dir, resume=resume),
+        )
+    finally:
+        if isinstance(reporter, TrainReporter):
+            reporter.close()
+    if not main:
+        return
+    t = result.train
+    reporter.message(
+        f"best epoch {t.best_epoch}: dev WER {pct(t.best_dev_wer)}"
+        + "".join(f", exit {k}: {pct(v)}" for k, v in t.best_dev_exit_wer.items())
+        + f"; saved {result.output} ({t.seconds / 60:.1f} min)"
+    )
+    report_choice(reporter, result.choice, policy)

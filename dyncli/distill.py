@@ -1,0 +1,278 @@
+"""``dyncli distill``: knowledge distillation from a full-depth teacher into the shallow paths.
+
+Methods (each a path and weighted objectives on the training engine):
+
+* ``factorized-kd`` (arXiv 2401.02046): the teacher's final posteriors are distilled into every
+  intermediate head, each CTC distribution factorized into a blank / non-blank Bernoulli and a
+  distribution over the non-blank tokens; loss = CTC(final) + exit-weight * sum CTC(exit) +
+  kd-weight * sum over exits [KL_Bernoulli + P_teacher(non-blank) * KL_non-blank]. With
+  ``factorized_head`` the exit heads are parameterized in factorized form (their blank logit
+  is a Bernoulli logit of its own), as the paper does to sharpen blank decisions for skipping.
+* ``dld`` (distillation-based layer dropping, arXiv 2601.16117): each step runs a sub-network
+  (each layer kept with probability 1 - ``drop_rate``; dropped layers are not computed) and
+  distils the full-depth teacher's posteriors into it: CTC(final) + kd-weight * KL(final).
+* ``exit-kd`` (arXiv 2309.09546): the teacher's greedy transcript is a CTC pseudo-label for
+  every exit: (1 - alpha) * CTC(exit, reference) + alpha * CTC(exit, teacher's transcript) per
+  exit, plus CTC(final); ``kd_kl`` also adds kd-weight * KL(teacher || exit).
+
+The teacher: ``--teacher CKPT`` (same tokenizer and frame rate, else refused), or by default the
+static checkpoint this model was converted from when its provenance names one that still exists
+with the same sha256, or else the model's own full-depth path at the start of distillation (a
+frozen copy; the student then learns to keep what it could already do at full depth).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint
+from dyncli.errors import UsageError
+from dyncli.features import AugmentConfig
+from dyncli.models.base import CTCEncoder
+from dyncli.profiling import PointChoice, choose_operating_point
+from dyncli.training.config import Reporter, SilentReporter, TrainConfig, TrainResult
+from dyncli.training.data import load_data, provenance
+from dyncli.training.objectives import (
+    ExitCTC,
+    ExitKD,
+    FactorizedKD,
+    FinalCTC,
+    FullDepth,
+    LayerDrop,
+    Objective,
+    PosteriorKD,
+    StudentPath,
+)
+from dyncli.training.recipes import RunOptions, run_engine, seed_everything, start
+from dyncli.training.trainer import publish
+
+METHODS = ("factorized-kd", "dld", "exit-kd")
+
+
+@dataclass
+class DistillOptions:
+    method: str = "factorized-kd"
+    temperature: float = 1.0
+    kd_weight: float = 1.0
+    exit_weight: float = 1.0
+    final_weight: float = 1.0
+    factorized_head: bool = False  # factorized-kd
+    drop_rate: float = 0.5  # dld
+    alpha: float = 0.3  # exit-kd: weight of the teacher's pseudo-label loss
+    kd_kl: bool = False  # exit-kd
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(
+                f"unknown --method {self.method!r}; choose one of: {', '.join(METHODS)}"
+            )
+        if self.temperature <= 0:
+            raise UsageError(f"--temperature must be positive, got {self.temperature}")
+        if not 0 <= self.drop_rate < 1:
+            raise UsageError(f"--drop-rate must lie in [0, 1), got {self.drop_rate}")
+        if not 0 <= self.alpha <= 1:
+            raise UsageError(f"--alpha must lie in [0, 1], got {self.alpha}")
+        if self.factorized_head and self.method != "factorized-kd":
+            raise UsageError("--factorized-head applies to --method factorized-kd only")
+        if self.kd_kl and self.method != "exit-kd":
+            raise UsageError("--kd-kl applies to --method exit-kd only")
+
+
+def distill_defaults() -> TrainConfig:
+    """Fine-tuning defaults, as for convert: short, low peak LR, augmentation from step 0."""
+    return TrainConfig(epochs=4, lr=3e-4, warmup_steps=100, augment=AugmentConfig(ramp_steps=0))
+
+
+@dataclass
+class TeacherChoice:
+    model: CTCEncoder
+    record: dict[str, Any]
+
+
+@dataclass
+class DistillResult:
+    train: TrainResult
+    output: Path
+    method: dict[str, Any]
+    teacher: dict[str, Any]
+    operating_point: dict[str, Any] | None = None
+    choice: PointChoice | None = None
+    sweep: list[dict[str, Any]] = field(default_factory=list)
+
+
+def frame_rate(model: CTCEncoder) -> float:
+    """Encoder frames per second, measured on one second of silence."""
+    with torch.inference_mode():
+        n = model.sample_rate
+        feats, frames = model.features(torch.zeros(1, n), torch.tensor([n]))
+        x, _ = model.embed(feats, frames)
+    return float(x.shape[1])
+
+
+def check_teacher(student: Checkpoint, teacher: Checkpoint, where: str) -> None:
+    """Refuse a teacher whose tokenizer or frame rate differs, saying what differs."""
+    s_tok, t_tok = student.tokenizer, teacher.tokenizer
+    if s_tok.to_state() != t_tok.to_state():
+        raise UsageError(
+            f"{where}: the teacher's tokenizer differs from the student's ({t_tok.kind}, "
+            f"{t_tok.vocab_size} symbols vs {s_tok.kind}, {s_tok.vocab_size} symbols)"
+        )
+    s_rate, t_rate = frame_rate(student.model), frame_rate(teacher.model)
+    if s_rate != t_rate or student.model.sample_rate != teacher.model.sample_rate:
+        raise UsageError(
+            f"{where}: the teacher's frame rate differs from the student's ({t_rate:g} vs "
+            f"{s_rate:g} frames/s at {teacher.model.sample_rate} vs "
+            f"{student.model.sample_rate} Hz)"
+        )
+
+
+def choose_teacher(student: Checkpoint, teacher: str | Path | None) -> TeacherChoice:
+    if teacher is not None:
+        t = load_checkpoint(teacher)
+        check_teacher(student, t, f"--teacher {teacher}")
+        record = {"kind": "checkpoint", "path": str(teacher), "sha256": file_sha256(teacher)}
+        return TeacherChoice(t.model, record)
+    source = student.provenance.get("converted_from")
+    sha = student.provenance.get("converted_from_sha256")
+    if source and sha and Path(source).is_file() and file_sha256(source) == sha:
+        t = load_checkpoint(source)
+        check_teacher(student, t, f"converted-from checkpoint {source}")
+        return TeacherChoice(t.model, {"kind": "checkpoint", "path": source, "sha256": sha})
+    frozen = copy.deepcopy(student.model)
+    frozen.exit_heads = torch.nn.ModuleDict()  # the final head is the teacher's only output
+    return TeacherChoice(
+        frozen,
+        {
+            "kind": "self",
+            "path": str(student.path),
+            "sha256": file_sha256(student.path) if student.path else None,
+            "why": "no --teacher, and no converted-from checkpoint with a matching sha256",
+        },
+    )
+
+
+def plan(opts: DistillOptions, seed: int) -> tuple[StudentPath, list[tuple[Objective, float]]]:
+    """The path and weighted objectives of each method."""
+    if opts.method == "factorized-kd":
+        return FullDepth(), [
+            (FinalCTC(), opts.final_weight),
+            (ExitCTC(), opts.exit_weight),
+            (FactorizedKD(temperature=opts.temperature), opts.kd_weight),
+        ]
+    if opts.method == "dld":
+        gen = torch.Generator().manual_seed(seed + 15485863)
+        return LayerDrop(opts.drop_rate, gen), [
+            (FinalCTC(), opts.final_weight),
+            (PosteriorKD(temperature=opts.temperature), opts.kd_weight),
+        ]
+    objectives: list[tuple[Objective, float]] = [
+        (FinalCTC(), opts.final_weight),
+        (ExitCTC(), (1 - opts.alpha) * opts.exit_weight),
+        (ExitKD(kl=False), opts.alpha * opts.exit_weight),
+    ]
+    if opts.kd_kl:
+        objectives.append((ExitKD(kl=True, temperature=opts.temperature), opts.kd_weight))
+    return FullDepth(), objectives
+
+
+def distill(
+    *,
+    checkpoint: str | Path,
+    output: str | Path,
+    train_manifest: str | Path,
+    dev_manifest: str | Path,
+    options: DistillOptions,
+    teacher: str | Path | None = None,
+    config: TrainConfig | None = None,
+    wer_budget: float | None = None,
+    policy: str = "blank-skip",
+    reporter: Reporter,
+    run: RunOptions | None = None,
+) -> DistillResult:
+    """Distil a teacher into the model at ``checkpoint``; write ``output`` when the run ends."""
+    options.check()
+    cfg = config or distill_defaults()
+    run = run or RunOptions()
+    if Path(output).resolve() == Path(checkpoint).resolve():
+        raise UsageError("-o must differ from the input checkpoint (the input is kept)")
+    if wer_budget is not None:
+        from dyncli.plugins import get_skip_policy
+
+        get_skip_policy(policy)  # fail before training, not after
+    student = load_checkpoint(checkpoint)
+    if options.method in ("factorized-kd", "exit-kd") and not student.model.exits:
+        raise UsageError(
+            f"{checkpoint}: --method {options.method} distils into the intermediate heads and "
+            "this model has none; run 'dyncli convert --exits ...' first"
+        )
+    chosen = choose_teacher(student, teacher)
+    device, world = start(cfg)
+    reporter = reporter if world.main else SilentReporter()
+    reporter.message(
+        f"teacher: {chosen.record['path']} ({chosen.record['kind']}"
+        + (", the student's own full-depth path, frozen" if chosen.record["kind"] == "self" else "")
+        + ")"
+    )
+    seed_everything(cfg.seed)
+    data = load_data(train_manifest, dev_manifest, student.model.sample_rate, cfg, reporter)
+    model = student.model
+    if options.factorized_head:
+        model.exit_head_form = "factorized"
+    method = dict(student.method or {"name": "static", "exits": []})
+    method["distillation"] = {
+        "method": options.method,
+        "teacher": chosen.record,
+        "options": asdict(options),
+        "source": {"path": str(checkpoint), "sha256": file_sha256(checkpoint)},
+    }
+    if options.factorized_head:
+        method["exit_head"] = "factorized"
+    method["operating_point"] = None  # the old one was chosen for other weights
+    prov = provenance(train_manifest, dev_manifest, data, cfg)
+    for key in ("converted_from", "converted_from_sha256"):
+        if key in student.provenance:
+            prov[key] = student.provenance[key]
+    prov["distilled_from"] = str(checkpoint)
+    path, objectives = plan(options, cfg.seed)
+    result = run_engine(
+        model=model,
+        tokenizer=student.tokenizer,
+        backbone=student.backbone,
+        model_config=student.config,
+        data=data,
+        output=output,
+        config=cfg,
+        method=method,
+        provenance=prov,
+        objectives=objectives,
+        path=path,
+        reporter=reporter,
+        device=device,
+        world=world,
+        run=run,
+        teacher=chosen.model,
+    )
+    out = DistillResult(train=result, output=Path(output), method=method, teacher=chosen.record)
+
+    def store_point(ckpt: Checkpoint) -> Checkpoint:
+        assert wer_budget is not None
+        choice = choose_operating_point(ckpt, data.dev, policy=policy, wer_budget=wer_budget)
+        assert ckpt.method is not None
+        ckpt.method["operating_point"] = choice.point
+        out.operating_point, out.choice, out.sweep = choice.point, choice, choice.rows
+        out.method = ckpt.method
+        return ckpt
+
+    publish(
+        world,
+        run.directory(output),
+        output,
+        transform=store_point if wer_budget is not None and world.main else None,
+    )
+    result.output = Path(output)
+    return out
