@@ -5,6 +5,11 @@ with ``final_weight * CTC(final) + exit_weight * sum CTC(exit)``, the backbone f
 fine-tuned. The heads serve both skip policies: ``blank-skip`` reads the blank posterior of one
 exit; ``early-exit`` stops at the first confident exit.
 
+Method ``layerdrop``: plain layer-drop training (CTC only, exits optional): each step runs a
+sub-network with every layer kept with probability 1 - ``drop_rate`` (dropped layers are not
+computed), so that at inference the ``drop`` policy can run fewer layers. It is the baseline
+``dyncli distill --method dld`` is compared against.
+
 With ``wer_budget`` the converted model is swept on the dev set and the operating point (policy
 and threshold) with the fewest executed FLOPs whose dev WER is within ``wer_budget`` (absolute)
 of the full-depth dev WER, or within one word error when that is more on a small dev set, is
@@ -17,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from dyncli.errors import UsageError
@@ -32,6 +39,7 @@ from dyncli.training.config import (
     early_exit_method,
 )
 from dyncli.training.data import load_data, provenance
+from dyncli.training.objectives import LayerDrop, StudentPath
 from dyncli.training.recipes import (
     RunOptions,
     ctc_objectives,
@@ -42,7 +50,19 @@ from dyncli.training.recipes import (
 )
 from dyncli.training.trainer import publish
 
-METHODS = ("early-exit",)
+METHODS = ("early-exit", "layerdrop")
+
+
+def layerdrop_method(exits: list[int], drop_rate: float) -> dict[str, Any]:
+    """The checkpoint ``method`` record of a layer-drop model (``--method layerdrop``)."""
+    return {
+        "name": "layerdrop",
+        "exits": list(exits),
+        "training": "fine-tune",
+        "drop_rate": drop_rate,
+        "default_policy": "drop",
+        "operating_point": None,
+    }
 
 
 def convert_defaults() -> TrainConfig:
@@ -70,14 +90,15 @@ def convert(
     exits: ExitTraining,
     config: TrainConfig | None = None,
     wer_budget: float | None = None,
-    policy: str = "blank-skip",
+    policy: str | None = None,
+    drop_rate: float = 0.5,
     reporter: Reporter,
     run: RunOptions | None = None,
 ) -> ConvertResult:
     """Attach ``exits`` to the static model at ``checkpoint``, train them, write ``output``."""
     if method not in METHODS:
         raise UsageError(f"unknown --method {method!r}; choose one of: {', '.join(METHODS)}")
-    if not exits.exits:
+    if method == "early-exit" and not exits.exits:
         raise UsageError("--exits is required: the layers (1-based) that get a CTC head, e.g. 4,8")
     if wer_budget is not None and wer_budget < 0:
         raise UsageError(
@@ -87,10 +108,19 @@ def convert(
         raise UsageError("-o must differ from the input checkpoint (the static model is kept)")
     cfg = config or convert_defaults()
     run = run or RunOptions()
+    default_policy = "drop" if method == "layerdrop" else "blank-skip"
+    if method == "layerdrop":
+        if not 0 <= drop_rate < 1:
+            raise UsageError(f"--drop-rate must lie in [0, 1), got {drop_rate}")
+        if exits.skip_layer is not None or exits.freeze_backbone:
+            raise UsageError(
+                "--method layerdrop trains the whole model with layers dropped: drop "
+                "--skip-layer and --freeze-backbone"
+            )
     if wer_budget is not None:
         from dyncli.plugins import get_skip_policy
 
-        get_skip_policy(policy)  # fail before training, not after
+        get_skip_policy(policy or default_policy)  # fail before training, not after
     static = load_checkpoint(checkpoint)
     if static.method is not None:
         raise UsageError(
@@ -126,7 +156,12 @@ def convert(
     seed_everything(cfg.seed)
     data = load_data(train_manifest, dev_manifest, model.sample_rate, cfg, reporter)
     model.attach_exits(exit_cfg.exits)
-    method_record = early_exit_method(exit_cfg, training="fine-tune")
+    if method == "layerdrop":
+        method_record = layerdrop_method(exit_cfg.exits, drop_rate)
+        path: StudentPath = LayerDrop(drop_rate, torch.Generator().manual_seed(cfg.seed + 15485863))
+    else:
+        method_record = early_exit_method(exit_cfg, training="fine-tune")
+        path = exit_path(exit_cfg, cfg.seed, world)
     method_record["source"] = {"path": str(checkpoint), "metrics": static.metrics}
     prov = provenance(train_manifest, dev_manifest, data, cfg)
     prov["converted_from"] = str(checkpoint)
@@ -142,7 +177,7 @@ def convert(
         method=method_record,
         provenance=prov,
         objectives=ctc_objectives(exit_cfg),
-        path=exit_path(exit_cfg, cfg.seed, world),
+        path=path,
         reporter=reporter,
         device=device,
         world=world,
@@ -155,10 +190,11 @@ def convert(
         """Sweep the trained model on dev and store the chosen operating point."""
         assert wer_budget is not None
         settings: dict[str, Any] = {}
-        if policy == "blank-skip":  # the trigger layer and neighbours it was trained with
+        name = policy or default_policy
+        if name == "blank-skip":  # the trigger layer and neighbours it was trained with
             settings = {"layer": exit_cfg.skip_layer, "neighbours": exit_cfg.skip_neighbours}
         choice = choose_operating_point(
-            converted, data.dev, policy=policy, wer_budget=wer_budget, settings=settings
+            converted, data.dev, policy=name, wer_budget=wer_budget, settings=settings
         )
         assert converted.method is not None
         converted.method["operating_point"] = choice.point

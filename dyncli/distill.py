@@ -34,6 +34,7 @@ from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from dyncli.errors import UsageError
 from dyncli.features import AugmentConfig
 from dyncli.models.base import CTCEncoder
+from dyncli.operating_point import default_policy
 from dyncli.profiling import PointChoice, choose_operating_point
 from dyncli.training.config import Reporter, SilentReporter, TrainConfig, TrainResult
 from dyncli.training.data import load_data, provenance
@@ -190,7 +191,7 @@ def distill(
     teacher: str | Path | None = None,
     config: TrainConfig | None = None,
     wer_budget: float | None = None,
-    policy: str = "blank-skip",
+    policy: str | None = None,
     reporter: Reporter,
     run: RunOptions | None = None,
 ) -> DistillResult:
@@ -203,7 +204,7 @@ def distill(
     if wer_budget is not None:
         from dyncli.plugins import get_skip_policy
 
-        get_skip_policy(policy)  # fail before training, not after
+        get_skip_policy(policy or "blank-skip")  # fail before training, not after
     student = load_checkpoint(checkpoint)
     if options.method in ("factorized-kd", "exit-kd") and not student.model.exits:
         raise UsageError(
@@ -233,6 +234,9 @@ def distill(
     if options.factorized_head:
         method["exit_head"] = "factorized"
     method["operating_point"] = None  # the old one was chosen for other weights
+    if options.method == "dld":
+        method["default_policy"] = "drop"
+        method["drop_rate"] = options.drop_rate
     prov = provenance(train_manifest, dev_manifest, data, cfg)
     for key in ("converted_from", "converted_from_sha256"):
         if key in student.provenance:
@@ -261,7 +265,8 @@ def distill(
 
     def store_point(ckpt: Checkpoint) -> Checkpoint:
         assert wer_budget is not None
-        choice = choose_operating_point(ckpt, data.dev, policy=policy, wer_budget=wer_budget)
+        name = policy or default_policy(ckpt.method)
+        choice = choose_operating_point(ckpt, data.dev, policy=name, wer_budget=wer_budget)
         assert ckpt.method is not None
         ckpt.method["operating_point"] = choice.point
         out.operating_point, out.choice, out.sweep = choice.point, choice, choice.rows

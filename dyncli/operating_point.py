@@ -85,6 +85,13 @@ def policy_settings(ckpt: Checkpoint, name: str, overrides: dict[str, Any]) -> d
     return merged
 
 
+def default_policy(method: dict[str, Any] | None) -> str:
+    """The policy a model runs when none is named and no operating point is stored: the one
+    its training prepared it for (``drop`` after layer-drop training), else blank-skip."""
+    name = (method or {}).get("default_policy")
+    return name if isinstance(name, str) else "blank-skip"
+
+
 def resolve_run(
     ckpt: Checkpoint,
     *,
@@ -105,13 +112,18 @@ def resolve_run(
                 "--full-depth runs every layer: drop --policy, --threshold and the policy settings"
             )
         return StaticPolicy(), RunChoice("static", None, {}, "--full-depth")
-    if not ckpt.model.exits:
-        if asked:
-            raise UsageError(f"{where}: a static model has no skip policy to set")
-        return StaticPolicy(), RunChoice("static", None, {}, "static model")
     stored = stored_point(ckpt.method)
+    if not ckpt.model.exits and stored is None:
+        if not asked:
+            return StaticPolicy(), RunChoice("static", None, {}, "static model")
+        from dyncli.plugins import get_skip_policy
+
+        if get_skip_policy(policy or default_policy(ckpt.method)).needs_exits:
+            raise UsageError(
+                f"{where}: a static model has no intermediate CTC head for this skip policy"
+            )
     if asked:
-        name = policy or (stored[0] if stored else "blank-skip")
+        name = policy or (stored[0] if stored else default_policy(ckpt.method))
         if threshold is None:
             if stored is None or stored[0] != name:
                 raise UsageError(

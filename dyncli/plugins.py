@@ -62,6 +62,7 @@ class SkipPolicySpec:
     defaults: tuple[tuple[str, Any], ...] = ()
     default_thresholds: tuple[float, ...] = ()
     conservative_thresholds: tuple[float, ...] = ()
+    needs_exits: bool = True  # False: runs on a model without intermediate heads (drop)
 
     def make_config(self, threshold: float, **overrides: Any) -> Any:
         """The policy's config at ``threshold``, validated (bad values raise UsageError)."""

@@ -64,3 +64,26 @@ class EarlyExitConfig:
                 f"early-exit-{self.criterion} threshold {self.threshold} is out of range: "
                 f"it is a {kind}, 0 <= threshold <= 1"
             )
+
+
+@dataclass
+class DropConfig:
+    """Run a sub-network of ``threshold`` layers (a layer count, not a probability).
+
+    The kept layers are evenly spaced over the depth, the first and the last always among them
+    (indices round(i * (L - 1) / (N - 1)) for i = 0..N-1; N = 1 keeps the last layer, which
+    feeds the head). Evenly spaced is what layer-drop training prepares a model for (every
+    layer was trained to work after any earlier one being absent; Fan et al. 2019 found
+    "every other layer" the best fixed pruning of such models); the first layer is the only
+    one that has seen the subsampling's raw output, and the last the only one whose output
+    the final head was trained on. The model needs no exits.
+    """
+
+    threshold: float = 6
+
+    def validate(self) -> None:
+        if self.threshold < 1 or self.threshold != int(self.threshold):
+            raise UsageError(
+                f"drop threshold {self.threshold:g} is not a layer count: give whole numbers "
+                ">= 1 (the layers to run)"
+            )

@@ -42,7 +42,12 @@ from dyncli.evaluation import import_benchmark, model_summary
 from dyncli.inference import pick_device
 from dyncli.metrics import error_rates
 from dyncli.models.base import CTCEncoder
-from dyncli.operating_point import canonical_threshold, policy_settings, stored_point
+from dyncli.operating_point import (
+    canonical_threshold,
+    default_policy,
+    policy_settings,
+    stored_point,
+)
 from dyncli.plugins import get_skip_policy
 from dyncli.text import Tokenizer
 
@@ -457,7 +462,7 @@ def resolve_policy(
     threshold gets :func:`canonical_threshold` once, here.
     """
     stored = stored_point(ckpt.method)
-    name = policy or (stored[0] if stored else "blank-skip")
+    name = policy or (stored[0] if stored else default_policy(ckpt.method))
     spec = get_skip_policy(name)
     merged = policy_settings(ckpt, name, overrides)
     if thresholds:
@@ -502,14 +507,18 @@ def profile(
     dev = pick_device(device)
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.model.to(dev)
-    if not model.exits:
+    stored = stored_point(ckpt.method)
+    asked = policy or (stored[0] if stored else default_policy(ckpt.method))
+    if not model.exits and get_skip_policy(asked).needs_exits:
         raise UsageError(
             f"{checkpoint}: a static checkpoint (no intermediate CTC heads); make a dynamic one "
-            "with 'dyncli convert' (or profile the bundled dynamic model)"
+            "with 'dyncli convert' (or profile the bundled dynamic model, or use --policy drop)"
         )
     name, values, merged, stored_threshold = resolve_policy(
         ckpt, policy, thresholds, overrides or {}, gate.at
     )
+    for v in values:
+        build_policy(name, v, **merged).check(model)  # e.g. more layers than the model has
     manifest = read_manifest(data, skip_bad=skip_bad)
     utts, skipped = load_utterances(manifest, model.sample_rate, skip_bad)
     if not utts:

@@ -12,6 +12,7 @@ from dyncli.cli.options import (
     CheckpointArg,
     DevDataOpt,
     DeviceOpt,
+    DropRateOpt,
     EpochsOpt,
     ExitsOpt,
     ExitWeightOpt,
@@ -44,8 +45,14 @@ def run(
     dev: DevDataOpt,
     exits: ExitsOpt = None,
     method: Annotated[
-        str, typer.Option(help="Dynamic method to attach (implemented: early-exit).")
+        str,
+        typer.Option(
+            help="early-exit: attach CTC heads after --exits and train them (they serve "
+            "blank-skip and early exit). layerdrop: train the model with layers dropped at "
+            "random (--drop-rate), for the drop policy; --exits optional."
+        ),
     ] = "early-exit",
+    drop_rate: DropRateOpt = 0.5,
     freeze_backbone: Annotated[
         bool,
         typer.Option(
@@ -92,7 +99,7 @@ def run(
     warmup_steps: WarmupStepsOpt = 100,
     augment: AugmentOpt = True,
     wer_budget: WerBudgetOpt = None,
-    policy: BudgetPolicyOpt = "blank-skip",
+    policy: BudgetPolicyOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     threads: JobThreadsOpt = None,
@@ -117,6 +124,7 @@ def run(
     from dyncli.cli.render import TrainReporter, pct, report_choice
     from dyncli.convert import convert, convert_defaults
     from dyncli.fileio import check_output_path
+    from dyncli.operating_point import default_policy
     from dyncli.training import ExitTraining
     from dyncli.training.config import SilentReporter
 
@@ -160,6 +168,7 @@ def run(
             config=config,
             wer_budget=wer_budget,
             policy=policy,
+            drop_rate=drop_rate,
             reporter=reporter,
             run=RunOptions(run_dir=run_dir, resume=resume),
         )
@@ -174,4 +183,4 @@ def run(
         + "".join(f", exit {k}: {pct(v)}" for k, v in t.best_dev_exit_wer.items())
         + f"; saved {result.output} ({t.seconds / 60:.1f} min)"
     )
-    report_choice(reporter, result.choice, policy)
+    report_choice(reporter, result.choice, policy or default_policy(result.method))

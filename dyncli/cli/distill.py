@@ -13,6 +13,7 @@ from dyncli.cli.options import (
     CheckpointArg,
     DevDataOpt,
     DeviceOpt,
+    DropRateOpt,
     EpochsOpt,
     ExitWeightOpt,
     FinalWeightOpt,
@@ -78,15 +79,7 @@ def run(
             "Bernoulli logit of its own, the rest a softmax over non-blank tokens).",
         ),
     ] = False,
-    drop_rate: Annotated[
-        float,
-        typer.Option(
-            "--drop-rate",
-            min=0.0,
-            max=0.99,
-            help="dld: probability that a layer is dropped (bypassed, not computed) in a step.",
-        ),
-    ] = 0.5,
+    drop_rate: DropRateOpt = 0.5,
     alpha: Annotated[
         float,
         typer.Option(
@@ -108,7 +101,7 @@ def run(
     warmup_steps: WarmupStepsOpt = 100,
     augment: AugmentOpt = True,
     wer_budget: WerBudgetOpt = None,
-    policy: BudgetPolicyOpt = "blank-skip",
+    policy: BudgetPolicyOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     threads: JobThreadsOpt = None,
@@ -131,6 +124,7 @@ def run(
     from dyncli.cli.render import TrainReporter, pct, report_choice
     from dyncli.distill import DistillOptions, distill, distill_defaults
     from dyncli.fileio import check_output_path
+    from dyncli.operating_point import default_policy
     from dyncli.training import RunOptions
     from dyncli.training.config import SilentReporter
     from dyncli.training.distributed import is_main_process
@@ -189,4 +183,4 @@ def run(
         + "".join(f", exit {k}: {pct(v)}" for k, v in t.best_dev_exit_wer.items())
         + f"; saved {result.output} ({t.seconds / 60:.1f} min)"
     )
-    report_choice(reporter, result.choice, policy)
+    report_choice(reporter, result.choice, policy or default_policy(result.method))

@@ -273,10 +273,23 @@ WerBudgetOpt = Annotated[
     ),
 ]
 BudgetPolicyOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--policy",
-        help="Skip policy the --wer-budget operating point is chosen for ({skip_policies}).",
+        help="Skip policy the --wer-budget operating point is chosen for ({skip_policies}). "
+        "Default: the one the training prepared the model for (drop after layer drop, else "
+        "blank-skip).",
+        show_default=False,
+    ),
+]
+DropRateOpt = Annotated[
+    float,
+    typer.Option(
+        "--drop-rate",
+        min=0.0,
+        max=0.99,
+        help="Layer drop (convert --method layerdrop, distill --method dld): the probability "
+        "that a layer is dropped (bypassed, not computed) in a training step.",
     ),
 ]
 AugmentOpt = Annotated[

@@ -1,4 +1,4 @@
-"""The built-in skip policies: blank-skip and early exit (entropy / posterior criteria)."""
+"""The built-in skip policies: blank-skip, early exit (entropy / posterior criteria) and drop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from dyncli.hookspecs import hookimpl
 from dyncli.plugins import SkipPolicySpec
-from dyncli.policy_config import BlankSkipConfig, EarlyExitConfig
+from dyncli.policy_config import BlankSkipConfig, DropConfig, EarlyExitConfig
 
 
 def _blank_skip(config: BlankSkipConfig) -> Any:
@@ -20,6 +20,12 @@ def _early_exit(config: EarlyExitConfig) -> Any:
     from dyncli.dynamic import EarlyExit
 
     return EarlyExit(config)
+
+
+def _drop(config: DropConfig) -> Any:
+    from dyncli.dynamic import DropLayers
+
+    return DropLayers(config)
 
 
 @hookimpl
@@ -54,5 +60,16 @@ def register_skip_policies(register: Callable[[Any], None]) -> None:
             defaults=(("criterion", "posterior"),),
             default_thresholds=(0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7),
             conservative_thresholds=(0.995, 0.999),
+        )
+    )
+    register(
+        SkipPolicySpec(
+            name="drop",
+            config_cls=DropConfig,
+            build=_drop,
+            description="run THRESHOLD evenly spaced layers (first and last kept) on every frame",
+            default_thresholds=(12, 9, 6),
+            conservative_thresholds=(11, 10),
+            needs_exits=False,
         )
     )
