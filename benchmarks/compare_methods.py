@@ -1,0 +1,291 @@
+"""Compare the dynamic-depth training methods on the digits recipe's held-out speaker.
+
+Every model is made through the public CLI (``dyncli convert``, ``dyncli distill``, ``dyncli
+train``) from the bundled models with short schedules, and every figure comes from ``dyncli
+profile`` on the recipe's test split (speaker george, never in training):
+
+* (a) blank-skip: the bundled converted model vs the same model after ``distill --method
+  factorized-kd``, with and without ``--factorized-head``;
+* (b) ``distill --method dld`` vs ``convert --method layerdrop`` at drop rates 0.2, 0.5, 0.8,
+  each profiled with ``--policy drop`` at 12, 9 and 6 layers (and the static model as is);
+* (c) early exit: fine-tuned (the bundled model) vs trained from scratch vs after ``distill
+  --method exit-kd``; entropy vs posterior selection.
+
+    python benchmarks/compare_methods.py --data WORK/data [--parts a,b,c] [--threads 2]
+
+``WORK/data`` is ``examples/digits/prepare.py --seed 0``'s output (the bundled models' data).
+Runs whose checkpoint exists in ``--work`` are not redone, so the script can be run part by
+part. Writes ``benchmarks/results/compare_methods.md`` (tables) and ``compare_methods.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+ASSETS = REPO / "dyncli" / "assets"
+STATIC = ASSETS / "demo_static.ckpt"
+DYNAMIC = ASSETS / "demo_dynamic.ckpt"
+BLANK_SKIP = "0.5,0.7,0.8,0.9,0.95,0.98,0.99,0.995,0.999"
+BUDGET = 0.005  # the WER increase a speed figure may cost (0.5 points)
+
+
+def dyncli() -> str:
+    found = shutil.which("dyncli")
+    if found is None:
+        raise SystemExit("dyncli is not on PATH (activate .venv)")
+    return found
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work: Path = args.work
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.log = self.work / "runs.json"
+        self.runs: dict[str, Any] = json.loads(self.log.read_text()) if self.log.exists() else {}
+
+    def data(self, split: str) -> str:
+        return str(self.args.data / f"{split}.jsonl")
+
+    def train(self, name: str, argv: list[str], budget: dict[str, Any]) -> Path:
+        """Run a training command once; note its wall time and budget."""
+        out = self.work / f"{name}.ckpt"
+        if out.exists() and name in self.runs:
+            return out
+        cmd = [
+            dyncli(), *argv, "-o", str(out), "--train", self.data("train"),
+            "--dev", self.data("dev"), "--threads", str(self.args.threads), "--device",
+            self.args.device, "--seed", "0",
+        ]  # fmt: skip
+        print("$", " ".join(cmd), flush=True)
+        started = time.perf_counter()
+        with (self.work / f"{name}.log").open("w") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+        self.runs[name] = {
+            "command": " ".join(["dyncli", *cmd[1:]]),
+            "wall_minutes": round((time.perf_counter() - started) / 60, 1),
+            **budget,
+        }
+        self.log.write_text(json.dumps(self.runs, indent=2))
+        return out
+
+    def profile(self, ckpt: Path, policy: str, thresholds: str) -> dict[str, Any]:
+        out = self.work / f"{ckpt.stem}.{policy}.json"
+        if not out.exists():
+            cmd = [
+                dyncli(), "profile", str(ckpt), "--data", self.data("test"), "--policy", policy,
+                "--thresholds", thresholds, "--threads", "1", "--repeats",
+                str(self.args.repeats), "--json", str(out),
+            ]  # fmt: skip
+            print("$", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        report: dict[str, Any] = json.loads(out.read_text())
+        return report
+
+
+def summary(report: dict[str, Any], budget: float = BUDGET) -> dict[str, Any]:
+    """Full-depth WER and the fastest row within ``budget`` of it (chosen on test: an upper
+    bound), next to the row of the operating point stored from dev, when there is one."""
+    static = report["static"]
+    rows = report["rows"]
+    ok = [r for r in rows if r["wer"] - static["wer"] <= budget + 1e-9]
+    best = max(ok, key=lambda r: r["speedup"]) if ok else None
+    dev_row = next((r for r in rows if r.get("stored_operating_point")), None)
+
+    def row(r: dict[str, Any] | None) -> dict[str, Any] | None:
+        if r is None:
+            return None
+        keys = (
+            "threshold",
+            "wer",
+            "speedup",
+            "flops_ratio",
+            "skipped_frame_fraction",
+            "avg_layers",
+        )
+        return {k: r.get(k) for k in keys}
+
+    return {
+        "full_depth_wer": static["wer"],
+        "words": static.get("words"),
+        "best_within_budget": row(best),
+        "dev_operating_point": row(dev_row),
+        "rows": [row(r) for r in rows],
+    }
+
+
+def part_a(r: Runner) -> dict[str, Any]:
+    epochs = ["--epochs", str(r.args.epochs)]
+    teacher = ["--teacher", str(STATIC), "--wer-budget", str(BUDGET)]
+    models = {
+        "converted (bundled)": DYNAMIC,
+        "factorized-kd": r.train(
+            "fkd",
+            ["distill", str(DYNAMIC), "--method", "factorized-kd", *teacher, *epochs],
+            {"epochs": r.args.epochs, "from": "bundled dynamic"},
+        ),
+        "factorized-kd + factorized head": r.train(
+            "fkd_head",
+            [
+                "distill",
+                str(DYNAMIC),
+                "--method",
+                "factorized-kd",
+                "--factorized-head",
+                *teacher,
+                *epochs,
+            ],  # fmt: skip
+            {"epochs": r.args.epochs, "from": "bundled dynamic"},
+        ),
+    }
+    return {
+        name: summary(r.profile(ckpt, "blank-skip", BLANK_SKIP)) for name, ckpt in models.items()
+    }
+
+
+def part_b(r: Runner) -> dict[str, Any]:
+    epochs = ["--epochs", str(r.args.epochs)]
+    out: dict[str, Any] = {
+        "static (no layer-drop training)": summary(r.profile(STATIC, "drop", "12,9,6"))
+    }
+    for rate in (0.2, 0.5, 0.8):
+        tag = str(rate).replace(".", "")
+        ld = r.train(
+            f"ld{tag}",
+            ["convert", str(STATIC), "--method", "layerdrop", "--drop-rate", str(rate), *epochs],
+            {"epochs": r.args.epochs, "from": "bundled static"},
+        )
+        dld = r.train(
+            f"dld{tag}",
+            ["distill", str(STATIC), "--method", "dld", "--drop-rate", str(rate), *epochs],
+            {"epochs": r.args.epochs, "from": "bundled static", "teacher": "bundled static"},
+        )
+        out[f"LD p={rate}"] = summary(r.profile(ld, "drop", "12,9,6"))
+        out[f"DLD p={rate}"] = summary(r.profile(dld, "drop", "12,9,6"))
+    return out
+
+
+def part_c(r: Runner) -> dict[str, Any]:
+    epochs = ["--epochs", str(r.args.epochs)]
+    models = {
+        "fine-tuned (bundled)": DYNAMIC,
+        "exit-kd": r.train(
+            "exitkd",
+            ["distill", str(DYNAMIC), "--method", "exit-kd", "--teacher", str(STATIC), *epochs],
+            {"epochs": r.args.epochs, "from": "bundled dynamic", "teacher": "bundled static"},
+        ),
+        "from scratch": r.train(
+            "scratch",
+            [
+                "train",
+                "--preset",
+                "demo",
+                "--exits",
+                "3,6,9",
+                "--epochs",
+                str(r.args.scratch_epochs),
+            ],
+            {"epochs": r.args.scratch_epochs, "from": "random init"},
+        ),
+    }
+    out: dict[str, Any] = {}
+    for name, ckpt in models.items():
+        for policy, grid in (
+            ("early-exit-entropy", "0.01,0.02,0.05,0.1,0.15,0.2,0.3"),
+            ("early-exit-posterior", "0.99,0.98,0.95,0.9,0.85,0.8,0.7"),
+        ):
+            out[f"{name} / {policy.removeprefix('early-exit-')}"] = summary(
+                r.profile(ckpt, policy, grid)
+            )
+    return out
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def markdown(results: dict[str, Any], runs: dict[str, Any]) -> str:
+    lines = [
+        "# Method comparison on the held-out speaker (digits recipe, speaker george)",
+        "",
+        "Made by `benchmarks/compare_methods.py`; every figure is from `dyncli profile` on the "
+        "113 test utterances (batch 1, 1 thread, timings interleaved; speedup = end-to-end vs "
+        "full depth of the same model, measured in one run). 'Best <= +0.5' is the fastest "
+        "row within 0.5 WER points of the model's own full depth, chosen on test (an upper "
+        "bound); 'dev point' is the operating point chosen on dev and stored by --wer-budget.",
+        "",
+    ]
+    for part, rows in results.items():
+        lines += [f"## ({part})", ""]
+        lines += [
+            "| model | full-depth WER % | best <= +0.5: threshold | WER % | speedup | FLOPs | "
+            "dev point: threshold | WER % | speedup |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name, s in rows.items():
+            b, d = s["best_within_budget"] or {}, s["dev_operating_point"] or {}
+            lines.append(
+                f"| {name} | {pct(s['full_depth_wer'])} | {b.get('threshold', '-')} | "
+                f"{pct(b.get('wer'))} | {b.get('speedup', 0) and round(b['speedup'], 2)}x | "
+                f"{b.get('flops_ratio') and round(b['flops_ratio'], 2)} | "
+                f"{d.get('threshold', '-')} | {pct(d.get('wer'))} | "
+                f"{(d.get('speedup') and round(d['speedup'], 2)) or '-'} |"
+            )
+        lines += ["", "All rows:", ""]
+        lines += ["| model | threshold | WER % | speedup | FLOPs | avg layers |"]
+        lines += ["| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for name, s in rows.items():
+            for row in s["rows"]:
+                lines.append(
+                    f"| {name} | {row['threshold']} | {pct(row['wer'])} | "
+                    f"{row['speedup']:.2f}x | {row['flops_ratio']:.2f} | "
+                    f"{row.get('avg_layers') or '-'} |"
+                )
+        lines.append("")
+    lines += [
+        "## Runs (budget: epochs over the 4000 training utterances, wall time, 2 threads)",
+        "",
+    ]
+    lines += ["| run | epochs | wall min | from | command |", "| --- | ---: | ---: | --- | --- |"]
+    for name, run in runs.items():
+        lines.append(
+            f"| {name} | {run['epochs']} | {run['wall_minutes']} | {run['from']} | "
+            f"`{run['command']}` |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/compare_methods"))
+    ap.add_argument("--parts", default="a,b,c")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--scratch-epochs", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "compare_methods")
+    args = ap.parse_args()
+    runner = Runner(args)
+    parts = {"a": part_a, "b": part_b, "c": part_c}
+    json_path = args.out.with_suffix(".json")
+    results: dict[str, Any] = json.loads(json_path.read_text()) if json_path.exists() else {}
+    for part in args.parts.split(","):
+        results[part] = parts[part](runner)
+        json_path.write_text(json.dumps({k: results[k] for k in sorted(results)}, indent=2))
+        ordered = {k: results[k] for k in sorted(results)}
+        args.out.with_suffix(".md").write_text(markdown(ordered, runner.runs))
+        print(f"part {part} done: {args.out.with_suffix('.md')}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
