@@ -151,8 +151,13 @@ def part_a(r: Runner) -> dict[str, Any]:
     }
 
 
+def short(r: Runner) -> list[str]:
+    """The schedule of the (b) and (c) runs: ``--short-steps`` steps of one epoch."""
+    return ["--epochs", "1", "--max-steps", str(r.args.short_steps)]
+
+
 def part_b(r: Runner) -> dict[str, Any]:
-    epochs = ["--epochs", str(r.args.epochs)]
+    epochs = short(r)
     out: dict[str, Any] = {
         "static (no layer-drop training)": summary(r.profile(STATIC, "drop", "12,9,6"))
     }
@@ -161,12 +166,12 @@ def part_b(r: Runner) -> dict[str, Any]:
         ld = r.train(
             f"ld{tag}",
             ["convert", str(STATIC), "--method", "layerdrop", "--drop-rate", str(rate), *epochs],
-            {"epochs": r.args.epochs, "from": "bundled static"},
+            {"steps": r.args.short_steps, "from": "bundled static"},
         )
         dld = r.train(
             f"dld{tag}",
             ["distill", str(STATIC), "--method", "dld", "--drop-rate", str(rate), *epochs],
-            {"epochs": r.args.epochs, "from": "bundled static", "teacher": "bundled static"},
+            {"steps": r.args.short_steps, "from": "bundled static", "teacher": "bundled static"},
         )
         out[f"LD p={rate}"] = summary(r.profile(ld, "drop", "12,9,6"))
         out[f"DLD p={rate}"] = summary(r.profile(dld, "drop", "12,9,6"))
@@ -174,13 +179,13 @@ def part_b(r: Runner) -> dict[str, Any]:
 
 
 def part_c(r: Runner) -> dict[str, Any]:
-    epochs = ["--epochs", str(r.args.epochs)]
+    epochs = short(r)
     models = {
         "fine-tuned (bundled)": DYNAMIC,
         "exit-kd": r.train(
             "exitkd",
             ["distill", str(DYNAMIC), "--method", "exit-kd", "--teacher", str(STATIC), *epochs],
-            {"epochs": r.args.epochs, "from": "bundled dynamic", "teacher": "bundled static"},
+            {"steps": r.args.short_steps, "from": "bundled dynamic", "teacher": "bundled static"},
         ),
         "from scratch": r.train(
             "scratch",
@@ -269,7 +274,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/compare_methods"))
     ap.add_argument("--parts", default="a,b,c")
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--scratch-epochs", type=int, default=4)
+    ap.add_argument("--scratch-epochs", type=int, default=3)
+    ap.add_argument("--short-steps", type=int, default=130)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--device", default="cpu")

@@ -214,3 +214,21 @@ def test_factorized_head_is_a_distribution_and_survives_a_round_trip(dynamic, tm
     ckpt.method["exit_head"] = "factorized"
     save_checkpoint(tmp_path / "f.ckpt", ckpt)
     assert load_checkpoint(tmp_path / "f.ckpt").model.exit_head_form == "factorized"
+
+
+def test_an_older_v1_checkpoint_still_loads_and_distills(dynamic, data, tmp_path) -> None:
+    """A format-1 file written before distill existed (no source sha256, no head form, no
+    default policy) loads as before and distils with its own full depth as teacher."""
+    payload = torch.load(dynamic, map_location="cpu", weights_only=True)
+    assert payload["format_version"] == 1
+    payload["provenance"].pop("converted_from_sha256", None)
+    for key in ("exit_head", "default_policy"):
+        payload["method"].pop(key, None)
+    old = tmp_path / "old.ckpt"
+    torch.save(payload, old)
+    ckpt = load_checkpoint(old)
+    assert ckpt.model.exit_head_form == "softmax" and ckpt.model.exits == [1, 2]
+    result = _distill(old, data, tmp_path / "o.ckpt")
+    assert result.exit_code == 0, result.output
+    teacher = load_checkpoint(tmp_path / "o.ckpt").method["distillation"]["teacher"]  # type: ignore[index]
+    assert teacher["kind"] == "self" and teacher["sha256"] == file_sha256(old)
