@@ -50,7 +50,9 @@ class Teacher(torch.nn.Module):
                 f"the teacher gives {lp.shape[1]} frames where the student gives {frames}: "
                 "their frame rates differ"
             )
-        lp = lp.clone()  # a normal tensor: inference tensors cannot be saved for backward
+        # A normal float32 tensor: inference tensors cannot be saved for backward, and under
+        # bfloat16 autocast the KL terms want full precision.
+        lp = lp.float().clone()
         if self.cache and not batch.augmented:
             for i, row, n in zip(batch.ids, lp, out_lens.tolist(), strict=True):
                 self._store[i] = row[:n]
