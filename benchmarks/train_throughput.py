@@ -4,7 +4,9 @@ Two jobs through the public Python API, one process, threads set explicitly:
 
 * ``train``: one epoch of the demo Conformer from scratch (plain CTC, augmentation on);
 * ``convert``: one epoch of skip-aware early-exit fine-tuning of the bundled static model
-  (exits 3, 6, 9; blank-skip in the loop at layer 3 on half the steps).
+  (exits 3, 6, 9; blank-skip in the loop at layer 3 on half the steps);
+* ``distill`` (engine only): one epoch of ``factorized-kd`` into the bundled dynamic model with
+  the bundled static model as teacher (its forward pass runs every step: the input is augmented).
 
 Each runs on the first ``--utterances`` utterances of a training manifest (the digits recipe's,
 ``examples/digits/run.sh`` step 1). The clock runs from the first training step to the last
@@ -112,6 +114,21 @@ def main() -> None:
                     train_manifest=manifest,
                     dev_manifest=dev,
                     exits=ExitTraining(exits=[3, 6, 9], skip_layer=3),
+                    config=cfg,
+                    reporter=clock,
+                )
+            elif job == "distill":
+                from dyncli.distill import DistillOptions, distill, distill_defaults
+
+                cfg = distill_defaults()
+                cfg.epochs, cfg.device = 1, "cpu"
+                distill(
+                    checkpoint=assets.DEMO_DYNAMIC,
+                    output=tmpdir / "distilled.ckpt",
+                    train_manifest=manifest,
+                    dev_manifest=dev,
+                    options=DistillOptions(method="factorized-kd"),
+                    teacher=assets.DEMO_STATIC,
                     config=cfg,
                     reporter=clock,
                 )

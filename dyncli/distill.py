@@ -15,6 +15,9 @@ Methods (each a path and weighted objectives on the training engine):
   every exit: (1 - alpha) * CTC(exit, reference) + alpha * CTC(exit, teacher's transcript) per
   exit, plus CTC(final); ``kd_kl`` also adds kd-weight * KL(teacher || exit).
 
+A model trained skip-aware (``convert --skip-layer K``) keeps blank-skip in the loop on the same
+share of steps for ``factorized-kd`` and ``exit-kd``.
+
 The teacher: ``--teacher CKPT`` (same tokenizer and frame rate, else refused), or by default the
 static checkpoint this model was converted from when its provenance names one that still exists
 with the same sha256, or else the model's own full-depth path at the start of distillation (a
@@ -47,6 +50,7 @@ from dyncli.training.objectives import (
     LayerDrop,
     Objective,
     PosteriorKD,
+    SkipAware,
     StudentPath,
 )
 from dyncli.training.recipes import RunOptions, run_engine, seed_everything, start
@@ -157,10 +161,29 @@ def choose_teacher(student: Checkpoint, teacher: str | Path | None) -> TeacherCh
     )
 
 
-def plan(opts: DistillOptions, seed: int) -> tuple[StudentPath, list[tuple[Objective, float]]]:
+def exit_path(method: dict[str, Any] | None, seed: int) -> StudentPath:
+    """The path a model with exits keeps training on: blank-skip in the loop when it was
+    trained skip-aware (so the layers after the trigger stay adapted to compacted sequences),
+    else full depth."""
+    skip = (method or {}).get("skip_aware_training")
+    if not skip:
+        return FullDepth()
+    lo, hi = skip["thresholds"]
+    return SkipAware(
+        int(skip["layer"]),
+        (float(lo), float(hi)),
+        int(skip["neighbours"]),
+        float(skip["share_of_steps"]),
+        torch.Generator().manual_seed(seed + 104729),
+    )
+
+
+def plan(
+    opts: DistillOptions, seed: int, method: dict[str, Any] | None = None
+) -> tuple[StudentPath, list[tuple[Objective, float]]]:
     """The path and weighted objectives of each method."""
     if opts.method == "factorized-kd":
-        return FullDepth(), [
+        return exit_path(method, seed), [
             (FinalCTC(), opts.final_weight),
             (ExitCTC(), opts.exit_weight),
             (FactorizedKD(temperature=opts.temperature), opts.kd_weight),
@@ -178,7 +201,7 @@ def plan(opts: DistillOptions, seed: int) -> tuple[StudentPath, list[tuple[Objec
     ]
     if opts.kd_kl:
         objectives.append((ExitKD(kl=True, temperature=opts.temperature), opts.kd_weight))
-    return FullDepth(), objectives
+    return exit_path(method, seed), objectives
 
 
 def distill(
@@ -242,7 +265,7 @@ def distill(
         if key in student.provenance:
             prov[key] = student.provenance[key]
     prov["distilled_from"] = str(checkpoint)
-    path, objectives = plan(options, cfg.seed)
+    path, objectives = plan(options, cfg.seed, student.method)
     result = run_engine(
         model=model,
         tokenizer=student.tokenizer,
