@@ -22,6 +22,14 @@ The teacher: ``--teacher CKPT`` (same tokenizer and frame rate, else refused), o
 static checkpoint this model was converted from when its provenance names one that still exists
 with the same sha256, or else the model's own full-depth path at the start of distillation (a
 frozen copy; the student then learns to keep what it could already do at full depth).
+
+For ``factorized-kd`` the teacher's CTC spikes must sit on the student's frames: blank-skip keeps
+the frames the exit calls non-blank, and the layers after it place the student's own spikes.
+Distilling another model's final layer (the static model the dynamic one was converted from)
+teaches the exit that model's timing; on the digits recipe that collapsed blank-skip (held-out
+WER 14.6% at full depth, 36% at threshold 0.99), while the model's own full depth as teacher
+kept it (``benchmarks/results/compare_methods.md``). The paper distils the model's own final
+layer into its intermediate one.
 """
 
 from __future__ import annotations
