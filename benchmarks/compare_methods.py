@@ -162,7 +162,8 @@ def short(r: Runner) -> list[str]:
 
 
 def part_b(r: Runner) -> dict[str, Any]:
-    epochs = short(r)
+    # The same schedule for LD and DLD (convert's and distill's default learning rates differ).
+    epochs = [*short(r), "--lr", "3e-4", "--warmup-steps", "30"]
     out: dict[str, Any] = {
         "static (no layer-drop training)": summary(r.profile(STATIC, "drop", "12,9,6"))
     }
