@@ -97,7 +97,8 @@ def summary(report: dict[str, Any], budget: float = BUDGET) -> dict[str, Any]:
     static = report["static"]
     rows = report["rows"]
     ok = [r for r in rows if r["wer"] - static["wer"] <= budget + 1e-9]
-    best = max(ok, key=lambda r: r["speedup"]) if ok else None
+    # Fewest FLOPs (exact) rather than the largest measured speedup (noisy on a shared host).
+    best = min(ok, key=lambda r: (r["flops_ratio"], r["wer"])) if ok else None
     dev_row = next((r for r in rows if r.get("stored_operating_point")), None)
 
     def row(r: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -223,15 +224,26 @@ def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
+def ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def markdown(results: dict[str, Any], runs: dict[str, Any]) -> str:
     lines = [
         "# Method comparison on the held-out speaker (digits recipe, speaker george)",
         "",
         "Made by `benchmarks/compare_methods.py`; every figure is from `dyncli profile` on the "
         "113 test utterances (batch 1, 1 thread, timings interleaved; speedup = end-to-end vs "
-        "full depth of the same model, measured in one run). 'Best <= +0.5' is the fastest "
-        "row within 0.5 WER points of the model's own full depth, chosen on test (an upper "
-        "bound); 'dev point' is the operating point chosen on dev and stored by --wer-budget.",
+        "full depth of the same model, measured in one run). 'Best <= +0.5' is the row with the "
+        "fewest FLOPs within 0.5 WER points of the model's own full depth, chosen on test (an "
+        "upper bound); 'dev point' is the operating point chosen on dev and stored by "
+        "--wer-budget. FLOPs are exact; speedups were measured on a shared 2-core host whose "
+        "speed drifts between minutes (a full-depth row timed against itself read 1.23x), so "
+        "read them to about +-0.2x.",
         "",
     ]
     for part, rows in results.items():
@@ -245,20 +257,18 @@ def markdown(results: dict[str, Any], runs: dict[str, Any]) -> str:
             b, d = s["best_within_budget"] or {}, s["dev_operating_point"] or {}
             lines.append(
                 f"| {name} | {pct(s['full_depth_wer'])} | {b.get('threshold', '-')} | "
-                f"{pct(b.get('wer'))} | {b.get('speedup', 0) and round(b['speedup'], 2)}x | "
-                f"{b.get('flops_ratio') and round(b['flops_ratio'], 2)} | "
-                f"{d.get('threshold', '-')} | {pct(d.get('wer'))} | "
-                f"{(d.get('speedup') and round(d['speedup'], 2)) or '-'} |"
+                f"{pct(b.get('wer'))} | {ratio(b.get('speedup'))} | {num(b.get('flops_ratio'))} | "
+                f"{d.get('threshold', '-')} | {pct(d.get('wer'))} | {ratio(d.get('speedup'))} |"
             )
         lines += ["", "All rows:", ""]
-        lines += ["| model | threshold | WER % | speedup | FLOPs | avg layers |"]
-        lines += ["| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += ["| model | threshold | WER % | speedup | FLOPs | avg layers | skipped frames % |"]
+        lines += ["| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name, s in rows.items():
             for row in s["rows"]:
                 lines.append(
                     f"| {name} | {row['threshold']} | {pct(row['wer'])} | "
-                    f"{row['speedup']:.2f}x | {row['flops_ratio']:.2f} | "
-                    f"{row.get('avg_layers') or '-'} |"
+                    f"{ratio(row['speedup'])} | {num(row['flops_ratio'])} | "
+                    f"{num(row.get('avg_layers'))} | {pct(row.get('skipped_frame_fraction'))} |"
                 )
         lines.append("")
     lines += [
@@ -286,8 +296,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "compare_methods")
+    ap.add_argument("--render", action="store_true", help="only rewrite the Markdown")
     args = ap.parse_args()
     runner = Runner(args)
+    if args.render:
+        done = json.loads(args.out.with_suffix(".json").read_text())
+        args.out.with_suffix(".md").write_text(markdown(done, runner.runs))
+        return
     parts = {"a": part_a, "b": part_b, "c": part_c}
     json_path = args.out.with_suffix(".json")
     results: dict[str, Any] = json.loads(json_path.read_text()) if json_path.exists() else {}
