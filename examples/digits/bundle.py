@@ -38,14 +38,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=HERE / "work")
     ap.add_argument("--checkpoint", type=Path, default=None, help="default: WORK/static.ckpt")
-    ap.add_argument("--dynamic", type=Path, default=None, help="default: WORK/dynamic.ckpt")
+    ap.add_argument(
+        "--dynamic",
+        type=Path,
+        default=None,
+        help="default: WORK/distilled.ckpt (run.sh step 6), else WORK/dynamic.ckpt",
+    )
     ap.add_argument("--data", type=Path, default=None, help="default: WORK/data")
     args = ap.parse_args()
     data = args.data or args.work / "data"
     ckpt = load_checkpoint(args.checkpoint or args.work / "static.ckpt")
     ckpt.provenance = {**ckpt.provenance, "bundled_from": "examples/digits recipe"}
     save_checkpoint(ASSETS / "demo_static.ckpt", ckpt, half=True)
-    dynamic = load_checkpoint(args.dynamic or args.work / "dynamic.ckpt")
+    distilled = args.work / "distilled.ckpt"
+    default = distilled if distilled.is_file() else args.work / "dynamic.ckpt"
+    dynamic = load_checkpoint(args.dynamic or default)
     dynamic.provenance = {**dynamic.provenance, "bundled_from": "examples/digits recipe"}
     save_checkpoint(ASSETS / "demo_dynamic.ckpt", dynamic, half=True)
 

@@ -41,3 +41,12 @@ dyncli convert "$work/static.ckpt" -o "$work/dynamic.ckpt" --exits 3,6,9 --skip-
 # 5. Profile on the unseen test speaker: static vs blank-skip thresholds, timed in one run.
 dyncli profile "$work/dynamic.ckpt" --data "$work/data/test.jsonl" --threads 1 \
   --json "$work/profile-test.json"
+
+# 6. Factorized CTC distillation of the dynamic model's own full depth into its exits, the exit
+#    heads read in factorized form (one epoch); operating point re-chosen on dev.
+dyncli distill "$work/dynamic.ckpt" -o "$work/distilled.ckpt" --method factorized-kd \
+  --factorized-head --train "$work/data/train.jsonl" --dev "$work/data/dev.jsonl" --epochs 1 \
+  --wer-budget 0.005 --seed "$seed" --threads "$threads" --device "$device" \
+  | tee "$work/distill.log"
+dyncli profile "$work/distilled.ckpt" --data "$work/data/test.jsonl" --threads 1 \
+  --json "$work/profile-distilled-test.json"
