@@ -39,7 +39,7 @@ test: lint typecheck pytest
 docs: $(STAMP)
 	$(BIN)/python -m dyncli.cli.reference > docs/cli.md
 
-# The full recipe: build the digits corpus from ../shared/data/fsdd, train, evaluate, convert, profile (~75 min on CPU).
+# The full recipe: build the digits corpus from ../shared/data/fsdd, train, evaluate, convert, distill, profile (~90 min on CPU).
 recipe: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH bash examples/digits/run.sh
 
