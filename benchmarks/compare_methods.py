@@ -272,14 +272,15 @@ def markdown(results: dict[str, Any], runs: dict[str, Any]) -> str:
                 )
         lines.append("")
     lines += [
-        "## Runs (budget: epochs over the 4000 training utterances, wall time, 2 threads)",
+        "## Runs (budget: epochs over the 4000 training utterances or optimizer steps of "
+        "batches of at most 48 padded seconds; wall time; 2 threads)",
         "",
     ]
-    lines += ["| run | epochs | wall min | from | command |", "| --- | ---: | ---: | --- | --- |"]
+    lines += ["| run | budget | wall min | from | command |", "| --- | ---: | ---: | --- | --- |"]
     for name, run in runs.items():
+        budget = f"{run['epochs']} epochs" if "epochs" in run else f"{run['steps']} steps"
         lines.append(
-            f"| {name} | {run['epochs']} | {run['wall_minutes']} | {run['from']} | "
-            f"`{run['command']}` |"
+            f"| {name} | {budget} | {run['wall_minutes']} | {run['from']} | `{run['command']}` |"
         )
     return "\n".join(lines) + "\n"
 
