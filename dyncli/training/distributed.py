@@ -8,6 +8,7 @@ one plain process.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,8 @@ def setup(device: torch.device) -> World:
         if backend == "nccl":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
+        # Leave the group when the command ends (torch warns about a group never destroyed).
+        atexit.register(teardown)
     return World(rank, size, local)
 
 
