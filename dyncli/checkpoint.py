@@ -202,6 +202,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "method": method.get("name", "static"),
         "exits": model.exits,
         "operating_point": method.get("operating_point"),
+        "distillation": method.get("distillation"),
         "metrics": ckpt.metrics,
         "provenance": ckpt.provenance,
         "sha256": file_sha256(path),

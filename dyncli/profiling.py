@@ -663,6 +663,6 @@ def choose_operating_point(
         "wer_budget": wer_budget,
         "tolerance": tolerance,
         "rule": rule,
-        "chosen_on": "dev set given to convert",
+        "chosen_on": "the --dev set of the training run",
     }
     return PointChoice(point, rows, static, tolerance, rule)

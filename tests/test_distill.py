@@ -87,6 +87,10 @@ def test_distill_records_method_teacher_and_options(dynamic, data, tmp_path, ext
         assert ckpt.method["exit_head"] == "factorized"
         assert ckpt.model.exit_head_form == "factorized"
     assert not (tmp_path / "kd.ckpt.run").exists()
+    shown = invoke_cli("inspect", out, "--json", "-")
+    assert json.loads(shown.output)["distillation"]["method"] == extra[1]
+    table = invoke_cli("inspect", out, env={"COLUMNS": "300"}).output
+    assert f"distilled: {extra[1]} (teacher: {source})" in table
 
 
 def _retokenized(ckpt: Checkpoint, path: Path) -> Path:

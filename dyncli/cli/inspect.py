@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dyncli.cli.options import CheckpointArg, JsonOpt
 
 NAME = "inspect"
@@ -42,7 +44,7 @@ def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
         ),
         ("tokenizer", f"{info['tokenizer']} ({info['vocab_size']} classes incl. blank)"),
         ("sample rate", f"{info['sample_rate']} Hz"),
-        ("method", info["method"]),
+        ("method", info["method"] + distilled(info["distillation"])),
         (
             "operating point",
             ", ".join(f"{k}={v}" for k, v in (info["operating_point"] or {}).items()) or "-",
@@ -65,3 +67,13 @@ def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
     for k, v in rows:
         table.add_row(k, v)
     print_table(table)
+
+
+def distilled(record: dict[str, Any] | None) -> str:
+    """', distilled: factorized-kd (teacher: self)' for a distilled checkpoint, else ''."""
+    if not record:
+        return ""
+    teacher = record.get("teacher") or {}
+    kind = teacher.get("kind")
+    who = "its own full depth" if kind == "self" else teacher.get("path") or kind or "?"
+    return f", distilled: {record.get('method', '?')} (teacher: {who})"
