@@ -32,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 ASSETS = REPO / "dyncli" / "assets"
 STATIC = ASSETS / "demo_static.ckpt"
+# The converted (not distilled) dynamic model: bundled up to 0.1's distillation work, now
+# `git show 2acba19:dyncli/assets/demo_dynamic.ckpt` (pass it with --converted).
 DYNAMIC = ASSETS / "demo_dynamic.ckpt"
 BLANK_SKIP = "0.5,0.7,0.8,0.9,0.95,0.98,0.99,0.995,0.999"
 BUDGET = 0.005  # the WER increase a speed figure may cost (0.5 points)
@@ -55,15 +57,17 @@ class Runner:
     def data(self, split: str) -> str:
         return str(self.args.data / f"{split}.jsonl")
 
-    def train(self, name: str, argv: list[str], budget: dict[str, Any]) -> Path:
-        """Run a training command once; note its wall time and budget."""
+    def train(
+        self, name: str, argv: list[str], budget: dict[str, Any], device: str | None = None
+    ) -> Path:
+        """Run a training command once; note its wall time, device and budget."""
         out = self.work / f"{name}.ckpt"
         if out.exists() and name in self.runs:
             return out
         cmd = [
             dyncli(), *argv, "-o", str(out), "--train", self.data("train"),
             "--dev", self.data("dev"), "--threads", str(self.args.threads), "--device",
-            self.args.device, "--seed", "0",
+            device or self.args.device, "--seed", "0",
         ]  # fmt: skip
         print("$", " ".join(cmd), flush=True)
         started = time.perf_counter()
@@ -72,6 +76,7 @@ class Runner:
         self.runs[name] = {
             "command": " ".join(["dyncli", *cmd[1:]]),
             "wall_minutes": round((time.perf_counter() - started) / 60, 1),
+            "device": device or self.args.device,
             **budget,
         }
         self.log.write_text(json.dumps(self.runs, indent=2))
@@ -125,28 +130,29 @@ def summary(report: dict[str, Any], budget: float = BUDGET) -> dict[str, Any]:
 
 def part_a(r: Runner) -> dict[str, Any]:
     epochs = ["--epochs", str(r.args.epochs)]
+    converted = r.args.converted
     # The default teacher: the model's own full depth (the static model it came from is not on
     # disk under its recorded path). A separate teacher is tried once, for the record.
     budget = ["--wer-budget", str(BUDGET)]
     models = {
-        "converted (bundled)": DYNAMIC,
+        "converted": converted,
         "factorized-kd": r.train(
             "fkd",
-            ["distill", str(DYNAMIC), "--method", "factorized-kd", *budget, *epochs],
-            {"epochs": r.args.epochs, "from": "bundled dynamic", "teacher": "own full depth"},
+            ["distill", str(converted), "--method", "factorized-kd", *budget, *epochs],
+            {"epochs": r.args.epochs, "from": "converted", "teacher": "own full depth"},
         ),
         "factorized-kd + factorized head": r.train(
             "fkd_head",
             [
                 "distill",
-                str(DYNAMIC),
+                str(converted),
                 "--method",
                 "factorized-kd",
                 "--factorized-head",
                 *budget,
                 *epochs,
             ],  # fmt: skip
-            {"epochs": r.args.epochs, "from": "bundled dynamic", "teacher": "own full depth"},
+            {"epochs": r.args.epochs, "from": "converted", "teacher": "own full depth"},
         ),
     }
     static_teacher = r.work / "fkd_static_teacher.ckpt"
@@ -187,12 +193,13 @@ def part_b(r: Runner) -> dict[str, Any]:
 
 def part_c(r: Runner) -> dict[str, Any]:
     epochs = short(r)
+    converted = r.args.converted
     models = {
-        "fine-tuned (bundled)": DYNAMIC,
+        "fine-tuned (converted)": converted,
         "exit-kd": r.train(
             "exitkd",
-            ["distill", str(DYNAMIC), "--method", "exit-kd", "--teacher", str(STATIC), *epochs],
-            {"steps": r.args.short_steps, "from": "bundled dynamic", "teacher": "bundled static"},
+            ["distill", str(converted), "--method", "exit-kd", "--teacher", str(STATIC), *epochs],
+            {"steps": r.args.short_steps, "from": "converted", "teacher": "bundled static"},
         ),
         "from scratch": r.train(
             "scratch",
@@ -206,6 +213,7 @@ def part_c(r: Runner) -> dict[str, Any]:
                 str(r.args.scratch_epochs),
             ],
             {"epochs": r.args.scratch_epochs, "from": "random init"},
+            device=r.args.scratch_device,
         ),
     }
     out: dict[str, Any] = {}
@@ -276,11 +284,15 @@ def markdown(results: dict[str, Any], runs: dict[str, Any]) -> str:
         "batches of at most 48 padded seconds; wall time; 2 threads)",
         "",
     ]
-    lines += ["| run | budget | wall min | from | command |", "| --- | ---: | ---: | --- | --- |"]
+    lines += [
+        "| run | budget | wall min | device | from | command |",
+        "| --- | ---: | ---: | --- | --- | --- |",
+    ]
     for name, run in runs.items():
         budget = f"{run['epochs']} epochs" if "epochs" in run else f"{run['steps']} steps"
         lines.append(
-            f"| {name} | {budget} | {run['wall_minutes']} | {run['from']} | `{run['command']}` |"
+            f"| {name} | {budget} | {run['wall_minutes']} | {run.get('device', 'cpu')} | "
+            f"{run['from']} | `{run['command']}` |"
         )
     return "\n".join(lines) + "\n"
 
@@ -289,9 +301,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=Path("/tmp/compare_methods"))
+    ap.add_argument("--converted", type=Path, default=DYNAMIC, help="the converted model")
     ap.add_argument("--parts", default="a,b,c")
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--scratch-epochs", type=int, default=3)
+    # The static model's schedule (run.sh: 14 epochs); on 2 CPU cores that is ~2 hours, so the
+    # committed run was made on a GPU (--scratch-device cuda, 7.7 min on one H100).
+    ap.add_argument("--scratch-epochs", type=int, default=14)
+    ap.add_argument("--scratch-device", default=None, help="default: --device")
     ap.add_argument("--short-steps", type=int, default=130)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)

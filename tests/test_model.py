@@ -84,7 +84,7 @@ def test_unmasked_convolution_would_leak() -> None:
     batch[0, :3000], batch[1] = waves[0], waves[1]
     original = mod._conv_inference
     try:
-        mod._conv_inference = lambda layer, x, pad_mask: original(layer, x, None)
+        mod._conv_inference = lambda layer, x, pad_mask, *w: original(layer, x, None, *w)
         batched, lens = model(batch, torch.tensor([3000, 8000]))
     finally:
         mod._conv_inference = original
@@ -106,6 +106,92 @@ def test_lean_inference_layer_equals_module_path(masked: bool) -> None:
         got = conformer_layer_inference(layer, x, pad)
         keep = slice(None) if pad is None else ~pad
         torch.testing.assert_close(got[keep], ref[keep], atol=2e-5, rtol=1e-5)
+
+
+def _module_path(model: torch.nn.Module, x: torch.Tensor, pad: torch.Tensor | None) -> list:
+    from dyncli.models.conformer import conformer_layer_forward
+
+    return [conformer_layer_forward(layer, x, pad) for layer in model.layers]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_traced_layers_equal_the_module_path_at_other_lengths(
+    masked: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under inference_mode run_layer goes through one trace per layer; traced at one length,
+    it serves others (shapes stay symbolic), with and without a padding mask."""
+    from dyncli.models import conformer as mod
+
+    monkeypatch.delenv("DYNCLI_EAGER", raising=False)
+    model = tiny(vocab=9, seed=6)
+    for t in (23, 5, 40):
+        x = torch.randn(2, t, CFG.d_model)
+        pad = torch.arange(t)[None, :] >= torch.tensor([[t], [t - 3]]) if masked else None
+        with torch.inference_mode():
+            got = [model.run_layer(i, x, pad) for i in range(model.num_layers)]
+        with torch.no_grad():
+            refs = _module_path(model, x, pad)
+        keep = slice(None) if pad is None else ~pad
+        for g, r in zip(got, refs, strict=True):
+            torch.testing.assert_close(g[keep], r[keep], atol=2e-5, rtol=1e-5)
+    traces = mod.LEAN_TRACES._traces[model.layers[0]]
+    assert list(traces) == [(torch.device("cpu"), torch.float32, masked)]
+    assert traces[(torch.device("cpu"), torch.float32, masked)] is not False
+
+
+def test_inference_sees_weights_changed_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prepared weights and traces are rebuilt or re-read when a parameter or a BatchNorm
+    statistic changes in place (an optimizer step between two dev scorings)."""
+    monkeypatch.delenv("DYNCLI_EAGER", raising=False)
+    model = tiny(vocab=9, seed=7)
+    x = torch.randn(1, 19, CFG.d_model)
+    layer = model.layers[0]
+    with torch.inference_mode():
+        before = model.run_layer(0, x, None)
+    with torch.no_grad():
+        layer.ffn2.sequential[4].weight.mul_(1.5)  # a feed-forward projection
+        layer.conv_module.sequential[3].running_mean.add_(0.25)  # folded into the kernel
+    with torch.inference_mode():
+        after = model.run_layer(0, x, None)
+    with torch.no_grad():
+        ref = _module_path(model, x, None)[0]
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, ref, atol=2e-5, rtol=1e-5)
+
+
+def test_eval_forward_with_grad_reaches_the_parameters() -> None:
+    """Outside no_grad the lean path prepares its weights on the fly, differentiably."""
+    model = tiny(vocab=9, seed=8)
+    x = torch.randn(1, 11, CFG.d_model)
+    model.run_layer(0, x, None).sum().backward()
+    layer = model.layers[0]
+    for p in (layer.ffn1.sequential[1].weight, layer.conv_module.sequential[2].weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_a_failed_trace_or_dyncli_eager_runs_the_layer_eagerly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dyncli.models import conformer as mod
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no tracer here")
+
+    x = torch.randn(1, 9, CFG.d_model)
+    model = tiny(vocab=9, seed=9)
+    with torch.no_grad():
+        ref = _module_path(model, x, None)[0]
+    monkeypatch.setattr(torch.jit, "trace", broken)
+    with torch.inference_mode():
+        torch.testing.assert_close(model.run_layer(0, x, None), ref, atol=2e-5, rtol=1e-5)
+    assert mod.LEAN_TRACES._traces[model.layers[0]] == {
+        (torch.device("cpu"), torch.float32, False): False
+    }
+    monkeypatch.setenv("DYNCLI_EAGER", "1")
+    other = tiny(vocab=9, seed=9)
+    with torch.inference_mode():
+        torch.testing.assert_close(other.run_layer(0, x, None), ref, atol=2e-5, rtol=1e-5)
+    assert other.layers[0] not in mod.LEAN_TRACES._traces
 
 
 def _save_tiny(path: Path, half: bool = False) -> tuple[torch.nn.Module, CharTokenizer]:
