@@ -37,6 +37,8 @@ STATIC = ASSETS / "demo_static.ckpt"
 DYNAMIC = ASSETS / "demo_dynamic.ckpt"
 BLANK_SKIP = "0.5,0.7,0.8,0.9,0.95,0.98,0.99,0.995,0.999"
 BUDGET = 0.005  # the WER increase a speed figure may cost (0.5 points)
+# Hand-written findings, appended to the rendered Markdown (kept apart so a re-run keeps them).
+DISCUSSION = HERE / "results" / "compare_methods.discussion.md"
 
 
 def dyncli() -> str:
@@ -216,6 +218,9 @@ def part_c(r: Runner) -> dict[str, Any]:
             device=r.args.scratch_device,
         ),
     }
+    fkd_head = r.work / "fkd_head.ckpt"  # part (a)'s distilled model, the bundled one
+    if fkd_head.exists():
+        models["factorized-kd + factorized head"] = fkd_head
     out: dict[str, Any] = {}
     for name, ckpt in models.items():
         for policy, grid in (
@@ -250,8 +255,7 @@ def markdown(results: dict[str, Any], runs: dict[str, Any]) -> str:
         "fewest FLOPs within 0.5 WER points of the model's own full depth, chosen on test (an "
         "upper bound); 'dev point' is the operating point chosen on dev and stored by "
         "--wer-budget. FLOPs are exact; speedups were measured on a shared 2-core host whose "
-        "speed drifts between minutes (a full-depth row timed against itself read 1.23x), so "
-        "read them to about +-0.2x.",
+        f"speed drifts between minutes: {self_timed(results)}.",
         "",
     ]
     for part, rows in results.items():
@@ -294,7 +298,27 @@ def markdown(results: dict[str, Any], runs: dict[str, Any]) -> str:
             f"| {name} | {budget} | {run['wall_minutes']} | {run.get('device', 'cpu')} | "
             f"{run['from']} | `{run['command']}` |"
         )
+    if DISCUSSION.exists():
+        lines += ["", DISCUSSION.read_text().rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def self_timed(results: dict[str, Any]) -> str:
+    """The spread of rows that run the full depth and so are timed against themselves: the
+    noise floor of every speedup in the tables."""
+    ratios = [
+        row["speedup"]
+        for rows in results.values()
+        for s in rows.values()
+        for row in s["rows"]
+        if row.get("flops_ratio") is not None and row["flops_ratio"] > 0.999
+    ]
+    if not ratios:
+        return "read the speedups to about +-0.2x"
+    return (
+        f"{len(ratios)} full-depth rows timed against themselves read "
+        f"{min(ratios):.2f}x to {max(ratios):.2f}x, so read every speedup to that spread"
+    )
 
 
 def main() -> None:
@@ -316,18 +340,20 @@ def main() -> None:
     ap.add_argument("--render", action="store_true", help="only rewrite the Markdown")
     args = ap.parse_args()
     runner = Runner(args)
+    json_path = args.out.with_suffix(".json")
+    done: dict[str, Any] = json.loads(json_path.read_text()) if json_path.exists() else {}
+    results: dict[str, Any] = done.get("parts", {})
+    runs: dict[str, Any] = {**done.get("runs", {}), **runner.runs}  # the work dir's are newer
     if args.render:
-        done = json.loads(args.out.with_suffix(".json").read_text())
-        args.out.with_suffix(".md").write_text(markdown(done, runner.runs))
+        args.out.with_suffix(".md").write_text(markdown(results, runs))
         return
     parts = {"a": part_a, "b": part_b, "c": part_c}
-    json_path = args.out.with_suffix(".json")
-    results: dict[str, Any] = json.loads(json_path.read_text()) if json_path.exists() else {}
     for part in args.parts.split(","):
         results[part] = parts[part](runner)
-        json_path.write_text(json.dumps({k: results[k] for k in sorted(results)}, indent=2))
+        runs.update(runner.runs)
         ordered = {k: results[k] for k in sorted(results)}
-        args.out.with_suffix(".md").write_text(markdown(ordered, runner.runs))
+        json_path.write_text(json.dumps({"parts": ordered, "runs": runs}, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(ordered, runs))
         print(f"part {part} done: {args.out.with_suffix('.md')}", flush=True)
 
 
