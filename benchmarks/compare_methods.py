@@ -311,7 +311,7 @@ def self_timed(results: dict[str, Any]) -> str:
         for rows in results.values()
         for s in rows.values()
         for row in s["rows"]
-        if row.get("flops_ratio") is not None and row["flops_ratio"] > 0.999
+        if row.get("skipped_frame_fraction") == 0 and abs(row["flops_ratio"] - 1) < 1e-6
     ]
     if not ratios:
         return "read the speedups to about +-0.2x"
