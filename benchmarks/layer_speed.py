@@ -4,7 +4,7 @@ At batch size 1 a layer on a few tens of frames costs mostly fixed per-op work, 
 is dispatched decides how much of a FLOP saving reaches the wall clock. Three ways to run the
 same maths, timed with ``torch.utils.benchmark`` in interleaved rounds (1 thread by default):
 
-* ``module``: torchaudio's modules (``conformer_layer_forward``, the training path, in eval);
+* ``module``: torchaudio's modules (``conformer_layer_reference``, in eval);
 * ``lean``: the functional inference path on prepared weights, run op by op from Python
   (``DYNCLI_EAGER=1``);
 * ``traced``: the same path as a per-layer TorchScript trace (the default under
@@ -32,7 +32,7 @@ from dyncli import assets
 from dyncli.checkpoint import load_checkpoint
 from dyncli.environment import describe
 from dyncli.fileio import atomic_write_text
-from dyncli.models.conformer import conformer_layer_forward
+from dyncli.models.conformer import conformer_layer_reference
 
 HERE = Path(__file__).resolve().parent
 
@@ -51,7 +51,7 @@ def main() -> None:
 
     def module(x: torch.Tensor) -> torch.Tensor:
         for i in layers:
-            x = conformer_layer_forward(model.layers[i], x, None)  # type: ignore[arg-type]
+            x = conformer_layer_reference(model.layers[i], x, None)  # type: ignore[arg-type]
         return x
 
     def run_layers(eager: bool) -> Callable[[torch.Tensor], torch.Tensor]:

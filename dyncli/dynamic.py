@@ -39,8 +39,10 @@ from dyncli.plugins import get_skip_policy
 from dyncli.policy_config import BlankSkipConfig, DropConfig, EarlyExitConfig
 from dyncli.text import BLANK_ID
 
-# One executed step: ("layer", 0-based index, frames per utterance), ("exit", 1-based layer,
-# frames per utterance) or ("head", num_layers, frames per utterance).
+# One executed step: ("layer", 0-based index, frames per utterance) for a whole layer,
+# ("block:NAME", 0-based index, frames per utterance) for one block of a layer (``norm``: its
+# closing norm; a layer's blocks and norm add up to the layer), ("exit", 1-based layer, frames
+# per utterance) or ("head", num_layers, frames per utterance).
 TraceStep = tuple[str, int, list[int]]
 
 

@@ -281,6 +281,17 @@ class _Layer(torch.nn.Module):
         return self.model.run_layer(self.index, x, None)
 
 
+class _Block(torch.nn.Module):
+    def __init__(self, model: CTCEncoder, index: int, name: str) -> None:
+        super().__init__()
+        self.model = model
+        self.index = index
+        self.name = name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.run_block(self.index, self.name, x, None)
+
+
 class _Head(torch.nn.Module):
     def __init__(self, model: CTCEncoder) -> None:
         super().__init__()
@@ -356,6 +367,8 @@ class FlopTable:
                 module: torch.nn.Module = _Frontend(self.model)
             elif part == "layer":
                 module = _Layer(self.model, index)
+            elif part.startswith("block:"):
+                module = _Block(self.model, index, part.removeprefix("block:"))
             elif part == "exit":
                 module = _ExitHead(self.model, index)
             else:
@@ -380,6 +393,16 @@ class FlopTable:
         if not 0 <= index < self.model.num_layers:
             raise IndexError(f"layer {index} outside 0..{self.model.num_layers - 1}")
         return self._per_frame_part("layer", index, frames)
+
+    def block(self, index: int, name: str, frames: int) -> int:
+        """Block ``name`` of layer ``index`` (its residual branch f(x); ``norm``: the layer's
+        closing norm) on (1, frames, D). A layer's count is the sum of its blocks' and its
+        norm's (the residual additions are element-wise: not counted)."""
+        if not 0 <= index < self.model.num_layers:
+            raise IndexError(f"layer {index} outside 0..{self.model.num_layers - 1}")
+        if name not in (*self.model.blocks(index), "norm"):
+            raise KeyError(f"layer {index} has no block {name!r}")
+        return self._per_frame_part(f"block:{name}", index, frames)
 
     def head(self, frames: int) -> int:
         """Final CTC head + log-softmax (``model.log_probs``) on (1, frames, D)."""

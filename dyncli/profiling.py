@@ -142,9 +142,12 @@ class ProfileReport:
 
 
 def _step_flops(table: Any, kind: str, index: int, frames: int) -> int:
-    """FLOPs of one traced step (a layer, an exit head or the final head) on ``frames``."""
+    """FLOPs of one traced step (a layer, one block of a layer, an exit head or the final head)
+    on ``frames``."""
     if kind == "layer":
         return int(table.layer(index, frames))
+    if kind.startswith("block:"):
+        return int(table.block(index, kind.removeprefix("block:"), frames))
     if kind == "exit":
         return int(table.exit_head(index, frames))
     return int(table.head(frames))

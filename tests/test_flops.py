@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -60,6 +62,22 @@ def _cpu_attention_flops(query_shape: Any, key_shape: Any, value_shape: Any, *ar
     return 2 * math.prod(batch) * tq * tk * (e + ev)
 
 
+@contextlib.contextmanager
+def _module_layers(conformer: Any) -> Iterator[None]:
+    """Run every Conformer layer through torchaudio's modules (the reference path)."""
+    original = conformer.ConformerCTC.run_layer
+
+    def run_layer(self: Any, index: int, x: torch.Tensor, pad_mask: Any, gates: Any = None):
+        assert gates is None
+        return conformer.conformer_layer_reference(self.layers[index], x, pad_mask)
+
+    conformer.ConformerCTC.run_layer = run_layer
+    try:
+        yield
+    finally:
+        conformer.ConformerCTC.run_layer = original
+
+
 def _flop_counter_macs(fn: Any, *args: Any) -> int:
     """Multiply-adds by torch.utils.flop_counter (its FLOPs / 2), CPU attention kernel mapped.
 
@@ -69,13 +87,12 @@ def _flop_counter_macs(fn: Any, *args: Any) -> int:
     from dyncli.models import conformer
 
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
-    lean = conformer.conformer_layer_inference
-    conformer.conformer_layer_inference = conformer.conformer_layer_forward  # type: ignore[assignment]
-    try:
-        with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as fc:
-            fn(*args)
-    finally:
-        conformer.conformer_layer_inference = lean  # type: ignore[assignment]
+    with (
+        torch.inference_mode(),
+        FlopCounterMode(display=False, custom_mapping=mapping) as fc,
+        _module_layers(conformer),
+    ):
+        fn(*args)
     total = fc.get_total_flops()
     assert total % 2 == 0
     return total // 2

@@ -82,12 +82,12 @@ def test_unmasked_convolution_would_leak() -> None:
     waves = [torch.randn(3000) * 0.1, torch.randn(8000) * 0.1]
     batch = torch.zeros(2, 8000)
     batch[0, :3000], batch[1] = waves[0], waves[1]
-    original = mod._conv_inference
+    original = mod._conv
     try:
-        mod._conv_inference = lambda layer, x, pad_mask, *w: original(layer, x, None, *w)
+        mod._conv = lambda layer, x, pad_mask, *w, train: original(layer, x, None, *w, train=train)
         batched, lens = model(batch, torch.tensor([3000, 8000]))
     finally:
-        mod._conv_inference = original
+        mod._conv = original
     single, _ = model(waves[0].unsqueeze(0), torch.tensor([3000]))
     assert not torch.allclose(batched[0, : int(lens[0])], single[0], atol=1e-5)
 
@@ -96,22 +96,22 @@ def test_unmasked_convolution_would_leak() -> None:
 @pytest.mark.parametrize("masked", [False, True])
 def test_lean_inference_layer_equals_module_path(masked: bool) -> None:
     """The eval-mode fast path computes what torchaudio's modules (with our mask) compute."""
-    from dyncli.models.conformer import conformer_layer_forward, conformer_layer_inference
+    from dyncli.models.conformer import conformer_layer, conformer_layer_reference, lean_weights
 
     model = tiny(vocab=9, seed=5)
     x = torch.randn(2, 23, CFG.d_model)
     pad = torch.arange(23)[None, :] >= torch.tensor([[23], [17]]) if masked else None
     for layer in model.layers:
-        ref = conformer_layer_forward(layer, x, pad)
-        got = conformer_layer_inference(layer, x, pad)
+        ref = conformer_layer_reference(layer, x, pad)
+        got = conformer_layer(layer, x, pad, lean_weights(layer))
         keep = slice(None) if pad is None else ~pad
         torch.testing.assert_close(got[keep], ref[keep], atol=2e-5, rtol=1e-5)
 
 
 def _module_path(model: torch.nn.Module, x: torch.Tensor, pad: torch.Tensor | None) -> list:
-    from dyncli.models.conformer import conformer_layer_forward
+    from dyncli.models.conformer import conformer_layer_reference
 
-    return [conformer_layer_forward(layer, x, pad) for layer in model.layers]
+    return [conformer_layer_reference(layer, x, pad) for layer in model.layers]
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -135,8 +135,9 @@ def test_traced_layers_equal_the_module_path_at_other_lengths(
         for g, r in zip(got, refs, strict=True):
             torch.testing.assert_close(g[keep], r[keep], atol=2e-5, rtol=1e-5)
     traces = mod.LEAN_TRACES._traces[model.layers[0]]
-    assert list(traces) == [(torch.device("cpu"), torch.float32, masked)]
-    assert traces[(torch.device("cpu"), torch.float32, masked)] is not False
+    key = (torch.device("cpu"), torch.float32, masked, frozenset())
+    assert list(traces) == [key]
+    assert traces[key] is not False
 
 
 def test_inference_sees_weights_changed_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,7 +186,7 @@ def test_a_failed_trace_or_dyncli_eager_runs_the_layer_eagerly(
     with torch.inference_mode():
         torch.testing.assert_close(model.run_layer(0, x, None), ref, atol=2e-5, rtol=1e-5)
     assert mod.LEAN_TRACES._traces[model.layers[0]] == {
-        (torch.device("cpu"), torch.float32, False): False
+        (torch.device("cpu"), torch.float32, False, frozenset()): False
     }
     monkeypatch.setenv("DYNCLI_EAGER", "1")
     other = tiny(vocab=9, seed=9)
@@ -318,3 +319,30 @@ def test_saved_files_get_the_usual_permissions(tmp_path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_training_mode_layer_equals_the_module_path(masked: bool) -> None:
+    """The same definition in training: BatchNorm on batch statistics (its running statistics
+    updated alike), gradients equal; dropout 0 so both draw nothing."""
+    from dyncli.models.conformer import conformer_layer, conformer_layer_reference, layer_weights
+
+    torch.manual_seed(11)
+    cfg = CONFORMER_PRESETS["tiny"]
+    a = build_conformer_ctc(type(cfg)(**{**cfg.__dict__, "dropout": 0.0}), 9).train()
+    b = build_conformer_ctc(type(cfg)(**{**cfg.__dict__, "dropout": 0.0}), 9).train()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 21, cfg.d_model)
+    pad = torch.arange(21)[None, :] >= torch.tensor([[21], [15]]) if masked else None
+    la, lb = a.layers[0], b.layers[0]
+    got = conformer_layer(la, x, pad, layer_weights(la), train=True)
+    ref = conformer_layer_reference(lb, x, pad)
+    keep = slice(None) if pad is None else ~pad
+    torch.testing.assert_close(got[keep], ref[keep], atol=2e-5, rtol=1e-5)
+    got[keep].square().sum().backward()
+    ref[keep].square().sum().backward()
+    for (name, pa), pb in zip(la.named_parameters(), lb.parameters(), strict=True):
+        assert pa.grad is not None and pb.grad is not None, name
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-4, rtol=1e-4, msg=name)
+    norm_a, norm_b = la.conv_module.sequential[3], lb.conv_module.sequential[3]
+    torch.testing.assert_close(norm_a.running_mean, norm_b.running_mean)

@@ -76,8 +76,31 @@ class CTCEncoder(torch.nn.Module):
         raise NotImplementedError
 
     def run_layer(self, index: int, x: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
-        """Run layer ``index`` on (B, T, D); ``pad_mask`` (B, T) is True on padding, or None."""
+        """Run layer ``index`` on (B, T, D); ``pad_mask`` (B, T) is True on padding, or None.
+
+        A backbone that names its blocks (:meth:`blocks`) also takes ``gates=``: a mapping from
+        block name to a gate, a (B,) tensor or a bool (see ``dyncli.models.conformer.Gates``).
+        """
         raise NotImplementedError
+
+    def blocks(self, index: int) -> tuple[str, ...]:
+        """The residual blocks of layer ``index`` in execution order, each ``x + f(x)`` that can
+        be run or bypassed (a Conformer: ``ffn1``, ``attn``, ``conv``, ``ffn2``). A layer may
+        also close with ``norm``, which always runs. A backbone that does not name its blocks
+        returns ``()``: it runs whole layers only, and gates do not apply to it."""
+        return ()
+
+    @property
+    def gateable_blocks(self) -> tuple[str, ...]:
+        """The blocks a gate may close (attention and feed-forward blocks); ``()`` if none."""
+        return ()
+
+    def run_block(
+        self, index: int, name: str, x: torch.Tensor, pad_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The branch f(x) of block ``name`` of layer ``index`` (for ``norm``: the norm of x),
+        so that FLOPs can be counted per block."""
+        raise NotImplementedError(f"{type(self).__name__} does not name its blocks")
 
     @property
     def num_layers(self) -> int:

@@ -1,21 +1,24 @@
 """Conformer CTC encoder built from torchaudio's Conformer layers.
 
-torchaudio's ``ConformerLayer`` is used for its parameters and sub-modules, but its forward is
-re-stated here (:func:`conformer_layer_forward`) for one reason: torchaudio's convolution module
+torchaudio's ``ConformerLayer`` holds the parameters and sub-modules; the layer's maths is
+stated once, here, as named residual blocks (:func:`conformer_layer`): ``ffn1``, ``attn``,
+``conv``, ``ffn2`` (each ``x + scale * f(x)``, run or bypassed, and the place a gate acts),
+then the closing LayerNorm. Why not the module's own forward: torchaudio's convolution module
 does not mask padded frames, so in a padded batch the depthwise convolution would mix padding
 into real frames. Here padded frames are zeroed right before the depthwise convolution, which
-makes batched and single-utterance outputs equal.
+makes batched and single-utterance outputs equal. A test pins the definition to torchaudio's
+modules (:func:`conformer_layer_reference`).
 
-In eval mode the same maths runs through :func:`conformer_layer_inference`, which calls the
-functional ops directly (no dropout modules, attention through
-``F.scaled_dot_product_attention`` on the packed in-projection). At the small sizes a skipped
-layer leaves behind (tens of frames), a layer's time is dominated by per-op Python overhead;
-trimming it is what lets wall-clock savings follow FLOP savings. A test pins it to the module
-path.
+Training and inference run the same function on different weights: in training the
+parameters themselves, with dropout and BatchNorm on batch statistics; in inference weights
+prepared once (:func:`lean_weights`: GEMM-friendly layout, BatchNorm folded into the depthwise
+kernel) and the functional ops called directly. At the small sizes a skipped layer leaves behind
+(tens of frames), a layer's time is dominated by per-op overhead; trimming it is what lets
+wall-clock savings follow FLOP savings.
 
-Under ``torch.inference_mode`` each layer's inference function runs as a TorchScript trace
+Under ``torch.inference_mode`` each layer runs as a TorchScript trace of that function
 (:class:`LeanTraces`): the same ops, dispatched from C++ instead of Python, which cuts a layer's
-time at the tens of frames blank-skip leaves by about a third. ``DYNCLI_EAGER=1`` turns it off.
+time at the tens of frames blank-skip leaves. ``DYNCLI_EAGER=1`` turns it off.
 """
 
 from __future__ import annotations
@@ -67,13 +70,207 @@ class Conv2dSubsampling(torch.nn.Module):
         return x, self.output_lengths(lengths)
 
 
-def conformer_layer_forward(
+# The residual blocks of a layer, by name. Each is ``x + scale * f(x)`` (scale 0.5 for the two
+# macaron feed-forward blocks); ``norm`` is the layer's closing LayerNorm, which always runs.
+FFN1, CONV, ATTN, FFN2, NORM = "ffn1", "conv", "attn", "ffn2", "norm"
+# The blocks a gate may close (I3D gates attention and feed-forward modules).
+GATEABLE = (FFN1, ATTN, FFN2)
+
+# A gate per block: a bool or float tensor (B,) (one decision per utterance), or a Python bool
+# (the same for the whole batch; ``False`` bypasses the block). A block without an entry runs.
+Gates = dict[str, "torch.Tensor | bool"]
+
+
+def block_order(layer: ConformerLayer) -> tuple[str, ...]:
+    """The residual blocks of ``layer`` in execution order (``norm`` not included)."""
+    return (FFN1, CONV, ATTN, FFN2) if layer.convolution_first else (FFN1, ATTN, CONV, FFN2)
+
+
+def conformer_layer(
+    layer: ConformerLayer,
+    x: torch.Tensor,
+    pad_mask: torch.Tensor | None,
+    w: tuple[torch.Tensor, ...],
+    gates: Gates | None = None,
+    train: bool = False,
+) -> torch.Tensor:
+    """The Conformer layer, the one definition every path runs: (B, T, D) -> (B, T, D).
+
+    ``w`` are the layer's weights from :func:`layer_weights` (``train``) or :func:`lean_weights`
+    (inference: BatchNorm folded into the depthwise kernel). ``train`` applies dropout and runs
+    BatchNorm on batch statistics, as the module's training mode does. ``pad_mask`` (B, T) is
+    True on padded frames (or None): padded frames are zeroed before the depthwise convolution,
+    which torchaudio's module does not do, so padded batches equal single utterances.
+
+    Gates (``gates``, see :data:`Gates`): a block with gate g computes ``x + g * f(x)``. In
+    training g is a float (straight-through Gumbel sample) and every block runs, so the gate's
+    gradient exists. In inference g is a decision: a closed block is not computed; in a batch
+    only the utterances whose gate is open run it (:func:`_gated`).
+    """
+    f = torch.nn.functional
+    for name in block_order(layer):
+        gate = True if gates is None else gates.get(name, True)
+        x = _gated(layer, name, x, pad_mask, w, gate, train)
+    ln = layer.final_layer_norm
+    return f.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+
+def _gated(
+    layer: ConformerLayer,
+    name: str,
+    x: torch.Tensor,
+    pad_mask: torch.Tensor | None,
+    w: tuple[torch.Tensor, ...],
+    gate: torch.Tensor | bool,
+    train: bool,
+) -> torch.Tensor:
+    """``x + gate * scale * f(x)`` for block ``name``, computing f only where it is needed."""
+    if gate is False:
+        return x
+    if gate is True:
+        delta, scale = block(layer, name, x, pad_mask, w, train)
+        return torch.add(x, delta, alpha=scale) if scale != 1.0 else x + delta
+    if gate.is_floating_point():  # training: soft or straight-through, every row computed
+        delta, scale = block(layer, name, x, pad_mask, w, train)
+        return x + (gate.to(x.dtype) * scale).view(-1, 1, 1) * delta
+    if bool(gate.all()):
+        return _gated(layer, name, x, pad_mask, w, True, train)
+    if not bool(gate.any()):
+        return x
+    rows = gate.nonzero().squeeze(1)  # only the utterances whose gate is open run the block
+    sub_mask = None if pad_mask is None else pad_mask[rows]
+    delta, scale = block(layer, name, x[rows], sub_mask, w, train)
+    return x.index_add(0, rows, delta, alpha=scale)
+
+
+def block(
+    layer: ConformerLayer,
+    name: str,
+    x: torch.Tensor,
+    pad_mask: torch.Tensor | None,
+    w: tuple[torch.Tensor, ...],
+    train: bool = False,
+) -> tuple[torch.Tensor, float]:
+    """The residual branch f(x) of block ``name`` and its scale; ``norm``: the closing
+    LayerNorm itself (scale 0: it replaces x rather than adding to it)."""
+    f = torch.nn.functional
+    if name == FFN1:
+        return _ffn(layer.ffn1.sequential, x, *w[0:4], train=train), 0.5
+    if name == CONV:
+        return _conv(layer, x, pad_mask, *w[4:10], train=train), 1.0
+    if name == ATTN:
+        return _attention(layer, x, pad_mask, *w[10:14], train=train), 1.0
+    if name == FFN2:
+        return _ffn(layer.ffn2.sequential, x, *w[14:18], train=train), 0.5
+    if name == NORM:
+        ln = layer.final_layer_norm
+        return f.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps), 0.0
+    raise KeyError(f"a Conformer layer has no block {name!r}")
+
+
+def _ffn(
+    seq: torch.nn.Sequential,
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    *,
+    train: bool,
+) -> torch.Tensor:
+    """LayerNorm, Linear, SiLU, dropout, Linear, dropout (torchaudio's feed-forward module)."""
+    f = torch.nn.functional
+    norm, drop = seq[0], seq[3]
+    assert isinstance(norm, torch.nn.LayerNorm) and isinstance(drop, torch.nn.Dropout)
+    h = f.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    h = f.silu(f.linear(h, w1, b1))
+    if train:
+        h = f.dropout(h, drop.p, True)
+    h = f.linear(h, w2, b2)
+    return f.dropout(h, drop.p, True) if train else h
+
+
+def _attention(
+    layer: ConformerLayer,
+    x: torch.Tensor,
+    pad_mask: torch.Tensor | None,
+    in_w: torch.Tensor,
+    in_b: torch.Tensor,
+    out_w: torch.Tensor,
+    out_b: torch.Tensor,
+    *,
+    train: bool,
+) -> torch.Tensor:
+    """LayerNorm and multi-head self-attention on the packed in-projection (what
+    ``nn.MultiheadAttention`` computes, its attention dropout included), then dropout."""
+    f = torch.nn.functional
+    ln = layer.self_attn_layer_norm
+    h = f.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    b, t, d = h.shape
+    heads = layer.self_attn.num_heads
+    q, k, v = (
+        f.linear(h, in_w, in_b).view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    ).unbind(0)  # each (B, H, T, Dh)
+    mask = None if pad_mask is None else ~pad_mask[:, None, None, :]
+    p = layer.self_attn.dropout if train else 0.0
+    h = f.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+    h = f.linear(h.transpose(1, 2).reshape(b, t, d), out_w, out_b)
+    return f.dropout(h, layer.self_attn_dropout.p, True) if train else h
+
+
+def _conv(
+    layer: ConformerLayer,
+    x: torch.Tensor,
+    pad_mask: torch.Tensor | None,
+    pw1: torch.Tensor,
+    pw1_b: torch.Tensor,
+    dw: torch.Tensor,
+    shift: torch.Tensor,
+    pw2: torch.Tensor,
+    pw2_b: torch.Tensor,
+    *,
+    train: bool,
+) -> torch.Tensor:
+    """The convolution module in (B, T, C) layout: pointwise convolutions as linear maps, GLU,
+    padding zeroed, depthwise convolution, norm, SiLU, pointwise, dropout.
+
+    Inference: the depthwise convolution is a dot product over a sliding window (``unfold`` +
+    ``vecdot``) with BatchNorm folded into ``dw`` and ``shift`` (:func:`lean_weights`); the
+    oneDNN depthwise kernel alone costs ~60 us per call at tens of frames. Training: the
+    convolution kernel (``dw`` unfolded, ``shift`` its bias), then the BatchNorm module on batch
+    statistics."""
+    f = torch.nn.functional
+    ln = layer.conv_module.layer_norm
+    seq = layer.conv_module.sequential
+    norm = seq[3]
+    h = f.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    h = f.glu(f.linear(h, pw1, pw1_b), dim=-1)  # (B, T, C)
+    if pad_mask is not None:
+        h = h.masked_fill(pad_mask.unsqueeze(-1), 0.0)
+    k = dw.shape[0]
+    pad = (k - 1) // 2
+    if train:
+        h = f.conv1d(h.transpose(1, 2), dw.t().unsqueeze(1), shift, padding=pad, groups=dw.shape[1])
+        h = norm(h).transpose(1, 2)
+    else:
+        # (B, T, k, C) view: the channel axis stays innermost (stride 1), so the product runs on
+        # contiguous rows; reducing over a trailing k of stride C was 2-2.7x slower at T = 8..160.
+        window = f.pad(h, (0, 0, pad, pad)).unfold(1, k, 1).transpose(2, 3)
+        h = torch.linalg.vecdot(window, dw, dim=2) + shift
+        if not isinstance(norm, torch.nn.BatchNorm1d):  # a GroupNorm: not folded
+            h = norm(h.transpose(1, 2)).transpose(1, 2)
+    h = f.linear(f.silu(h), pw2, pw2_b)
+    drop = seq[6]
+    assert isinstance(drop, torch.nn.Dropout)
+    return f.dropout(h, drop.p, True) if train else h
+
+
+def conformer_layer_reference(
     layer: ConformerLayer, x: torch.Tensor, pad_mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """torchaudio ``ConformerLayer.forward`` on (B, T, D), with padding masked in the conv module.
-
-    ``pad_mask`` (B, T) is True on padded frames (or None when nothing is padded).
-    """
+    """torchaudio's ``ConformerLayer`` run through its own modules, with the padding mask added
+    before the depthwise convolution: the reference tests and ``benchmarks/layer_speed.py``
+    check :func:`conformer_layer` against. No run path uses it."""
     residual = x
     x = layer.ffn1(x) * 0.5 + residual
     if layer.convolution_first:
@@ -89,99 +286,13 @@ def conformer_layer_forward(
     return layer.final_layer_norm(x)
 
 
-def conformer_layer_inference(
-    layer: ConformerLayer, x: torch.Tensor, pad_mask: torch.Tensor | None
-) -> torch.Tensor:
-    """Eval-mode :func:`conformer_layer_forward` with minimal per-op overhead; (B, T, D)."""
-    return _layer_inference(layer, x, pad_mask, *lean_weights(layer))
-
-
-def _layer_inference(
-    layer: ConformerLayer,
-    x: torch.Tensor,
-    pad_mask: torch.Tensor | None,
-    *w: torch.Tensor,
-) -> torch.Tensor:
-    """The layer on prepared weights ``w`` (:func:`lean_weights`); LayerNorms from the module."""
-    f = torch.nn.functional
-    d = x.shape[-1]
-    ffn1, conv, attn, ffn2 = w[0:4], w[4:10], w[10:14], w[14:18]
-    x = torch.add(x, _ffn_inference(layer.ffn1.sequential, x, *ffn1), alpha=0.5)
-    if layer.convolution_first:
-        x = x + _conv_inference(layer, x, pad_mask, *conv)
-    ln = layer.self_attn_layer_norm
-    h = f.layer_norm(x, (d,), ln.weight, ln.bias, ln.eps)
-    b, t, _ = h.shape
-    heads = layer.self_attn.num_heads
-    q, k, v = (
-        f.linear(h, attn[0], attn[1]).view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-    ).unbind(0)  # each (B, H, T, Dh)
-    mask = None if pad_mask is None else ~pad_mask[:, None, None, :]
-    h = f.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    x = x + f.linear(h.transpose(1, 2).reshape(b, t, d), attn[2], attn[3])
-    if not layer.convolution_first:
-        x = x + _conv_inference(layer, x, pad_mask, *conv)
-    x = torch.add(x, _ffn_inference(layer.ffn2.sequential, x, *ffn2), alpha=0.5)
-    ln = layer.final_layer_norm
-    return f.layer_norm(x, (d,), ln.weight, ln.bias, ln.eps)
-
-
-def _ffn_inference(
-    seq: torch.nn.Sequential,
-    x: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-) -> torch.Tensor:
-    f = torch.nn.functional
-    norm = seq[0]
-    assert isinstance(norm, torch.nn.LayerNorm)
-    h = f.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-    return f.linear(f.silu(f.linear(h, w1, b1)), w2, b2)
-
-
-def _conv_inference(
-    layer: ConformerLayer,
-    x: torch.Tensor,
-    pad_mask: torch.Tensor | None,
-    pw1: torch.Tensor,
-    pw1_b: torch.Tensor,
-    dw: torch.Tensor,
-    shift: torch.Tensor,
-    pw2: torch.Tensor,
-    pw2_b: torch.Tensor,
-) -> torch.Tensor:
-    """The convolution module in (B, T, C) layout: pointwise convolutions as linear maps, the
-    depthwise convolution as a dot product over a sliding window (``unfold`` + ``vecdot``),
-    with BatchNorm folded into its weights and shift (:func:`lean_weights`). Same maths as the
-    modules, a fraction of the per-call overhead at small T (the oneDNN depthwise kernel alone
-    costs ~60 us per call)."""
-    f = torch.nn.functional
-    ln = layer.conv_module.layer_norm
-    h = f.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-    h = f.glu(f.linear(h, pw1, pw1_b), dim=-1)  # (B, T, C)
-    if pad_mask is not None:
-        h = h.masked_fill(pad_mask.unsqueeze(-1), 0.0)
-    k = dw.shape[0]
-    pad = (k - 1) // 2
-    # (B, T, k, C) view: the channel axis stays innermost (stride 1), so the product runs on
-    # contiguous rows; reducing over a trailing k of stride C was 2-2.7x slower at T = 8..160.
-    window = f.pad(h, (0, 0, pad, pad)).unfold(1, k, 1).transpose(2, 3)
-    h = torch.linalg.vecdot(window, dw, dim=2) + shift
-    norm = layer.conv_module.sequential[3]
-    if not isinstance(norm, torch.nn.BatchNorm1d):  # a GroupNorm: not folded
-        h = norm(h.transpose(1, 2)).transpose(1, 2)
-    return f.linear(f.silu(h), pw2, pw2_b)
-
-
 _LEAN_CACHE: weakref.WeakKeyDictionary[ConformerLayer, tuple[Any, tuple[torch.Tensor, ...]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def lean_weights(layer: ConformerLayer) -> tuple[torch.Tensor, ...]:
-    """A layer's weights prepared for inference, 18 tensors in :func:`_layer_inference`'s order.
+    """A layer's weights prepared for inference, 18 tensors in :func:`conformer_layer`'s order.
 
     * Linear weights as ``(in, out)`` contiguous matrices, passed to ``F.linear`` transposed: the
       GEMM then reads its right operand row-major. With the stored ``(out, in)`` layout a
@@ -195,12 +306,12 @@ def lean_weights(layer: ConformerLayer) -> tuple[torch.Tensor, ...]:
     gradients reach the parameters.
     """
     if torch.is_grad_enabled():
-        return _prepare(layer)
+        return _prepare(layer, fold=True)
     key = tuple(_version(t) for t in (*layer.parameters(), *layer.buffers()))
     hit = _LEAN_CACHE.get(layer)
     if hit is not None and hit[0] == key:
         return hit[1]
-    weights = _prepare(layer)
+    weights = _prepare(layer, fold=True)
     _LEAN_CACHE[layer] = (key, weights)
     return weights
 
@@ -213,11 +324,18 @@ def _version(t: torch.Tensor) -> tuple[int, int, torch.device]:
     return version, t.data_ptr(), t.device
 
 
-def _prepare(layer: ConformerLayer) -> tuple[torch.Tensor, ...]:
+def layer_weights(layer: ConformerLayer) -> tuple[torch.Tensor, ...]:
+    """The layer's weights for training, in :func:`conformer_layer`'s order: views of the
+    parameters (gradients reach them), the depthwise kernel as ``(k, C)`` and its bias,
+    BatchNorm left to the module (it normalises with batch statistics in training)."""
+    return _prepare(layer, fold=False)
+
+
+def _prepare(layer: ConformerLayer, fold: bool) -> tuple[torch.Tensor, ...]:
     def linear(lin: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         assert isinstance(lin, (torch.nn.Linear, torch.nn.Conv1d)) and lin.bias is not None
         weight = lin.weight.squeeze(-1) if isinstance(lin, torch.nn.Conv1d) else lin.weight
-        return weight.t().contiguous().t(), lin.bias
+        return (weight.t().contiguous().t() if fold else weight), lin.bias
 
     def ffn(seq: torch.nn.Module) -> tuple[torch.Tensor, ...]:
         assert isinstance(seq, torch.nn.Sequential)
@@ -228,7 +346,7 @@ def _prepare(layer: ConformerLayer) -> tuple[torch.Tensor, ...]:
     assert isinstance(dw, torch.nn.Conv1d)
     kernel = dw.weight.squeeze(1).t()  # (k, C)
     bias = dw.bias if dw.bias is not None else torch.zeros_like(kernel[0])
-    if isinstance(norm, torch.nn.BatchNorm1d):
+    if fold and isinstance(norm, torch.nn.BatchNorm1d):
         assert norm.running_var is not None and norm.running_mean is not None
         scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
         kernel = kernel * scale
@@ -236,11 +354,12 @@ def _prepare(layer: ConformerLayer) -> tuple[torch.Tensor, ...]:
     else:
         shift = bias
     mha = layer.self_attn
-    in_proj = (mha.in_proj_weight.t().contiguous().t(), mha.in_proj_bias)
+    in_w = mha.in_proj_weight
+    in_proj = (in_w.t().contiguous().t() if fold else in_w, mha.in_proj_bias)
     return (
         *ffn(layer.ffn1.sequential),
         *linear(seq[0]),
-        kernel.contiguous(),
+        kernel.contiguous() if fold else kernel,
         shift,
         *linear(seq[5]),
         *in_proj,
@@ -264,22 +383,24 @@ def _conv_module(
 
 
 class _LeanLayer(torch.nn.Module):
-    """:func:`conformer_layer_inference` of one layer as a module, for tracing."""
+    """:func:`conformer_layer` of one layer in inference, some blocks closed, for tracing."""
 
-    def __init__(self, layer: ConformerLayer, masked: bool) -> None:
+    def __init__(self, layer: ConformerLayer, masked: bool, closed: frozenset[str]) -> None:
         super().__init__()
         self.layer = layer
         self.masked = masked
+        self.gates: Gates | None = dict.fromkeys(closed, False) or None
 
     def forward(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
         """``(x, *weights)``, or ``(x, pad_mask, *weights)`` when built with ``masked``."""
         if self.masked:
-            return _layer_inference(self.layer, x, args[0], *args[1:])
-        return _layer_inference(self.layer, x, None, *args)
+            return conformer_layer(self.layer, x, args[0], args[1:], self.gates)
+        return conformer_layer(self.layer, x, None, args, self.gates)
 
 
 class LeanTraces:
-    """TorchScript traces of :func:`conformer_layer_inference`, one per layer and input kind.
+    """TorchScript traces of :func:`conformer_layer` in inference, one per layer, input kind and
+    set of closed blocks.
 
     Why: at batch size 1 a layer on a few tens of frames costs mostly per-op Python dispatch
     (about 40 ops), not arithmetic, so a blank-skip suffix on a quarter of the frames took over
@@ -287,11 +408,12 @@ class LeanTraces:
 
     * Traced lazily on the first call (~60 ms a layer), with the shapes symbolic: one trace serves
       every length. A trace shares the layer's parameters and buffers (in-place updates, such as
-      an optimizer step between dev scorings, are seen); it is keyed by device, dtype and
-      whether a padding mask is given, and held weakly by the layer.
+      an optimizer step between dev scorings, are seen); it is keyed by device, dtype, whether a
+      padding mask is given and which blocks a gate closed for the whole batch (a closed block
+      is not in the trace), and held weakly by the layer.
     * Used only under ``torch.inference_mode``, and never while something else traces the model
       or intercepts ops (fvcore and ``FlopCounterMode`` count FLOPs on the eager ops); training
-      runs the module path.
+      runs :func:`conformer_layer` eagerly.
     * ``torch.jit.trace`` is deprecated in favour of ``torch.compile``, which on the CPU needs a
       C++ toolchain and compiles for tens of seconds; for the pinned torch the trace is kept,
       and if tracing fails the layer runs eagerly (as with ``DYNCLI_EAGER=1``).
@@ -316,28 +438,34 @@ class LeanTraces:
         )
 
     def __call__(
-        self, layer: ConformerLayer, x: torch.Tensor, pad_mask: torch.Tensor | None
+        self,
+        layer: ConformerLayer,
+        x: torch.Tensor,
+        pad_mask: torch.Tensor | None,
+        closed: frozenset[str] = frozenset(),
     ) -> torch.Tensor:
-        key = (x.device, x.dtype, pad_mask is not None)
+        key = (x.device, x.dtype, pad_mask is not None, closed)
         per_layer = self._traces.setdefault(layer, {})
         fn = per_layer.get(key)
         if fn is None:
-            fn = per_layer[key] = self._trace(layer, x, pad_mask)
+            fn = per_layer[key] = self._trace(layer, x, pad_mask, closed)
         weights = lean_weights(layer)
         if fn is False:
-            return _layer_inference(layer, x, pad_mask, *weights)
+            gates: Gates = dict.fromkeys(closed, False)
+            return conformer_layer(layer, x, pad_mask, weights, gates)
         return fn(x, *weights) if pad_mask is None else fn(x, pad_mask, *weights)
 
     @staticmethod
-    def _trace(layer: ConformerLayer, x: torch.Tensor, pad_mask: torch.Tensor | None) -> Any:
+    def _trace(
+        layer: ConformerLayer, x: torch.Tensor, pad_mask: torch.Tensor | None, closed: frozenset
+    ) -> Any:
         masks = () if pad_mask is None else (pad_mask,)
         example = (x, *masks, *lean_weights(layer))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the deprecation notice and tracer warnings
-                return torch.jit.trace(
-                    _LeanLayer(layer, pad_mask is not None), example, check_trace=False
-                )
+                module = _LeanLayer(layer, pad_mask is not None, closed)
+                return torch.jit.trace(module, example, check_trace=False)
         except Exception:  # noqa: BLE001 - any failure means: run eagerly
             return False
 
@@ -381,14 +509,60 @@ class ConformerCTC(CTCEncoder):
         x, out_lengths = self.subsampling(feats, lengths)
         return self.input_dropout(x), out_lengths
 
-    def run_layer(self, index: int, x: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
+    def blocks(self, index: int) -> tuple[str, ...]:
+        layer = self.layers[index]
+        assert isinstance(layer, ConformerLayer)
+        return block_order(layer)
+
+    @property
+    def gateable_blocks(self) -> tuple[str, ...]:
+        return GATEABLE
+
+    def run_layer(
+        self,
+        index: int,
+        x: torch.Tensor,
+        pad_mask: torch.Tensor | None,
+        gates: Gates | None = None,
+    ) -> torch.Tensor:
         layer = self.layers[index]
         assert isinstance(layer, ConformerLayer)
         if layer.training:
-            return conformer_layer_forward(layer, x, pad_mask)
-        if LEAN_TRACES.applies(layer):
-            return LEAN_TRACES(layer, x, pad_mask)
-        return conformer_layer_inference(layer, x, pad_mask)
+            return conformer_layer(layer, x, pad_mask, layer_weights(layer), gates, train=True)
+        closed = _closed_for_all(gates)
+        if closed is not None and LEAN_TRACES.applies(layer):
+            return LEAN_TRACES(layer, x, pad_mask, closed)
+        return conformer_layer(layer, x, pad_mask, lean_weights(layer), gates)
+
+    def run_block(
+        self, index: int, name: str, x: torch.Tensor, pad_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        layer = self.layers[index]
+        assert isinstance(layer, ConformerLayer)
+        train = layer.training
+        w = layer_weights(layer) if train else lean_weights(layer)
+        delta, _ = block(layer, name, x, pad_mask, w, train)
+        return delta
+
+
+def _closed_for_all(gates: Gates | None) -> frozenset[str] | None:
+    """The blocks closed for the whole batch, if every gate decides the same for every
+    utterance (None when some block is open for some utterances only, or gates are soft)."""
+    if not gates:
+        return frozenset()
+    closed = set()
+    for name, gate in gates.items():
+        if isinstance(gate, bool):
+            open_all, open_none = gate, not gate
+        elif gate.is_floating_point():
+            return None
+        else:
+            open_all, open_none = bool(gate.all()), not bool(gate.any())
+        if open_none:
+            closed.add(name)
+        elif not open_all:
+            return None
+    return frozenset(closed)
 
 
 def build_conformer_ctc(config: ConformerConfig, vocab_size: int) -> ConformerCTC:
