@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from dyncli import __version__
-from dyncli.errors import CheckpointError, InputError
+from dyncli.errors import CheckpointError, DyncliError, InputError
 from dyncli.fileio import atomic_write
 from dyncli.models.base import EXIT_HEAD_FORMS, CTCEncoder
 from dyncli.models.config import config_from_dict, config_to_dict
@@ -150,6 +150,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if form not in EXIT_HEAD_FORMS:
         raise CheckpointError(f"{p}: unknown exit head form {form!r} in checkpoint method")
     model.exit_head_form = str(form)
+    gates = (method or {}).get("gates")
+    if gates is not None:
+        from dyncli.gates import attach_gates
+
+        try:
+            attach_gates(model, str(gates["predictor"]), int(gates.get("hidden", 32)))
+        except (KeyError, TypeError, ValueError, DyncliError) as exc:
+            raise CheckpointError(f"{p}: bad gates {gates!r} in the method ({exc})") from None
     state = {
         k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()
     }
@@ -203,6 +211,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "exits": model.exits,
         "operating_point": method.get("operating_point"),
         "distillation": method.get("distillation"),
+        "gates": method.get("gates"),
         "metrics": ckpt.metrics,
         "provenance": ckpt.provenance,
         "sha256": file_sha256(path),

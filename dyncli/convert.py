@@ -10,6 +10,13 @@ sub-network with every layer kept with probability 1 - ``drop_rate`` (dropped la
 computed), so that at inference the ``drop`` policy can run fewer layers. It is the baseline
 ``dyncli distill --method dld`` is compared against.
 
+Method ``gates`` (I3D, arXiv 2303.07624): a gate predictor (``local`` per layer or ``global``
+for the whole plan) and a binary gate on every attention and feed-forward block, trained with
+straight-through Gumbel gates and a cost term that drives the expected fraction of executed
+modules toward ``target`` (:mod:`dyncli.gates`). The whole model is fine-tuned with the gates in
+the loop; the result runs the ``gates`` policy, and its checkpoint records the predictor, the
+target and each block's gate-open rate on the dev set.
+
 With ``wer_budget`` the converted model is swept on the dev set and the operating point (policy
 and threshold) with the fewest executed FLOPs whose dev WER is within ``wer_budget`` (absolute)
 of the full-depth dev WER, or within one word error when that is more on a small dev set, is
@@ -39,7 +46,7 @@ from dyncli.training.config import (
     early_exit_method,
 )
 from dyncli.training.data import load_data, provenance
-from dyncli.training.objectives import LayerDrop, StudentPath
+from dyncli.training.objectives import GateCost, GatedPath, LayerDrop, Objective, StudentPath
 from dyncli.training.recipes import (
     RunOptions,
     ctc_objectives,
@@ -50,7 +57,35 @@ from dyncli.training.recipes import (
 )
 from dyncli.training.trainer import publish
 
-METHODS = ("early-exit", "layerdrop")
+METHODS = ("early-exit", "layerdrop", "gates")
+
+
+@dataclass
+class GateTraining:
+    """``convert --method gates`` settings (see :mod:`dyncli.gates`)."""
+
+    predictor: str = "local"
+    target: float = 0.5  # expected fraction of attention / feed-forward modules executed
+    weight: float = 10.0  # lambda, the cost term's weight
+    temperature: float = 1.0  # of the Gumbel sample
+    hidden: int = 32  # the predictor MLP's hidden width
+
+    def validate(self) -> None:
+        from dyncli.gates import PREDICTORS
+
+        if self.predictor not in PREDICTORS:
+            raise UsageError(
+                f"unknown --predictor {self.predictor!r}; choose one of: {', '.join(PREDICTORS)}"
+            )
+        if not 0 < self.target <= 1:
+            raise UsageError(
+                f"--target-modules must lie in (0, 1] (the fraction of attention and "
+                f"feed-forward modules to run), got {self.target}"
+            )
+        if self.weight < 0:
+            raise UsageError(f"--gate-weight must be >= 0, got {self.weight}")
+        if self.temperature <= 0:
+            raise UsageError(f"--gate-temperature must be > 0, got {self.temperature}")
 
 
 def layerdrop_method(exits: list[int], drop_rate: float) -> dict[str, Any]:
@@ -92,6 +127,7 @@ def convert(
     wer_budget: float | None = None,
     policy: str | None = None,
     drop_rate: float = 0.5,
+    gates: GateTraining | None = None,
     reporter: Reporter,
     run: RunOptions | None = None,
 ) -> ConvertResult:
@@ -108,7 +144,15 @@ def convert(
         raise UsageError("-o must differ from the input checkpoint (the static model is kept)")
     cfg = config or convert_defaults()
     run = run or RunOptions()
-    default_policy = "drop" if method == "layerdrop" else "blank-skip"
+    default_policy = {"layerdrop": "drop", "gates": "gates"}.get(method, "blank-skip")
+    gate_cfg = gates or GateTraining()
+    if method == "gates":
+        gate_cfg.validate()
+        if exits.exits or exits.skip_layer is not None or exits.freeze_backbone:
+            raise UsageError(
+                "--method gates fine-tunes the whole model with gates in the loop: drop "
+                "--exits, --skip-layer and --freeze-backbone"
+            )
     if method == "layerdrop":
         if not 0 <= drop_rate < 1:
             raise UsageError(f"--drop-rate must lie in [0, 1), got {drop_rate}")
@@ -156,9 +200,24 @@ def convert(
     seed_everything(cfg.seed)
     data = load_data(train_manifest, dev_manifest, model.sample_rate, cfg, reporter)
     model.attach_exits(exit_cfg.exits)
+    objectives: list[tuple[Objective, float]] = ctc_objectives(exit_cfg)
     if method == "layerdrop":
         method_record = layerdrop_method(exit_cfg.exits, drop_rate)
         path: StudentPath = LayerDrop(drop_rate, torch.Generator().manual_seed(cfg.seed + 15485863))
+    elif method == "gates":
+        from dyncli.gates import attach_gates, gates_method
+
+        attach_gates(model, gate_cfg.predictor, gate_cfg.hidden)
+        method_record = gates_method(
+            gate_cfg.predictor,
+            gate_cfg.target,
+            gate_cfg.weight,
+            gate_cfg.temperature,
+            gate_cfg.hidden,
+        )
+        generator = torch.Generator().manual_seed(cfg.seed + 32452843 + 7919 * world.rank)
+        path = GatedPath(gate_cfg.temperature, generator)
+        objectives.append((GateCost(gate_cfg.target), gate_cfg.weight))
     else:
         method_record = early_exit_method(exit_cfg, training="fine-tune")
         path = exit_path(exit_cfg, cfg.seed, world)
@@ -176,7 +235,7 @@ def convert(
         config=cfg,
         method=method_record,
         provenance=prov,
-        objectives=ctc_objectives(exit_cfg),
+        objectives=objectives,
         path=path,
         reporter=reporter,
         device=device,
@@ -185,6 +244,21 @@ def convert(
         freeze_backbone=exit_cfg.freeze_backbone,
     )
     out = ConvertResult(train=result, output=Path(output), method=method_record)
+
+    def finish(converted: Checkpoint) -> Checkpoint:
+        """A gated model records its gate-open rates on dev; with --wer-budget the operating
+        point is chosen on dev and stored."""
+        if method == "gates":
+            from dyncli.gates import open_rates
+
+            assert converted.method is not None
+            model = converted.model
+            waves = [u.wave for u in data.dev]
+            record = converted.method["gates"]
+            record["open_rate"] = open_rates(model, waves, threshold=0.5)
+            record["open_rate_on"] = "the --dev set of the training run, threshold 0.5"
+            out.method = converted.method
+        return store_point(converted) if wer_budget is not None else converted
 
     def store_point(converted: Checkpoint) -> Checkpoint:
         """Sweep the trained model on dev and store the chosen operating point."""
@@ -206,7 +280,7 @@ def convert(
         world,
         run.directory(output),
         output,
-        transform=store_point if wer_budget is not None and world.main else None,
+        transform=finish if (wer_budget is not None or method == "gates") and world.main else None,
     )
     result.output = Path(output)
     return out

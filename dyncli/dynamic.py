@@ -36,13 +36,14 @@ from dyncli.errors import UsageError
 from dyncli.features import lengths_to_mask
 from dyncli.models.base import CTCEncoder
 from dyncli.plugins import get_skip_policy
-from dyncli.policy_config import BlankSkipConfig, DropConfig, EarlyExitConfig
+from dyncli.policy_config import BlankSkipConfig, DropConfig, EarlyExitConfig, GatesConfig
 from dyncli.text import BLANK_ID
 
 # One executed step: ("layer", 0-based index, frames per utterance) for a whole layer,
 # ("block:NAME", 0-based index, frames per utterance) for one block of a layer (``norm``: its
 # closing norm; a layer's blocks and norm add up to the layer), ("exit", 1-based layer, frames
-# per utterance) or ("head", num_layers, frames per utterance).
+# per utterance), ("head", num_layers, frames per utterance) or ("gates", 0-based index or -1
+# for a global plan, 1 per utterance) for a gate predictor.
 TraceStep = tuple[str, int, list[int]]
 
 
@@ -476,6 +477,90 @@ class DropLayers:
             policy = DropLayers(DropConfig(threshold=th))
             outs.append(policy.encode(model, x, lengths))
         return outs
+
+
+class GatePolicy:
+    """I3D gates at inference; see :class:`dyncli.policy_config.GatesConfig` and
+    :mod:`dyncli.gates`. A closed block is never computed; in a batch only the utterances whose
+    gate is open run it."""
+
+    name = "gates"
+
+    def __init__(self, config: GatesConfig) -> None:
+        config.validate()
+        self.config = config
+
+    def check(self, model: CTCEncoder) -> None:
+        from dyncli.gates import predictor_of
+
+        if predictor_of(model) is None:
+            raise UsageError(
+                "the gates policy needs a gate predictor; this model has none "
+                "(make one with 'dyncli convert --method gates')"
+            )
+
+    def run(
+        self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[DynamicOutput, Any]:
+        """The gated pass and its decisions (a :class:`dyncli.gates.GateDecision`)."""
+        from dyncli.gates import GateDecision, predictor_of
+
+        gp = predictor_of(model)
+        if gp is None:
+            self.check(model)
+        assert gp is not None
+        n = _lens(lengths)
+        lengths = lengths.to(x.device)
+        pad_mask = _pad_mask(lengths, x.shape[1])
+        plan = gp.plan(x, pad_mask)
+        trace: list[TraceStep] = [("gates", -1, [1] * len(n))] if plan is not None else []
+        opened, probs = [], []
+        for i in range(model.num_layers):
+            p = torch.sigmoid(gp.layer_logits(i, x, pad_mask, plan))
+            if plan is None:
+                trace.append(("gates", i, [1] * len(n)))
+            is_open = p >= self.config.threshold  # (B, blocks)
+            gates = {name: is_open[:, j] for j, name in enumerate(gp.blocks)}
+            x = model.run_layer(i, x, pad_mask, gates=gates)  # type: ignore[call-arg]
+            trace.extend(_gated_trace(model, i, gates, n))
+            opened.append(is_open)
+            probs.append(p)
+        trace.append(("head", model.num_layers, n))
+        layers = _valid(lengths, x.shape[1]).long() * model.num_layers
+        out = DynamicOutput(model.log_probs(x), lengths, layers, trace)
+        return out, GateDecision(gp.blocks, torch.stack(opened, 1), torch.stack(probs, 1))
+
+    def encode(self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor) -> DynamicOutput:
+        return self.run(model, x, lengths)[0]
+
+    def sweep(
+        self,
+        model: CTCEncoder,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        thresholds: Sequence[float],
+    ) -> list[DynamicOutput]:
+        """Each threshold changes what every later layer sees: one run each."""
+        return [
+            GatePolicy(GatesConfig(threshold=th)).encode(model, x, lengths) for th in thresholds
+        ]
+
+
+def _gated_trace(
+    model: CTCEncoder, index: int, gates: dict[str, torch.Tensor], frames: list[int]
+) -> list[TraceStep]:
+    """Trace steps of one gated layer: the whole layer when every block ran for every
+    utterance, else each block on the utterances that ran it (and the closing norm)."""
+    opened = {name: g.tolist() for name, g in gates.items()}
+    if all(all(v) for v in opened.values()):
+        return [("layer", index, frames)]
+    steps: list[TraceStep] = []
+    for name in (*model.blocks(index), "norm"):
+        rows = opened.get(name)
+        ran = frames if rows is None else [n for n, o in zip(frames, rows, strict=True) if o]
+        if ran:
+            steps.append((f"block:{name}", index, ran))
+    return steps
 
 
 def build_policy(name: str, threshold: float, **overrides: Any) -> SkipPolicy:

@@ -292,6 +292,19 @@ class _Block(torch.nn.Module):
         return self.model.run_block(self.index, self.name, x, None)
 
 
+class _GateNet(torch.nn.Module):
+    def __init__(self, model: CTCEncoder, index: int) -> None:
+        super().__init__()
+        gp: Any = getattr(model, "gate_predictor", None)
+        if gp is None:
+            raise KeyError("the model has no gate predictor")
+        self.net: torch.nn.Module = gp.nets[max(index, 0)]
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(pooled)
+        return out
+
+
 class _Head(torch.nn.Module):
     def __init__(self, model: CTCEncoder) -> None:
         super().__init__()
@@ -367,6 +380,8 @@ class FlopTable:
                 module: torch.nn.Module = _Frontend(self.model)
             elif part == "layer":
                 module = _Layer(self.model, index)
+            elif part == "gates":
+                module = _GateNet(self.model, index)
             elif part.startswith("block:"):
                 module = _Block(self.model, index, part.removeprefix("block:"))
             elif part == "exit":
@@ -403,6 +418,14 @@ class FlopTable:
         if name not in (*self.model.blocks(index), "norm"):
             raise KeyError(f"layer {index} has no block {name!r}")
         return self._per_frame_part(f"block:{name}", index, frames)
+
+    def gates(self, index: int) -> int:
+        """The gate predictor of layer ``index`` (``-1``: the global predictor's whole plan) on
+        one utterance's pooled input; the pooling itself is element-wise (not counted)."""
+        return self._count(
+            ("gates", index, 1),
+            lambda: (torch.zeros(1, self._width, device=self._device, dtype=self._dtype),),
+        )
 
     def head(self, frames: int) -> int:
         """Final CTC head + log-softmax (``model.log_probs``) on (1, frames, D)."""

@@ -87,3 +87,19 @@ class DropConfig:
                 f"drop threshold {self.threshold:g} is not a layer count: give whole numbers "
                 ">= 1 (the layers to run)"
             )
+
+
+@dataclass
+class GatesConfig:
+    """I3D gates (arXiv 2303.07624): a block runs when its gate's open probability, from the
+    model's gate predictor, is >= ``threshold`` (per utterance). Lower thresholds open more
+    blocks; 0 runs every block. Needs a model made by ``convert --method gates``."""
+
+    threshold: float = 0.5
+
+    def validate(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise UsageError(
+                f"gates threshold {self.threshold} is out of range: it is a gate-open "
+                "probability, 0 <= threshold <= 1"
+            )

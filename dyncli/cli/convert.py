@@ -49,10 +49,43 @@ def run(
         typer.Option(
             help="early-exit: attach CTC heads after --exits and train them (they serve "
             "blank-skip and early exit). layerdrop: train the model with layers dropped at "
-            "random (--drop-rate), for the drop policy; --exits optional."
+            "random (--drop-rate), for the drop policy; --exits optional. gates: I3D, a gate "
+            "on every attention and feed-forward block from a gate predictor (--predictor), "
+            "trained toward --target-modules, for the gates policy."
         ),
     ] = "early-exit",
     drop_rate: DropRateOpt = 0.5,
+    predictor: Annotated[
+        str,
+        typer.Option(
+            help="gates: local (a small MLP per layer reads that layer's input, averaged over "
+            "time) or global (one MLP reads the encoder input and sets every gate before the "
+            "first layer runs)."
+        ),
+    ] = "local",
+    target_modules: Annotated[
+        float,
+        typer.Option(
+            "--target-modules",
+            help="gates: the fraction of attention and feed-forward modules to execute on "
+            "average, which the cost term drives the gates toward.",
+        ),
+    ] = 0.5,
+    gate_weight: Annotated[
+        float,
+        typer.Option(
+            "--gate-weight",
+            help="gates: lambda, the weight of the cost term (mean gate-open probability - "
+            "target)^2 added to CTC.",
+        ),
+    ] = 10.0,
+    gate_temperature: Annotated[
+        float,
+        typer.Option(
+            "--gate-temperature",
+            help="gates: temperature of the straight-through Gumbel samples in training.",
+        ),
+    ] = 1.0,
     freeze_backbone: Annotated[
         bool,
         typer.Option(
@@ -122,7 +155,7 @@ def run(
     import torch
 
     from dyncli.cli.render import TrainReporter, pct, report_choice
-    from dyncli.convert import convert, convert_defaults
+    from dyncli.convert import GateTraining, convert, convert_defaults
     from dyncli.fileio import check_output_path
     from dyncli.operating_point import default_policy
     from dyncli.training import ExitTraining
@@ -169,6 +202,12 @@ def run(
             wer_budget=wer_budget,
             policy=policy,
             drop_rate=drop_rate,
+            gates=GateTraining(
+                predictor=predictor,
+                target=target_modules,
+                weight=gate_weight,
+                temperature=gate_temperature,
+            ),
             reporter=reporter,
             run=RunOptions(run_dir=run_dir, resume=resume),
         )
@@ -183,4 +222,12 @@ def run(
         + "".join(f", exit {k}: {pct(v)}" for k, v in t.best_dev_exit_wer.items())
         + f"; saved {result.output} ({t.seconds / 60:.1f} min)"
     )
+    gates = (result.method or {}).get("gates") or {}
+    rates = gates.get("open_rate") or {}
+    if rates:
+        values = [r for per_layer in rates.values() for r in per_layer]
+        reporter.message(
+            f"gates open on dev (threshold 0.5): {100 * sum(values) / len(values):.0f}% of "
+            f"attention and feed-forward modules (target {100 * gates['target_modules']:.0f}%)"
+        )
     report_choice(reporter, result.choice, policy or default_policy(result.method))

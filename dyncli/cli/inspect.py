@@ -45,6 +45,7 @@ def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
         ("tokenizer", f"{info['tokenizer']} ({info['vocab_size']} classes incl. blank)"),
         ("sample rate", f"{info['sample_rate']} Hz"),
         ("method", info["method"] + distilled(info["distillation"])),
+        *gate_rows(info["gates"]),
         (
             "operating point",
             ", ".join(f"{k}={v}" for k, v in (info["operating_point"] or {}).items()) or "-",
@@ -77,3 +78,25 @@ def distilled(record: dict[str, Any] | None) -> str:
     kind = teacher.get("kind")
     who = "its own full depth" if kind == "self" else teacher.get("path") or kind or "?"
     return f", distilled: {record.get('method', '?')} (teacher: {who})"
+
+
+def gate_rows(record: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The gate predictor and, per gated block, the average gate-open rate on the data the
+    model was tuned on (with the rate of each layer)."""
+    if not record:
+        return []
+    rows = [
+        (
+            "gates",
+            f"predictor {record.get('predictor')}, target {record.get('target_modules')} of "
+            f"attention and feed-forward modules",
+        )
+    ]
+    rates: dict[str, list[float]] = record.get("open_rate") or {}
+    for name, per_layer in rates.items():
+        mean = sum(per_layer) / max(len(per_layer), 1)
+        layers = " ".join(f"{r:.2f}" for r in per_layer)
+        rows.append((f"gate open: {name}", f"{mean:.0%} (by layer: {layers})"))
+    if rates:
+        rows.append(("gate rates on", str(record.get("open_rate_on", "-"))))
+    return rows

@@ -1,4 +1,5 @@
-"""The built-in skip policies: blank-skip, early exit (entropy / posterior criteria) and drop."""
+"""The built-in skip policies: blank-skip, early exit (entropy / posterior criteria), drop and
+gates."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from dyncli.hookspecs import hookimpl
 from dyncli.plugins import SkipPolicySpec
-from dyncli.policy_config import BlankSkipConfig, DropConfig, EarlyExitConfig
+from dyncli.policy_config import BlankSkipConfig, DropConfig, EarlyExitConfig, GatesConfig
 
 
 def _blank_skip(config: BlankSkipConfig) -> Any:
@@ -26,6 +27,12 @@ def _drop(config: DropConfig) -> Any:
     from dyncli.dynamic import DropLayers
 
     return DropLayers(config)
+
+
+def _gates(config: GatesConfig) -> Any:
+    from dyncli.dynamic import GatePolicy
+
+    return GatePolicy(config)
 
 
 @hookimpl
@@ -70,6 +77,18 @@ def register_skip_policies(register: Callable[[Any], None]) -> None:
             description="run THRESHOLD evenly spaced layers (first and last kept) on every frame",
             default_thresholds=(12, 9, 6),
             conservative_thresholds=(11, 10),
+            needs_exits=False,
+        )
+    )
+    register(
+        SkipPolicySpec(
+            name="gates",
+            config_cls=GatesConfig,
+            build=_gates,
+            description="I3D: run an attention / feed-forward block when its gate-open "
+            "probability >= threshold",
+            default_thresholds=(0.1, 0.3, 0.5, 0.7, 0.9),
+            conservative_thresholds=(0.05, 0.02),
             needs_exits=False,
         )
     )

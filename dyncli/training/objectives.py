@@ -18,6 +18,8 @@ objective          terms
                    final head (DLD, arXiv 2601.16117, on a sampled sub-network)
 ``exit_kd``        CTC of each exit on the teacher's greedy transcript as pseudo-label
                    (arXiv 2309.09546); with ``kl`` also the posterior KL into each exit
+``gate_cost``      (mean gate-open probability - target)^2: the expected fraction of executed
+                   attention / feed-forward modules driven toward the target (I3D)
 =================  ==========================================================================
 """
 
@@ -56,6 +58,7 @@ class StudentPass:
     final: torch.Tensor | None  # final head's log-probs, None when it did not run
     lengths: torch.Tensor  # (B,) frames
     path: str = "full"
+    gate_probs: torch.Tensor | None = None  # (B, L, blocks) gate-open probabilities (gates)
 
 
 @dataclass
@@ -206,6 +209,23 @@ class ExitKD:
         return out
 
 
+class GateCost:
+    """I3D's cost term: ``(mean p - target)^2`` over utterances, layers and gated blocks, where
+    p is a gate's open probability (weighted by the objective's weight, lambda)."""
+
+    name = "gate_cost"
+    needs_teacher = False
+
+    def __init__(self, target: float) -> None:
+        self.target = target
+
+    def __call__(self, step: Step) -> dict[str, torch.Tensor]:
+        probs = step.student.gate_probs
+        if probs is None:
+            return {}
+        return {"gate_cost": (probs.float().mean() - self.target).square()}
+
+
 def pseudo_labels(greedy: list[list[int]], references: list[list[int]]) -> list[list[int]]:
     """The teacher's greedy transcripts; where one is empty (the teacher emitted nothing), the
     reference stands in, so no utterance trains its exits towards silence."""
@@ -323,6 +343,45 @@ class LayerDrop:
             if i + 1 in exits:
                 out[i + 1] = model.exit_log_probs(i + 1, x)
         return StudentPass(out, model.log_probs(x), lengths, self.name)
+
+
+class GatedPath:
+    """I3D training: every layer's attention and feed-forward blocks computed with a
+    straight-through Gumbel gate ``x + g * f(x)`` (hard forward, soft backward) from the
+    model's gate predictor (:mod:`dyncli.gates`); the open probabilities go to
+    :class:`GateCost`."""
+
+    name = "gates"
+
+    def __init__(self, temperature: float, generator: torch.Generator) -> None:
+        self.temperature = temperature
+        self.generator = generator
+
+    def run(
+        self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor, frozen: bool
+    ) -> StudentPass:
+        from dyncli.gates import gumbel_gates, predictor_of
+
+        gp = predictor_of(model)
+        if gp is None:
+            raise ValueError("the gates path needs a model with a gate predictor")
+        pad_mask = lengths_to_mask(lengths, x.shape[1])
+        plan = gp.plan(x, pad_mask)
+        exits = set(model.exits)
+        out: dict[int, torch.Tensor] = {}
+        probs = []
+        for i in range(model.num_layers):
+            logits = gp.layer_logits(i, x, pad_mask, plan)
+            g = gumbel_gates(logits, self.temperature, self.generator)
+            probs.append(torch.sigmoid(logits))
+            gates = {name: g[:, j] for j, name in enumerate(gp.blocks)}
+            with _grad(not frozen):
+                x = model.run_layer(i, x, pad_mask, gates=gates)  # type: ignore[call-arg]
+            if i + 1 in exits:
+                out[i + 1] = model.exit_log_probs(i + 1, x)
+        return StudentPass(
+            out, model.log_probs(x), lengths, self.name, gate_probs=torch.stack(probs, 1)
+        )
 
 
 class StudentPath(Protocol):

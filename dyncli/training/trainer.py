@@ -455,9 +455,18 @@ def dev_scores(
 ) -> dict[int, ErrorRates]:
     """Greedy WER/CER of every head (exits and final, keyed by 1-based layer), one pass each.
 
+    A model with a gate predictor is scored as it will run: the final head's transcripts come
+    from the ``gates`` policy at threshold 0.5 (closed blocks bypassed), so the best epoch is
+    the best gated model, not the best full-depth one.
+
     Under torchrun each rank decodes every ``world_size``-th utterance and the transcripts are
     gathered, so every rank computes the same scores from one pass over the dev set.
     """
+    from dyncli.dynamic import GatePolicy
+    from dyncli.gates import predictor_of
+    from dyncli.policy_config import GatesConfig
+
+    gated = GatePolicy(GatesConfig(threshold=0.5)) if predictor_of(model) else None
     world = world or World()
     was_training = model.training
     model.eval()
@@ -470,6 +479,10 @@ def dev_scores(
         idx = [mine[j] for j in batch]
         wave, lens = pad_waves([utts[i].wave for i in idx])
         outs, out_lens = model.forward_exits(wave.to(device), lens.to(device))
+        if gated is not None:
+            feats, frames = model.features(wave.to(device), lens.to(device))
+            x, n = model.embed(feats, frames)
+            outs[model.num_layers] = gated.encode(model, x, n).log_probs
         for layer, lp in outs.items():
             for i, ids in zip(idx, greedy_ctc(lp, out_lens), strict=True):
                 hyps[layer][i] = tokenizer.decode(ids)
