@@ -69,6 +69,7 @@ class GateTraining:
     weight: float = 10.0  # lambda, the cost term's weight
     temperature: float = 1.0  # of the Gumbel sample
     hidden: int = 32  # the predictor MLP's hidden width
+    lr_scale: float = 10.0  # the predictor's learning rate over the model's
 
     def validate(self) -> None:
         from dyncli.gates import PREDICTORS
@@ -86,6 +87,8 @@ class GateTraining:
             raise UsageError(f"--gate-weight must be >= 0, got {self.weight}")
         if self.temperature <= 0:
             raise UsageError(f"--gate-temperature must be > 0, got {self.temperature}")
+        if self.lr_scale <= 0:
+            raise UsageError(f"--gate-lr-scale must be > 0, got {self.lr_scale}")
 
 
 def layerdrop_method(exits: list[int], drop_rate: float) -> dict[str, Any]:
@@ -201,13 +204,15 @@ def convert(
     data = load_data(train_manifest, dev_manifest, model.sample_rate, cfg, reporter)
     model.attach_exits(exit_cfg.exits)
     objectives: list[tuple[Objective, float]] = ctc_objectives(exit_cfg)
+    lr_scales: list[tuple[torch.nn.Module, float]] = []
     if method == "layerdrop":
         method_record = layerdrop_method(exit_cfg.exits, drop_rate)
         path: StudentPath = LayerDrop(drop_rate, torch.Generator().manual_seed(cfg.seed + 15485863))
     elif method == "gates":
         from dyncli.gates import attach_gates, gates_method
 
-        attach_gates(model, gate_cfg.predictor, gate_cfg.hidden)
+        predictor = attach_gates(model, gate_cfg.predictor, gate_cfg.hidden)
+        lr_scales = [(predictor, gate_cfg.lr_scale)]
         method_record = gates_method(
             gate_cfg.predictor,
             gate_cfg.target,
@@ -215,6 +220,7 @@ def convert(
             gate_cfg.temperature,
             gate_cfg.hidden,
         )
+        method_record["gates"]["lr_scale"] = gate_cfg.lr_scale
         generator = torch.Generator().manual_seed(cfg.seed + 32452843 + 7919 * world.rank)
         path = GatedPath(gate_cfg.temperature, generator)
         objectives.append((GateCost(gate_cfg.target), gate_cfg.weight))
@@ -242,6 +248,7 @@ def convert(
         world=world,
         run=run,
         freeze_backbone=exit_cfg.freeze_backbone,
+        lr_scales=lr_scales,
     )
     out = ConvertResult(train=result, output=Path(output), method=method_record)
 

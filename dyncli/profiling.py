@@ -485,6 +485,44 @@ def resolve_policy(
     return name, values, merged, stored_threshold
 
 
+def requested_policies(ckpt: Checkpoint, policy: str | None) -> list[str]:
+    """The policies ``--policy`` names: one, a comma list, or ``all`` (every registered policy
+    this checkpoint can run: exits for the exit policies, a gate predictor for gates)."""
+    from dyncli.plugins import skip_policies
+
+    if policy is None:
+        stored = stored_point(ckpt.method)
+        return [stored[0] if stored else default_policy(ckpt.method)]
+    if policy.strip() == "all":
+        names = []
+        for spec in skip_policies().values():
+            if spec.needs_exits and not ckpt.model.exits:
+                continue
+            try:
+                build_policy(spec.name, spec.default_thresholds[0]).check(ckpt.model)
+            except UsageError:
+                if spec.name != "drop":  # drop: its thresholds are filtered by depth instead
+                    continue
+            names.append(spec.name)
+        return names
+    names = [p.strip() for p in policy.split(",") if p.strip()]
+    if not names:
+        raise UsageError("--policy is empty")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--policy names a policy twice: {policy}")
+    for name in names:
+        get_skip_policy(name)  # unknown names: one line listing the registered ones
+    return names
+
+
+def _runs(model: CTCEncoder, name: str, threshold: float, settings: dict[str, Any]) -> bool:
+    try:
+        build_policy(name, threshold, **settings).check(model)
+    except UsageError:
+        return False
+    return True
+
+
 def profile(
     *,
     checkpoint: str | Path,
@@ -513,17 +551,40 @@ def profile(
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.model.to(dev)
     stored = stored_point(ckpt.method)
-    asked = policy or (stored[0] if stored else default_policy(ckpt.method))
-    if not model.exits and get_skip_policy(asked).needs_exits:
+    names = requested_policies(ckpt, policy)
+    multi = len(names) > 1
+    if multi and thresholds:
+        raise UsageError(
+            "--thresholds applies to one --policy (each policy's thresholds mean something "
+            "else); with several, each sweeps its default thresholds"
+        )
+    if multi and gate.at is not None:
+        raise UsageError("--at names a threshold of one policy: give a single --policy")
+    if not multi and not model.exits and get_skip_policy(names[0]).needs_exits:
         raise UsageError(
             f"{checkpoint}: a static checkpoint (no intermediate CTC heads); make a dynamic one "
             "with 'dyncli convert' (or profile the bundled dynamic model, or use --policy drop)"
         )
-    name, values, merged, stored_threshold = resolve_policy(
-        ckpt, policy, thresholds, overrides or {}, gate.at
-    )
-    for v in values:
-        build_policy(name, v, **merged).check(model)  # e.g. more layers than the model has
+    plans: list[tuple[str, list[float], dict[str, Any]]] = []
+    for asked in names:
+        given = overrides or {}
+        if multi:  # a setting goes to the policies that have it (--skip-layer: blank-skip)
+            fields = {f.name for f in dataclasses.fields(get_skip_policy(asked).config_cls)}
+            given = {k: v for k, v in given.items() if k in fields}
+        name, values, merged, _ = resolve_policy(ckpt, asked, thresholds, given, gate.at)
+        if name == "drop" and not thresholds:  # layer counts: full, 3/4 and 1/2 of this depth
+            depth = model.num_layers
+            values = sorted({depth, max(1, round(0.75 * depth)), max(1, round(0.5 * depth))})
+            if stored is not None and stored[0] == "drop":
+                values = sorted({*values, canonical_threshold(stored[1])})
+        if multi:  # keep what this model can run (drop: layer counts up to its depth)
+            values = [v for v in values if _runs(model, name, v, merged)]
+            if not values:
+                raise UsageError(f"--policy {name}: none of its thresholds runs on this model")
+        for v in values:
+            build_policy(name, v, **merged).check(model)  # e.g. more layers than the model has
+        if values:
+            plans.append((name, values, merged))
     manifest = read_manifest(data, skip_bad=skip_bad)
     utts, skipped = load_utterances(manifest, model.sample_rate, skip_bad)
     if not utts:
@@ -532,19 +593,26 @@ def profile(
     audio_seconds = sum(u.samples for u in utts) / model.sample_rate
     say = progress or (lambda _msg: None)
 
-    say(f"accuracy and FLOPs: {len(utts)} utterances, {len(values)} thresholds (shared sweep)")
+    count = sum(len(values) for _, values, _ in plans)
+    say(f"accuracy and FLOPs: {len(utts)} utterances, {count} thresholds (shared sweep)")
     from dyncli.flops import FlopTable
 
     table = FlopTable(model)  # one table (and its trace cache) for the whole run
     phase = time.perf_counter()
-    static, rows = sweep_rows(ckpt, utts, waves, name, values, merged, table)
+    static: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for name, values, merged in plans:
+        static, found = sweep_rows(ckpt, utts, waves, name, values, merged, table)
+        rows += found
     phases = {
         "load_seconds": phase - started,
         "accuracy_and_flops_seconds": time.perf_counter() - phase,
     }
 
-    say(f"timing: {repeats} interleaved rounds of {len(values) + 1} configurations")
-    policies: list[Any] = [StaticPolicy()] + [build_policy(name, th, **merged) for th in values]
+    say(f"timing: {repeats} interleaved rounds of {count + 1} configurations")
+    policies: list[Any] = [StaticPolicy()] + [
+        build_policy(name, th, **merged) for name, values, merged in plans for th in values
+    ]
     phase = time.perf_counter()
     timings = _time_configs(
         model, ckpt.tokenizer, waves, policies, threads, repeats, dev, batch_size
@@ -578,7 +646,12 @@ def profile(
     for row, flag in zip([static, *rows], pareto_flags([static, *rows]), strict=True):
         row["pareto"] = flag
     for row in rows:
-        row["stored_operating_point"] = row["threshold"] == stored_threshold
+        row["stored_operating_point"] = stored is not None and (
+            row["policy"],
+            row["threshold"],
+        ) == (stored[0], canonical_threshold(stored[1]))
+    if multi:  # one table of every method: the static row, then the rows by executed FLOPs
+        rows.sort(key=lambda r: r["flops_ratio"])
     verdict = judge(rows, static, gate)
     summary = model_summary(ckpt, Path(checkpoint))
     summary["exits"] = model.exits
@@ -587,7 +660,15 @@ def profile(
         model=summary,
         data={"path": str(data), "utterances": len(utts), "audio_seconds": audio_seconds},
         environment=describe(dev),
-        policy={"name": name, "config": dict(merged), "thresholds": values},
+        policy=(
+            {"name": plans[0][0], "config": dict(plans[0][2]), "thresholds": plans[0][1]}
+            if not multi
+            else {
+                "name": ",".join(name for name, _, _ in plans),
+                "config": {name: dict(merged) for name, _, merged in plans},
+                "thresholds": {name: values for name, values, _ in plans},
+            }
+        ),
         static=static,
         rows=rows,
         gate=verdict,

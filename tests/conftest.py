@@ -50,7 +50,7 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # Commands that take --device. Tests mean the CPU unless they say otherwise: the suite gives the
 # same results on a machine with CUDA (where 'auto' would pick the GPU).
-DEVICE_COMMANDS = {"train", "convert", "distill", "evaluate", "profile", "transcribe"}
+DEVICE_COMMANDS = {"train", "convert", "distill", "prune", "evaluate", "profile", "transcribe"}
 
 
 def cpu_args(args: list[str]) -> list[str]:

@@ -310,3 +310,29 @@ def test_batched_profile_and_flop_accounting(setup, tmp_path) -> None:
     assert batched_flops(model, table, one, skip)[0] == row.flops
     three = make_batches(waves, 3, cpu)
     assert batched_flops(model, table, three, StaticPolicy())[0] > static.flops
+
+
+def test_several_policies_in_one_table(setup, tmp_path) -> None:
+    """One static row, then every requested policy's rows by executed FLOPs, timed together."""
+    out = tmp_path / "multi.json"
+    result = _profile(setup, "--policy", "blank-skip,early-exit-entropy,drop", "--json", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["static"]["policy"] == "static"
+    policies = {r["policy"] for r in report["rows"]}
+    assert policies == {"blank-skip", "early-exit-entropy", "drop"}
+    assert [r["threshold"] for r in report["rows"] if r["policy"] == "drop"] == [2, 3]
+    flops = [r["flops_ratio"] for r in report["rows"]]
+    assert flops == sorted(flops)
+    assert report["policy"]["name"] == "blank-skip,early-exit-entropy,drop"
+    assert set(report["policy"]["thresholds"]) == policies
+    assert all("speedup" in r and "pareto" in r for r in report["rows"])
+    table = _profile(setup, "--policy", "all")
+    assert table.exit_code == 0, table.output
+    for name in ("blank-skip", "early-exit-entropy", "early-exit-posterior", "drop"):
+        assert name in table.output
+    assert "gates" not in table.output.split("policy")[-1].split("data:")[0]  # no predictor
+    refused = _profile(setup, "--policy", "blank-skip,drop", "--thresholds", "0.5")
+    assert refused.exit_code == 2 and "--thresholds applies to one --policy" in refused.stderr
+    unknown = _profile(setup, "--policy", "blank-skip,nope")
+    assert unknown.exit_code == 2 and "unknown skip policy 'nope'" in unknown.stderr

@@ -16,7 +16,17 @@ import typer
 from typer.core import TyperGroup
 
 from dyncli import __version__
-from dyncli.cli import convert, distill, evaluate, inspect, plugins, profile, train, transcribe
+from dyncli.cli import (
+    convert,
+    distill,
+    evaluate,
+    inspect,
+    plugins,
+    profile,
+    prune,
+    train,
+    transcribe,
+)
 from dyncli.cli.command import DyncliCommand
 from dyncli.cli.errors import debug_enabled, guarded, report
 from dyncli.errors import DyncliError
@@ -26,7 +36,7 @@ HELP = """Give CTC speech encoders input-dependent depth, and measure what it bu
 Exit codes: 0 success, 1 failed job or failed gate, 2 usage or input error.
 Set DYNCLI_DEBUG=1 to see tracebacks. Commands that plugins add are listed by 'dyncli plugins'."""
 
-COMMANDS = (train, convert, distill, profile, evaluate, transcribe, inspect, plugins)
+COMMANDS = (train, convert, distill, prune, profile, evaluate, transcribe, inspect, plugins)
 
 
 def _version(value: bool) -> None:

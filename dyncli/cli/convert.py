@@ -86,6 +86,14 @@ def run(
             help="gates: temperature of the straight-through Gumbel samples in training.",
         ),
     ] = 1.0,
+    gate_lr_scale: Annotated[
+        float,
+        typer.Option(
+            "--gate-lr-scale",
+            help="gates: the gate predictor's learning rate as a multiple of --lr (it learns "
+            "from scratch inside a fine-tuned model).",
+        ),
+    ] = 10.0,
     freeze_backbone: Annotated[
         bool,
         typer.Option(
@@ -207,6 +215,7 @@ def run(
                 target=target_modules,
                 weight=gate_weight,
                 temperature=gate_temperature,
+                lr_scale=gate_lr_scale,
             ),
             reporter=reporter,
             run=RunOptions(run_dir=run_dir, resume=resume),

@@ -46,6 +46,7 @@ def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
         ("sample rate", f"{info['sample_rate']} Hz"),
         ("method", info["method"] + distilled(info["distillation"])),
         *gate_rows(info["gates"]),
+        *pruned_rows(info["provenance"], info["layers"]),
         (
             "operating point",
             ", ".join(f"{k}={v}" for k, v in (info["operating_point"] or {}).items()) or "-",
@@ -100,3 +101,19 @@ def gate_rows(record: dict[str, Any] | None) -> list[tuple[str, str]]:
     if rates:
         rows.append(("gate rates on", str(record.get("open_rate_on", "-"))))
     return rows
+
+
+def pruned_rows(provenance: dict[str, Any], layers: int) -> list[tuple[str, str]]:
+    """For a model made by ``dyncli prune``: which layers of the original it kept."""
+    kept = provenance.get("kept_layers")
+    if not kept:
+        return []
+    rounds = provenance.get("prune_rounds") or []
+    removed = ", ".join(str(r["removed"] + 1) for r in rounds)
+    return [
+        (
+            "pruned",
+            f"{layers} layers kept of {len(kept) + len(rounds)}: {[i + 1 for i in kept]} "
+            f"(removed in order: {removed}) from {provenance.get('pruned_from', '?')}",
+        )
+    ]

@@ -160,6 +160,17 @@ PolicyOpt = Annotated[
         show_default=False,
     ),
 ]
+ProfilePolicyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--policy",
+        help="Skip policy ({skip_policies}), several as a comma list, or 'all' (every policy "
+        "the checkpoint can run): one table, the static row first, then the rows by executed "
+        "FLOPs. Default: the checkpoint's stored operating point's policy (blank-skip when none "
+        "is stored).",
+        show_default=False,
+    ),
+]
 ThresholdOpt = Annotated[
     float | None,
     typer.Option(

@@ -12,7 +12,7 @@ from dyncli.cli.options import (
     JsonOpt,
     OptionalDynamicCheckpointArg,
     OutputFormat,
-    PolicyOpt,
+    ProfilePolicyOpt,
     RepeatsOpt,
     SkipBadOpt,
     SkipLayerOpt,
@@ -28,7 +28,7 @@ NAME = "profile"
 def run(
     checkpoint: OptionalDynamicCheckpointArg = None,
     data: DataOpt = None,
-    policy: PolicyOpt = None,
+    policy: ProfilePolicyOpt = None,
     thresholds: Annotated[
         str | None,
         typer.Option(
@@ -85,7 +85,7 @@ def run(
         ),
     ] = None,
 ) -> None:
-    """Sweep a skip policy: WER/CER, RTF, speedup, FLOPs and depth per threshold vs static.
+    """Sweep skip policies: WER/CER, RTF, speedup, FLOPs and depth per threshold vs static.
 
     With no CHECKPOINT or --data, profiles the bundled dynamic model on the bundled
     held-out-speaker set. RTF = processing seconds / audio seconds, end to end (features +
@@ -175,17 +175,23 @@ def render(report: Any) -> None:
         caption="> = operating point; * = checkpoint's stored operating point; Pareto = no "
         "other row has both lower WER and lower RTF (bold green on a terminal)",
     )
-    for col in COLUMNS:
-        table.add_column(col, justify="right")
+    multi = "," in report.policy["name"]
+    for col in COLUMNS[:1] + (("policy",) if multi else ()) + COLUMNS[1:]:
+        table.add_column(col, justify="left" if col == "policy" else "right")
     for row in [static, *report.rows]:
         is_static = row["policy"] == "static"
         mark = ""
-        if not is_static and op is not None and row["threshold"] == op["threshold"]:
+        if (
+            not is_static
+            and op is not None
+            and (row["policy"], row["threshold"]) == (op["policy"], op["threshold"])
+        ):
             mark = ">"
         if row.get("stored_operating_point"):
             mark += "*"
         table.add_row(
             mark,
+            *((row["policy"],) if multi else ()),
             "static" if is_static else f"{row['threshold']:.6g}",
             pct(row["wer"]),
             "" if is_static else f"{100 * (row['wer'] - static['wer']):+.2f}",
@@ -203,7 +209,9 @@ def render(report: Any) -> None:
         )
     print_table(table)
     env = report.environment
-    cfg = ", ".join(f"{k}={v}" for k, v in report.policy["config"].items())
+    cfg = ", ".join(
+        f"{k}={v}" for k, v in report.policy["config"].items() if not isinstance(v, dict)
+    )
     print_line(
         f"data: {report.data['path']} ({report.data['utterances']} utterances, "
         f"{report.data['audio_seconds']:.1f} s); model: {report.model['backbone']}, "

@@ -8,6 +8,7 @@ live in :mod:`dyncli.training.trainer`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -77,9 +78,11 @@ class TrainingModule(torch.nn.Module):
         path: StudentPath | None = None,
         teacher: Teacher | None = None,
         freeze_backbone: bool = False,
+        lr_scales: Sequence[tuple[torch.nn.Module, float]] = (),
     ) -> None:
         super().__init__()
         self.model = model
+        self.lr_scales = list(lr_scales)
         self.teacher = teacher
         self.objectives = [(o, float(w)) for o, w in objectives if w != 0]
         self.path: StudentPath = path or FullDepth()
@@ -94,6 +97,19 @@ class TrainingModule(torch.nn.Module):
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer groups: the trainable parameters at ``lr``, except those of modules given
+        a learning-rate scale (a gate predictor learns from scratch inside a fine-tuned model,
+        so it gets a larger rate than the weights it gates)."""
+        scaled: dict[int, float] = {}
+        for module, scale in self.lr_scales:
+            for p in module.parameters():
+                scaled[id(p)] = scale
+        groups: dict[float, list[torch.nn.Parameter]] = {}
+        for p in self.trainable_parameters():
+            groups.setdefault(scaled.get(id(p), 1.0), []).append(p)
+        return [{"params": ps, "lr": lr * scale} for scale, ps in sorted(groups.items())]
 
     def train(self, mode: bool = True) -> TrainingModule:
         self.training = mode

@@ -107,6 +107,7 @@ def run_engine(
     teacher: CTCEncoder | None = None,
     freeze_backbone: bool = False,
     fingerprint: dict[str, Any] | None = None,
+    lr_scales: Sequence[tuple[torch.nn.Module, float]] = (),
 ) -> TrainResult:
     """Train ``model`` with ``objectives`` on ``path``; the best epoch stays in the run dir."""
     module = TrainingModule(
@@ -117,6 +118,7 @@ def run_engine(
         if teacher is not None
         else None,
         freeze_backbone=freeze_backbone,
+        lr_scales=lr_scales,
     )
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in module.trainable_parameters())

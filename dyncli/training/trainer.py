@@ -127,7 +127,7 @@ class Trainer:
         torch.manual_seed(seed + world.rank)  # dropout
         self.trainable = module.trainable_parameters()
         self.optimizer = torch.optim.AdamW(
-            self.trainable, lr=config.lr, weight_decay=config.weight_decay
+            module.param_groups(config.lr), lr=config.lr, weight_decay=config.weight_decay
         )
         per_epoch = len(
             epoch_batches(
