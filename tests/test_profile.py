@@ -336,3 +336,34 @@ def test_several_policies_in_one_table(setup, tmp_path) -> None:
     assert refused.exit_code == 2 and "--thresholds applies to one --policy" in refused.stderr
     unknown = _profile(setup, "--policy", "blank-skip,nope")
     assert unknown.exit_code == 2 and "unknown skip policy 'nope'" in unknown.stderr
+
+
+def test_plot_is_written_and_opens(setup, tmp_path) -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    from matplotlib import image
+
+    png = tmp_path / "front.png"
+    result = _profile(setup, "--policy", "blank-skip,early-exit-entropy", "--plot", png)
+    assert result.exit_code == 0, result.output
+    pixels = image.imread(png)
+    assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 400
+    assert pixels.std() > 0  # something was drawn
+    assert matplotlib.get_backend().lower() == "agg"
+
+
+def test_plot_without_matplotlib_is_a_one_line_hint(setup, tmp_path, monkeypatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    result = _profile(setup, "--plot", tmp_path / "x.png")
+    assert result.exit_code == 2
+    assert "pip install 'dyncli[plot]'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.png").exists()

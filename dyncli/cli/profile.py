@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -75,6 +76,16 @@ def run(
         float | None,
         typer.Option("--min-speedup", min=0.0, help="Gate: speedup vs static at least."),
     ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Also draw WER against speedup and against executed FLOPs to this PNG: one "
+            "marker per method, the Pareto front joined, static and the stored operating point "
+            "labelled. Needs the plot extra (pip install 'dyncli[plot]').",
+            show_default=False,
+        ),
+    ] = None,
     at: Annotated[
         float | None,
         typer.Option(
@@ -103,6 +114,11 @@ def run(
     check_stdout(output_format, json_path)
     if json_path is not None:
         check_output_path(json_path, "--json", allow_stdout=True)
+    if plot is not None:
+        from dyncli.plot import require_matplotlib
+
+        check_output_path(plot, "--plot")
+        require_matplotlib()
     ckpt = checkpoint or assets.require(assets.DEMO_DYNAMIC, "bundled dynamic model")
     manifest = data or assets.require(assets.EVAL_MANIFEST, "evaluation set")
     gate = GateConfig(
@@ -133,6 +149,10 @@ def run(
     )
     if json_path is not None:
         write_json(json_path, report.to_json())
+    if plot is not None:
+        from dyncli.plot import plot_report
+
+        plot_report(report, plot)
     records = [report.static, *report.rows]
     if not emit_machine(output_format, report.to_json(), records) and (
         json_path is None or str(json_path) != "-"
