@@ -261,6 +261,7 @@ def _row(
         if stats.encoder_flops
         else None,
         "gflops_per_audio_second": stats.flops / 1e9 / audio_seconds,
+        "encoder_gflops_per_audio_second": stats.encoder_flops / 1e9 / audio_seconds,
         "avg_layers": stats.frame_layers / stats.frames if stats.frames else float(depth),
         "skipped_frame_fraction": stats.skipped_frames / stats.frames if stats.frames else 0.0,
     }
@@ -357,11 +358,19 @@ def _time_configs(
     device: torch.device,
     batch_size: int = 1,
 ) -> list[dict[str, list[float]]]:
-    """Interleaved end-to-end timing of each policy: pass seconds and encoder seconds per round."""
+    """Interleaved end-to-end timing of each policy: pass seconds and encoder seconds per round.
+
+    A policy may be given as ``(model, tokenizer, policy)`` to time another model in the same
+    rounds (``profile --models``)."""
     benchmark = import_benchmark()
     pairs = make_batches(waves, batch_size, device)
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    steppers = [_Stepper(model, tokenizer, pairs, p, sync) for p in policies]
+    steppers = [
+        _Stepper(p[0], p[1], pairs, p[2], sync)
+        if isinstance(p, tuple)
+        else _Stepper(model, tokenizer, pairs, p, sync)
+        for p in policies
+    ]
     for stepper in steppers:  # warm-up: a few utterances through every configuration
         for _ in range(min(8, len(pairs))):
             stepper()
@@ -395,10 +404,20 @@ def pareto_flags(rows: Sequence[dict[str, Any]]) -> list[bool]:
     return flags
 
 
+def row_label(row: dict[str, Any]) -> str:
+    """``policy @ threshold`` (``full depth`` for a static row), with ``on MODEL`` for a row of
+    another model (``--models``)."""
+    if row["threshold"] is None:
+        text = "full depth"
+    else:
+        text = f"{row['policy']} @ {row['threshold']:.6g}"
+    return f"{text} on {row['model']}" if row.get("model") else text
+
+
 def violations(row: dict[str, Any], static: dict[str, Any], gate: GateConfig) -> list[str]:
     """One line per bar ``row`` fails (small float tolerance, one-sided)."""
     eps = 1e-9
-    at = f"{row['policy']} @ {row['threshold']:g}"
+    at = row_label(row)
     out = []
     if gate.max_wer is not None and row["wer"] > gate.max_wer + eps:
         out.append(f"WER {100 * row['wer']:.2f}% > --max-wer {100 * gate.max_wer:.2f}% ({at})")
@@ -427,7 +446,7 @@ def judge(
         at = canonical_threshold(gate.at)
         matches = [r for r in rows if r["threshold"] == at]
         if not matches:
-            swept = ", ".join(f"{r['threshold']:g}" for r in rows)
+            swept = ", ".join(f"{r['threshold']:g}" for r in rows if r["threshold"] is not None)
             raise UsageError(f"--at {gate.at:g} is not among the swept thresholds ({swept})")
         row = matches[0]
         found = violations(row, static, gate)
@@ -515,6 +534,54 @@ def requested_policies(ckpt: Checkpoint, policy: str | None) -> list[str]:
     return names
 
 
+def _other_model(
+    path: str | Path,
+    main: Checkpoint,
+    names: Sequence[str],
+    multi: bool,
+    thresholds: Sequence[float] | None,
+    overrides: dict[str, Any] | None,
+    utts: Sequence[Utterance],
+    waves: Sequence[torch.Tensor],
+    device: torch.device,
+) -> tuple[list[dict[str, Any]], list[tuple[CTCEncoder, Tokenizer, Any]]]:
+    """Rows and timed configurations of another checkpoint (``--models``): its full depth, and
+    each requested policy it can run (at its default thresholds with several policies)."""
+    from dyncli.flops import FlopTable
+
+    other = load_checkpoint(path)
+    if other.model.sample_rate != main.model.sample_rate:
+        raise UsageError(
+            f"--models {path}: {other.model.sample_rate} Hz, but {main.path} runs at "
+            f"{main.model.sample_rate} Hz"
+        )
+    model = other.model.to(device)
+    table = FlopTable(model)
+    label = Path(path).name
+    depth = model.num_layers
+    full, _ = sweep_rows(other, utts, waves, "drop", [depth], {}, table)
+    rows = [{**full, "policy": "static", "threshold": None}]
+    configs: list[tuple[CTCEncoder, Tokenizer, Any]] = [(model, other.tokenizer, StaticPolicy())]
+    for asked in names:
+        spec = get_skip_policy(asked)
+        if spec.needs_exits and not model.exits:
+            continue
+        fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+        given = {k: v for k, v in (overrides or {}).items() if k in fields and v is not None}
+        name, values, merged, _ = resolve_policy(
+            other, asked, None if multi else thresholds, given, None
+        )
+        values = [v for v in values if _runs(model, name, v, merged)]
+        if name == "drop" or not values:
+            continue  # drop on another model: its full depth and its own depth say it
+        _, found = sweep_rows(other, utts, waves, name, values, merged, table)
+        rows += found
+        configs += [(model, other.tokenizer, build_policy(name, v, **merged)) for v in values]
+    for row in rows:
+        row["model"] = label
+    return rows, configs
+
+
 def _runs(model: CTCEncoder, name: str, threshold: float, settings: dict[str, Any]) -> bool:
     try:
         build_policy(name, threshold, **settings).check(model)
@@ -537,11 +604,17 @@ def profile(
     gate: GateConfig | None = None,
     batch_size: int = 1,
     progress: Callable[[str], None] | None = None,
+    models: Sequence[str | Path] = (),
 ) -> ProfileReport:
-    """Sweep a skip policy over thresholds against full depth; see the module docstring."""
+    """Sweep skip policies over thresholds against full depth; see the module docstring.
+
+    ``models``: other checkpoints timed in the same rounds against the same static row (their
+    full depth, and the requested policies each can run), rows labelled with ``model``."""
     started = time.perf_counter()
     gate = gate or GateConfig()
     gate.validate()
+    if models and batch_size > 1:
+        raise UsageError("--models times whole utterances one at a time: drop --batch-size")
     if repeats < 1:
         raise UsageError("--repeats must be at least 1")
     if batch_size < 1:
@@ -609,10 +682,29 @@ def profile(
         "accuracy_and_flops_seconds": time.perf_counter() - phase,
     }
 
-    say(f"timing: {repeats} interleaved rounds of {count + 1} configurations")
     policies: list[Any] = [StaticPolicy()] + [
         build_policy(name, th, **merged) for name, values, merged in plans for th in values
     ]
+    extra_rows: list[dict[str, Any]] = []
+    for path in models:
+        found, configs = _other_model(
+            path, ckpt, names, multi, thresholds, overrides, utts, waves, dev
+        )
+        for row in found:  # ratios against this run's static row, not the other model's own
+            row["flops_ratio"] = row["gflops_per_audio_second"] / static["gflops_per_audio_second"]
+            enc = row["encoder_gflops_per_audio_second"] / static["encoder_gflops_per_audio_second"]
+            row["encoder_flops_ratio"] = enc
+            row["predicted_encoder_speedup"] = 1.0 / enc if enc else None
+        extra_rows += found
+        policies += configs
+    if models:
+        label = Path(checkpoint).name
+        static["model"] = label
+        for row in rows:
+            row["model"] = label
+    rows += extra_rows
+    phases["accuracy_and_flops_seconds"] = time.perf_counter() - phase
+    say(f"timing: {repeats} interleaved rounds of {len(policies)} configurations")
     phase = time.perf_counter()
     timings = _time_configs(
         model, ckpt.tokenizer, waves, policies, threads, repeats, dev, batch_size
@@ -645,12 +737,14 @@ def profile(
         )
     for row, flag in zip([static, *rows], pareto_flags([static, *rows]), strict=True):
         row["pareto"] = flag
+    main_label = Path(checkpoint).name
     for row in rows:
-        row["stored_operating_point"] = stored is not None and (
-            row["policy"],
-            row["threshold"],
-        ) == (stored[0], canonical_threshold(stored[1]))
-    if multi:  # one table of every method: the static row, then the rows by executed FLOPs
+        row["stored_operating_point"] = (
+            stored is not None
+            and row.get("model", main_label) == main_label
+            and (row["policy"], row["threshold"]) == (stored[0], canonical_threshold(stored[1]))
+        )
+    if multi or models:  # one table of every method: static, then the rows by executed FLOPs
         rows.sort(key=lambda r: r["flops_ratio"])
     verdict = judge(rows, static, gate)
     summary = model_summary(ckpt, Path(checkpoint))

@@ -367,3 +367,32 @@ def test_plot_without_matplotlib_is_a_one_line_hint(setup, tmp_path, monkeypatch
     assert "pip install 'dyncli[plot]'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
+
+
+def test_other_models_join_the_same_timed_rounds(setup, tmp_path) -> None:
+    """--models: another checkpoint's full depth (and the policies it can run) timed against
+    the same static row; ratios are against that row."""
+    out = tmp_path / "models.json"
+    result = _profile(
+        setup, "--policy", "blank-skip", "--models", f"{setup['static']},{setup['ckpt']}",
+        "--json", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    static = report["static"]
+    assert static["model"] == "dyn.ckpt"
+    by_model: dict[str, list[dict]] = {}
+    for row in report["rows"]:
+        by_model.setdefault(row["model"], []).append(row)
+    assert set(by_model) == {"dyn.ckpt", "tiny.ckpt"}
+    tiny = by_model["tiny.ckpt"]  # static: its full depth only (no exits for blank-skip)
+    assert [(r["policy"], r["threshold"]) for r in tiny] == [("static", None)]
+    # The same weights as the main model without exits: the same WER, the same FLOPs bar the
+    # exit heads blank-skip never runs at full depth.
+    assert tiny[0]["wer"] == static["wer"]
+    assert tiny[0]["flops_ratio"] == pytest.approx(1.0)
+    assert "speedup" in tiny[0] and tiny[0]["speedup"] > 0
+    again = by_model["dyn.ckpt"]
+    assert sum(1 for r in again if r["policy"] == "static") == 1  # the dyn model given twice
+    table = _profile(setup, "--policy", "blank-skip", "--models", setup["static"])
+    assert table.exit_code == 0 and "tiny.ckpt" in table.output

@@ -76,6 +76,16 @@ def run(
         float | None,
         typer.Option("--min-speedup", min=0.0, help="Gate: speedup vs static at least."),
     ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            "--models",
+            help="Other checkpoints, comma-separated (a pruned model, another distilled "
+            "variant), timed in the same rounds against the same static row: their full depth "
+            "and the --policy policies each can run, rows labelled by model.",
+            show_default=False,
+        ),
+    ] = None,
     plot: Annotated[
         Path | None,
         typer.Option(
@@ -146,6 +156,7 @@ def run(
         gate=gate,
         batch_size=batch_size,
         progress=progress,
+        models=[m.strip() for m in (models or "").split(",") if m.strip()],
     )
     if json_path is not None:
         write_json(json_path, report.to_json())
@@ -187,6 +198,7 @@ def render(report: Any) -> None:
 
     from dyncli.cli.output import print_line, print_table
     from dyncli.cli.render import pct
+    from dyncli.profiling import row_label
 
     op = report.gate["operating_point"]
     static = report.static
@@ -196,23 +208,28 @@ def render(report: Any) -> None:
         "other row has both lower WER and lower RTF (bold green on a terminal)",
     )
     multi = "," in report.policy["name"]
-    for col in COLUMNS[:1] + (("policy",) if multi else ()) + COLUMNS[1:]:
-        table.add_column(col, justify="left" if col == "policy" else "right")
+    models = "model" in static
+    extra = (("model",) if models else ()) + (("policy",) if multi or models else ())
+    for col in COLUMNS[:1] + extra + COLUMNS[1:]:
+        table.add_column(col, justify="left" if col in ("policy", "model") else "right")
     for row in [static, *report.rows]:
-        is_static = row["policy"] == "static"
+        is_static = row is static
+        full = row["threshold"] is None
         mark = ""
         if (
             not is_static
             and op is not None
-            and (row["policy"], row["threshold"]) == (op["policy"], op["threshold"])
+            and (row.get("model"), row["policy"], row["threshold"])
+            == (op.get("model"), op["policy"], op["threshold"])
         ):
             mark = ">"
         if row.get("stored_operating_point"):
             mark += "*"
         table.add_row(
             mark,
-            *((row["policy"],) if multi else ()),
-            "static" if is_static else f"{row['threshold']:.6g}",
+            *((row["model"],) if models else ()),
+            *((row["policy"],) if multi or models else ()),
+            "static" if full else f"{row['threshold']:.6g}",
             pct(row["wer"]),
             "" if is_static else f"{100 * (row['wer'] - static['wer']):+.2f}",
             pct(row["cer"]),
@@ -250,7 +267,7 @@ def render(report: Any) -> None:
     if stored:
         r = stored[0]
         print_line(
-            f"stored operating point ({r['policy']} @ {r['threshold']:.6g}): WER {pct(r['wer'])} "
+            f"stored operating point ({row_label(r)}): WER {pct(r['wer'])} "
             f"({100 * (r['wer'] - static['wer']):+.2f} points vs full depth), "
             f"{r['speedup']:.2f}x end to end, {r['skipped_frame_fraction']:.0%} of frames skipped"
         )
@@ -258,12 +275,12 @@ def render(report: Any) -> None:
     if op is not None and not bars and gate["bars"]["at"] is None:
         print_line(
             "no gate bars given (--max-wer, --max-wer-increase, --max-rtf, --min-speedup); "
-            f"fastest row: {op['policy']} @ {op['threshold']:.6g}"
+            f"fastest row: {row_label(op)}"
         )
     elif op is not None:
         verdict = "passed" if gate["passed"] else "FAILED"
         print_line(
-            f"gate {verdict}: operating point {op['policy']} @ {op['threshold']:.6g} "
+            f"gate {verdict}: operating point {row_label(op)} "
             f"({gate['selection']}): WER {pct(op['wer'])}, RTF {op['rtf']:.4f} "
             f"(RTFx {op['rtfx']:.0f}), {op['speedup']:.2f}x end to end, "
             f"{op['encoder_speedup']:.2f}x encoder (FLOPs predict "
