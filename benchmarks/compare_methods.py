@@ -9,7 +9,11 @@ profile`` on the recipe's test split (speaker george, never in training):
 * (b) ``distill --method dld`` vs ``convert --method layerdrop`` at drop rates 0.2, 0.5, 0.8,
   each profiled with ``--policy drop`` at 12, 9 and 6 layers (and the static model as is);
 * (c) early exit: fine-tuned (the bundled model) vs trained from scratch vs after ``distill
-  --method exit-kd``; entropy vs posterior selection.
+  --method exit-kd``; entropy vs posterior selection;
+* (d) I3D gates (``convert --method gates``, local vs global predictor, target 0.5 and 0.75 of
+  the attention and feed-forward modules) vs iterative layer pruning (``dyncli prune`` to 9
+  and 6 layers) vs the static model cut with ``--policy drop``, all from the bundled static
+  model and timed in one ``profile --models`` run against the same static row.
 
     python benchmarks/compare_methods.py --data WORK/data [--parts a,b,c] [--threads 2]
 
@@ -83,6 +87,23 @@ class Runner:
         }
         self.log.write_text(json.dumps(self.runs, indent=2))
         return out
+
+    def profile_models(
+        self, name: str, main: Path, policy: str, models: list[Path]
+    ) -> dict[str, Any]:
+        """One ``profile --models`` run: every model timed against ``main``'s static row."""
+        out = self.work / f"{name}.json"
+        if not out.exists():
+            cmd = [
+                dyncli(), "profile", str(main), "--data", self.data("test"), "--policy", policy,
+                "--models", ",".join(str(m) for m in models), "--threads", "1", "--repeats",
+                str(self.args.repeats), "--json", str(out), "--plot",
+                str(HERE / "results" / f"compare_methods_{name}.png"),
+            ]  # fmt: skip
+            print("$", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        report: dict[str, Any] = json.loads(out.read_text())
+        return report
 
     def profile(self, ckpt: Path, policy: str, thresholds: str) -> dict[str, Any]:
         out = self.work / f"{ckpt.stem}.{policy}.json"
@@ -233,6 +254,67 @@ def part_c(r: Runner) -> dict[str, Any]:
     return out
 
 
+def part_d(r: Runner) -> dict[str, Any]:
+    steps = r.args.short_steps
+    base = ["--epochs", "1", "--max-steps", str(steps), "--lr", "3e-4", "--warmup-steps", "30"]
+    gated: dict[str, Path] = {}
+    for predictor in ("local", "global"):
+        for target in ("0.5", "0.75"):
+            tag = f"gates_{predictor}_{target.replace('.', '')}"
+            gated[f"I3D {predictor}, target {target}"] = r.train(
+                tag,
+                [
+                    "convert",
+                    str(STATIC),
+                    "--method",
+                    "gates",
+                    "--predictor",
+                    predictor,
+                    "--target-modules",
+                    target,
+                    *base,
+                ],  # fmt: skip
+                {"steps": steps, "from": "bundled static"},
+            )
+    # Pruning fine-tunes after every removal: 40 steps a round (3 rounds to 9 layers, 6 to 6).
+    per_round = 40
+    pruned = {
+        f"pruned to {k} layers": r.train(
+            f"pruned{k}",
+            [
+                "prune",
+                str(STATIC),
+                "--keep",
+                str(k),
+                "--epochs",
+                "1",
+                "--max-steps",
+                str(per_round),
+                "--lr",
+                "3e-4",
+                "--warmup-steps",
+                "10",
+            ],  # fmt: skip
+            {"steps": per_round * (12 - k), "from": "bundled static"},
+        )
+        for k in (9, 6)
+    }
+    models = [*gated.values(), *pruned.values()]
+    report = r.profile_models("d", STATIC, "gates,drop", models)
+    static = report["static"]
+    labels = {p.name: name for name, p in {**gated, **pruned}.items()}
+    labels[STATIC.name] = "static, cut with --policy drop"
+    out: dict[str, Any] = {}
+    for label_file, name in labels.items():
+        rows = [row for row in report["rows"] if row.get("model") == label_file]
+        if label_file == STATIC.name:
+            rows = [row for row in rows if row["policy"] == "drop"]
+        else:
+            rows = [row for row in rows if row["policy"] != "static"] or rows
+        out[name] = summary({"static": static, "rows": rows})
+    return out
+
+
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
@@ -347,7 +429,7 @@ def main() -> None:
     if args.render:
         args.out.with_suffix(".md").write_text(markdown(results, runs))
         return
-    parts = {"a": part_a, "b": part_b, "c": part_c}
+    parts = {"a": part_a, "b": part_b, "c": part_c, "d": part_d}
     for part in args.parts.split(","):
         results[part] = parts[part](runner)
         runs.update(runner.runs)

@@ -564,7 +564,7 @@ def _other_model(
     configs: list[tuple[CTCEncoder, Tokenizer, Any]] = [(model, other.tokenizer, StaticPolicy())]
     for asked in names:
         spec = get_skip_policy(asked)
-        if spec.needs_exits and not model.exits:
+        if not _can_run(model, asked):
             continue
         fields = {f.name for f in dataclasses.fields(spec.config_cls)}
         given = {k: v for k, v in (overrides or {}).items() if k in fields and v is not None}
@@ -580,6 +580,14 @@ def _other_model(
     for row in rows:
         row["model"] = label
     return rows, configs
+
+
+def _can_run(model: CTCEncoder, name: str) -> bool:
+    """Whether ``model`` has what policy ``name`` needs (exits, a gate predictor)."""
+    spec = get_skip_policy(name)
+    if spec.needs_exits and not model.exits:
+        return False
+    return name == "drop" or _runs(model, name, spec.default_thresholds[0], {})
 
 
 def _runs(model: CTCEncoder, name: str, threshold: float, settings: dict[str, Any]) -> bool:
@@ -633,13 +641,15 @@ def profile(
         )
     if multi and gate.at is not None:
         raise UsageError("--at names a threshold of one policy: give a single --policy")
-    if not multi and not model.exits and get_skip_policy(names[0]).needs_exits:
+    if not models and not multi and not model.exits and get_skip_policy(names[0]).needs_exits:
         raise UsageError(
             f"{checkpoint}: a static checkpoint (no intermediate CTC heads); make a dynamic one "
             "with 'dyncli convert' (or profile the bundled dynamic model, or use --policy drop)"
         )
     plans: list[tuple[str, list[float], dict[str, Any]]] = []
     for asked in names:
+        if models and not _can_run(model, asked):
+            continue  # with --models, each checkpoint runs the policies it can
         given = overrides or {}
         if multi:  # a setting goes to the policies that have it (--skip-layer: blank-skip)
             fields = {f.name for f in dataclasses.fields(get_skip_policy(asked).config_cls)}
