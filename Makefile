@@ -21,7 +21,7 @@ $(STAMP): $(BIN)/python requirements-lock.txt pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/dyncli profile --threads $(THREADS)
+	$(BIN)/dyncli profile --policy all --models dyncli/assets/demo_static.ckpt --threads $(THREADS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

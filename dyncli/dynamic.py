@@ -512,23 +512,31 @@ class GatePolicy:
         n = _lens(lengths)
         lengths = lengths.to(x.device)
         pad_mask = _pad_mask(lengths, x.shape[1])
+        threshold = self.config.threshold
         plan = gp.plan(x, pad_mask)
         trace: list[TraceStep] = [("gates", -1, [1] * len(n))] if plan is not None else []
-        opened, probs = [], []
+        # Decisions go to the host once (the whole plan, or once per layer), so that a block
+        # closed for every utterance is a plain bool: no per-gate device ops, and the layer
+        # runs as the trace of its open blocks.
+        plan_open = None if plan is None else (torch.sigmoid(plan) >= threshold).cpu()
+        opened, logits = [], []
         for i in range(model.num_layers):
-            p = torch.sigmoid(gp.layer_logits(i, x, pad_mask, plan))
-            if plan is None:
+            if plan_open is not None:
+                is_open = plan_open[:, i]
+            else:
+                z = gp.layer_logits(i, x, pad_mask, None)
+                logits.append(z)
+                is_open = (torch.sigmoid(z) >= threshold).cpu()  # (B, blocks)
                 trace.append(("gates", i, [1] * len(n)))
-            is_open = p >= self.config.threshold  # (B, blocks)
-            gates = {name: is_open[:, j] for j, name in enumerate(gp.blocks)}
+            gates = _host_gates(is_open, gp.blocks, x.device)
             x = model.run_layer(i, x, pad_mask, gates=gates)  # type: ignore[call-arg]
-            trace.extend(_gated_trace(model, i, gates, n))
+            trace.extend(_gated_trace(model, i, is_open, gp.blocks, n))
             opened.append(is_open)
-            probs.append(p)
         trace.append(("head", model.num_layers, n))
         layers = _valid(lengths, x.shape[1]).long() * model.num_layers
         out = DynamicOutput(model.log_probs(x), lengths, layers, trace)
-        return out, GateDecision(gp.blocks, torch.stack(opened, 1), torch.stack(probs, 1))
+        probs = torch.sigmoid(plan if plan is not None else torch.stack(logits, 1))
+        return out, GateDecision(gp.blocks, torch.stack(opened, 1), probs)
 
     def encode(self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor) -> DynamicOutput:
         return self.run(model, x, lengths)[0]
@@ -546,18 +554,42 @@ class GatePolicy:
         ]
 
 
+def _host_gates(
+    is_open: torch.Tensor, blocks: Sequence[str], device: torch.device
+) -> dict[str, torch.Tensor | bool]:
+    """Per block: a bool when every utterance decides alike, else the (B,) decisions on
+    ``device`` (only the utterances whose gate is open then run the block)."""
+    gates: dict[str, torch.Tensor | bool] = {}
+    for j, name in enumerate(blocks):
+        column = is_open[:, j]
+        if bool(column.all()):
+            gates[name] = True
+        elif not bool(column.any()):
+            gates[name] = False
+        else:
+            gates[name] = column.to(device)
+    return gates
+
+
 def _gated_trace(
-    model: CTCEncoder, index: int, gates: dict[str, torch.Tensor], frames: list[int]
+    model: CTCEncoder,
+    index: int,
+    is_open: torch.Tensor,
+    blocks: Sequence[str],
+    frames: list[int],
 ) -> list[TraceStep]:
     """Trace steps of one gated layer: the whole layer when every block ran for every
     utterance, else each block on the utterances that ran it (and the closing norm)."""
-    opened = {name: g.tolist() for name, g in gates.items()}
-    if all(all(v) for v in opened.values()):
+    if bool(is_open.all()):
         return [("layer", index, frames)]
+    rows = is_open.tolist()
     steps: list[TraceStep] = []
     for name in (*model.blocks(index), "norm"):
-        rows = opened.get(name)
-        ran = frames if rows is None else [n for n, o in zip(frames, rows, strict=True) if o]
+        if name in blocks:
+            j = blocks.index(name)
+            ran = [m for m, row in zip(frames, rows, strict=True) if row[j]]
+        else:
+            ran = frames
         if ran:
             steps.append((f"block:{name}", index, ran))
     return steps

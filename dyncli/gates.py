@@ -72,7 +72,7 @@ class GatePredictor(torch.nn.Module):
         ``local`` (its logits come layer by layer, from :meth:`layer_logits`)."""
         if self.kind == "local":
             return None
-        logits: torch.Tensor = self.nets[0](pooled(x, pad_mask))
+        logits = _run_mlp(self.nets[0], pooled(x, pad_mask))
         return logits.view(x.shape[0], self.num_layers, len(self.blocks))
 
     def layer_logits(
@@ -85,8 +85,15 @@ class GatePredictor(torch.nn.Module):
         """Layer ``index``'s logits (B, blocks): from the plan (global) or its input (local)."""
         if plan is not None:
             return plan[:, index]
-        out: torch.Tensor = self.nets[index](pooled(x, pad_mask))
-        return out
+        return _run_mlp(self.nets[index], pooled(x, pad_mask))
+
+
+def _run_mlp(net: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """``net(h)`` for a :func:`_mlp`, as three functional ops (no module-call overhead: it runs
+    once per layer and utterance at inference)."""
+    first, last = net[0], net[2]  # type: ignore[index]
+    f = torch.nn.functional
+    return f.linear(f.relu(f.linear(h, first.weight, first.bias)), last.weight, last.bias)
 
 
 def _mlp(width: int, hidden: int, outputs: int) -> torch.nn.Sequential:
