@@ -323,6 +323,10 @@ def ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
+def _threshold(x: float | None) -> str:
+    return "full depth" if x is None else str(x)
+
+
 def num(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
@@ -360,7 +364,7 @@ def markdown(results: dict[str, Any], runs: dict[str, Any]) -> str:
         for name, s in rows.items():
             for row in s["rows"]:
                 lines.append(
-                    f"| {name} | {row['threshold']} | {pct(row['wer'])} | "
+                    f"| {name} | {_threshold(row['threshold'])} | {pct(row['wer'])} | "
                     f"{ratio(row['speedup'])} | {num(row['flops_ratio'])} | "
                     f"{num(row.get('avg_layers'))} | {pct(row.get('skipped_frame_fraction'))} |"
                 )

@@ -107,7 +107,7 @@ def test_train_from_scratch_with_exits(data, tmp_path) -> None:
         (("--exits", "0"), "must lie in 1..2"),
         (("--exits", "1,1"), "lists a layer twice"),
         (("--exits", "a,b"), "comma-separated layer numbers"),
-        (("--method", "gates", "--exits", "1"), "unknown --method 'gates'"),
+        (("--method", "pruning", "--exits", "1"), "unknown --method 'pruning'"),
         (("--exits", "1", "--wer-budget", "0.01", "--policy", "nope"), "unknown skip policy"),
     ],
 )
