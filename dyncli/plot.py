@@ -29,8 +29,11 @@ def require_matplotlib() -> None:
 
 
 def method_of(row: dict[str, Any]) -> str:
+    """The legend entry of a row: its policy (``full depth`` for a static row), and the model
+    it ran on when the report has several (``--models``)."""
+    name = "full depth" if row["threshold"] is None else str(row["policy"])
     model = row.get("model")
-    return f"{row['policy']} ({model})" if model else str(row["policy"])
+    return f"{name} ({model})" if model else name
 
 
 def _front(rows: Sequence[dict[str, Any]], key: str) -> list[dict[str, Any]]:
@@ -56,6 +59,7 @@ def plot_report(report: Any, path: str | Path) -> None:
 
     static = report.static
     rows: Sequence[dict[str, Any]] = report.rows
+    colors = plt.get_cmap("tab20")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     for ax, key, label in (
         (axes[0], "speedup", "speedup vs static (end to end, measured)"),
@@ -69,6 +73,7 @@ def plot_report(report: Any, path: str | Path) -> None:
                 [r[key] for r in found],
                 [100 * r["wer"] for r in found],
                 marker=MARKERS[i % len(MARKERS)],
+                color=colors(i % 20),  # 20 colours x 10 markers: no two methods look alike
                 label=name,
                 alpha=0.8,
             )
