@@ -67,6 +67,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint, half: bool = False) -> N
         "backbone": ckpt.backbone,
         "config": config_to_dict(ckpt.config),
         "vocab_size": int(ckpt.model.head.out_features),
+        "blank_id": int(ckpt.model.blank_id),
         "tokenizer": ckpt.tokenizer.to_state(),
         "state_dict": state,
         "dtype": "float16" if half else "float32",
@@ -150,6 +151,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if form not in EXIT_HEAD_FORMS:
         raise CheckpointError(f"{p}: unknown exit head form {form!r} in checkpoint method")
     model.exit_head_form = str(form)
+    blank = payload.get("blank_id", 0)  # format v1 checkpoints: dyncli's tokenizers, blank 0
+    if not isinstance(blank, int) or not 0 <= blank < int(payload["vocab_size"]):
+        raise CheckpointError(f"{p}: blank id {blank!r} outside the vocabulary")
+    model.blank_id = blank
     gates = (method or {}).get("gates")
     if gates is not None:
         from dyncli.gates import attach_gates

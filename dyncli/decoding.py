@@ -7,10 +7,13 @@ import torch
 from dyncli.text import BLANK_ID
 
 
-def greedy_ctc(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+def greedy_ctc(
+    log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = BLANK_ID
+) -> list[list[int]]:
     """Best path per utterance: argmax per frame, merge repeats, drop blanks.
 
     ``log_probs`` (B, T, V), ``lengths`` (B,) -> one list of label ids per utterance.
+    ``blank`` is the model's CTC blank id (``CTCEncoder.blank_id``).
     """
     best = log_probs.argmax(dim=-1)
     out: list[list[int]] = []
@@ -22,5 +25,5 @@ def greedy_ctc(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]
         keep = torch.ones_like(path, dtype=torch.bool)
         keep[1:] = path[1:] != path[:-1]
         path = path[keep]
-        out.append(path[path != BLANK_ID].tolist())
+        out.append(path[path != blank].tolist())
     return out

@@ -128,12 +128,17 @@ def frame_rate(model: CTCEncoder) -> float:
 
 
 def check_teacher(student: Checkpoint, teacher: Checkpoint, where: str) -> None:
-    """Refuse a teacher whose tokenizer or frame rate differs, saying what differs."""
+    """Refuse a teacher whose tokenizer, blank id or frame rate differs, saying what differs."""
     s_tok, t_tok = student.tokenizer, teacher.tokenizer
     if s_tok.to_state() != t_tok.to_state():
         raise UsageError(
             f"{where}: the teacher's tokenizer differs from the student's ({t_tok.kind}, "
             f"{t_tok.vocab_size} symbols vs {s_tok.kind}, {s_tok.vocab_size} symbols)"
+        )
+    if student.model.blank_id != teacher.model.blank_id:
+        raise UsageError(
+            f"{where}: the teacher's CTC blank is id {teacher.model.blank_id}, the student's "
+            f"id {student.model.blank_id}"
         )
     s_rate, t_rate = frame_rate(student.model), frame_rate(teacher.model)
     if s_rate != t_rate or student.model.sample_rate != teacher.model.sample_rate:

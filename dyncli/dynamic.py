@@ -137,12 +137,16 @@ def default_trigger(model: CTCEncoder, ckpt_method: dict[str, Any] | None = None
 
 
 def keep_mask(
-    exit_lp: torch.Tensor, lengths: torch.Tensor, threshold: float, neighbours: int
+    exit_lp: torch.Tensor,
+    lengths: torch.Tensor,
+    threshold: float,
+    neighbours: int,
+    blank: int = BLANK_ID,
 ) -> torch.Tensor:
     """(B, T) True on the frames that run the remaining layers: P(blank) < ``threshold``,
     grown by ``neighbours`` frames on each side, never on padding."""
     valid = _valid(lengths.to(exit_lp.device), exit_lp.shape[1])
-    keep = (exit_lp[..., BLANK_ID].exp() < threshold) & valid
+    keep = (exit_lp[..., blank].exp() < threshold) & valid
     if neighbours > 0 and bool(keep.any()):
         grown = torch.nn.functional.max_pool1d(
             keep.to(exit_lp.dtype).unsqueeze(1), 2 * neighbours + 1, stride=1, padding=neighbours
@@ -220,9 +224,9 @@ class BlankSkip:
         return x, model.exit_log_probs(k, x), trace
 
     def keep_mask(
-        self, exit_lp: torch.Tensor, lengths: torch.Tensor, threshold: float
+        self, exit_lp: torch.Tensor, lengths: torch.Tensor, threshold: float, blank: int
     ) -> torch.Tensor:
-        return keep_mask(exit_lp, lengths, threshold, self.config.neighbours)
+        return keep_mask(exit_lp, lengths, threshold, self.config.neighbours, blank)
 
     def suffix(
         self,
@@ -238,7 +242,7 @@ class BlankSkip:
         big_l = model.num_layers
         b, t, d = x.shape
         lengths = lengths.to(x.device)
-        keep = self.keep_mask(exit_lp, lengths, threshold)
+        keep = self.keep_mask(exit_lp, lengths, threshold, model.blank_id)
         counts = keep.sum(dim=1)
         out = exit_lp.clone()
         frame_layers = _valid(lengths, t).long() * k
@@ -280,7 +284,9 @@ class BlankSkip:
         return [self.suffix(model, xk, exit_lp, lengths, th, trace) for th in thresholds]
 
 
-def exit_confidence(log_probs: torch.Tensor, lengths: torch.Tensor, criterion: str) -> torch.Tensor:
+def exit_confidence(
+    log_probs: torch.Tensor, lengths: torch.Tensor, criterion: str, blank: int = BLANK_ID
+) -> torch.Tensor:
     """Per-utterance confidence (B,) of CTC log-probs (B, T, V) over the true frames.
 
     ``entropy``: mean over frames of H(p_t) / log V (lower is more confident).
@@ -295,7 +301,7 @@ def exit_confidence(log_probs: torch.Tensor, lengths: torch.Tensor, criterion: s
         return (ent * valid).sum(dim=1) / frames
     best, arg = log_probs.max(dim=-1)
     peak = best.exp()
-    emits = (arg != BLANK_ID).to(log_probs.dtype) * valid
+    emits = (arg != blank).to(log_probs.dtype) * valid
     n_emit = emits.sum(dim=1)
     token_mean = (peak * emits).sum(dim=1) / n_emit.clamp(min=1)
     all_mean = (peak * valid).sum(dim=1) / frames
@@ -343,7 +349,8 @@ class EarlyExit:
             lp = model.exit_log_probs(layer, x)
             trace.append(("exit", layer, _lens(cur_lens)))
             done = self.passes(
-                exit_confidence(lp, cur_lens, self.config.criterion), self.config.threshold
+                exit_confidence(lp, cur_lens, self.config.criterion, model.blank_id),
+                self.config.threshold,
             )
             if not bool(done.any()):
                 continue
@@ -382,7 +389,8 @@ class EarlyExit:
             x = model.run_layer(i, x, pad_mask)
             if i + 1 in exits:
                 lp = model.exit_log_probs(i + 1, x)
-                heads.append((i + 1, lp, exit_confidence(lp, lengths, self.config.criterion)))
+                conf = exit_confidence(lp, lengths, self.config.criterion, model.blank_id)
+                heads.append((i + 1, lp, conf))
         final = model.log_probs(x)
         outputs = []
         for th in thresholds:

@@ -116,7 +116,7 @@ def _decode_one(ckpt: Checkpoint, runner: SkipPolicy, wave: torch.Tensor) -> str
     """Features, encoder (under ``runner``) and greedy decoding of one waveform (N,)."""
     lengths = torch.tensor([wave.shape[0]], device=wave.device)
     out = run_policy(ckpt.model, runner, wave.unsqueeze(0), lengths)
-    return ckpt.tokenizer.decode(greedy_ctc(out.log_probs, out.lengths)[0])
+    return ckpt.tokenizer.decode(greedy_ctc(out.log_probs, out.lengths, ckpt.model.blank_id)[0])
 
 
 def evaluate(

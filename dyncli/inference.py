@@ -65,6 +65,6 @@ def transcribe_waves(
     for batch in batches:
         wave, lens = pad_waves([waves[i] for i in batch])
         log_probs, out_lens = model(wave.to(device), lens.to(device))
-        for i, ids in zip(batch, greedy_ctc(log_probs, out_lens), strict=True):
+        for i, ids in zip(batch, greedy_ctc(log_probs, out_lens, model.blank_id), strict=True):
             out[i] = tokenizer.decode(ids)
     return out

@@ -161,9 +161,15 @@ def _encoder_flops(table: Any, trace: Sequence[tuple[str, int, list[int]]]) -> i
 
 
 def _accumulate(
-    stats: SweepStats, out: DynamicOutput, tokenizer: Tokenizer, table: Any, front: int, depth: int
+    stats: SweepStats,
+    out: DynamicOutput,
+    tokenizer: Tokenizer,
+    table: Any,
+    front: int,
+    depth: int,
+    blank: int,
 ) -> None:
-    stats.hyps.append(tokenizer.decode(greedy_ctc(out.log_probs, out.lengths)[0]))
+    stats.hyps.append(tokenizer.decode(greedy_ctc(out.log_probs, out.lengths, blank)[0]))
     enc = _encoder_flops(table, out.trace)
     stats.encoder_flops += enc
     stats.flops += front + enc
@@ -204,10 +210,13 @@ def accuracy_sweep(
         feats, frames = model.features(wave[None], lengths)
         x, n = model.embed(feats, frames)
         front = table.frontend(int(wave.shape[0]))
-        _accumulate(static, StaticPolicy().encode(model, x, n), tokenizer, table, front, depth)
+        blank = model.blank_id
+        _accumulate(
+            static, StaticPolicy().encode(model, x, n), tokenizer, table, front, depth, blank
+        )
         outs = runner.sweep(model, x, n, thresholds)
         for stats, out in zip(rows, outs, strict=True):
-            _accumulate(stats, out, tokenizer, table, front, depth)
+            _accumulate(stats, out, tokenizer, table, front, depth, blank)
         if progress is not None:
             progress(i + 1)
     return static, rows
@@ -305,7 +314,7 @@ class _Stepper:
         out = self.policy.encode(model, x, out_n)
         self.sync()
         self.encoder.append(time.perf_counter() - start)
-        for ids in greedy_ctc(out.log_probs, out.lengths):
+        for ids in greedy_ctc(out.log_probs, out.lengths, model.blank_id):
             self.tokenizer.decode(ids)
 
 

@@ -40,6 +40,10 @@ class CTCEncoder(torch.nn.Module):
         super().__init__()
         self.exit_heads = torch.nn.ModuleDict()
         self.exit_head_form = "softmax"
+        # The CTC blank's output id. It belongs to the model and its vocabulary (dyncli's own
+        # tokenizers put it at 0; a wav2vec2 vocabulary's blank is its <pad> token): decoding,
+        # blank-skip, the CTC loss and factorized KD all read it from here.
+        self.blank_id = BLANK_ID
 
     @property
     def exits(self) -> list[int]:
@@ -66,7 +70,7 @@ class CTCEncoder(torch.nn.Module):
         """CTC log-probs (B, T, V) of the exit head after 1-based ``layer``, from (B, T, D)."""
         logits = self.exit_heads[str(layer)](x)
         if self.exit_head_form == "factorized":
-            return factorized_log_probs(logits)
+            return factorized_log_probs(logits, self.blank_id)
         return torch.log_softmax(logits, dim=-1)
 
     def embed(

@@ -175,12 +175,6 @@ def posterior_kd(
 def greedy_labels(log_probs: Tensor, lengths: Tensor, blank: int = BLANK_ID) -> list[list[int]]:
     """CTC greedy path per utterance: argmax per valid frame, merge repeats, drop blanks.
 
-    Uses :func:`dyncli.decoding.greedy_ctc`; another ``blank`` id is swapped into position
-    ``BLANK_ID`` first and the labels mapped back.
+    Uses :func:`dyncli.decoding.greedy_ctc` with the model's ``blank``.
     """
-    if blank == BLANK_ID:
-        return greedy_ctc(log_probs, lengths)
-    perm = list(range(log_probs.shape[-1]))
-    perm[BLANK_ID], perm[blank] = blank, BLANK_ID
-    swapped = log_probs[..., torch.tensor(perm, device=log_probs.device)]
-    return [[perm[i] for i in labels] for labels in greedy_ctc(swapped, lengths)]
+    return greedy_ctc(log_probs, lengths, blank)

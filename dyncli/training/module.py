@@ -137,6 +137,7 @@ class TrainingModule(torch.nn.Module):
             batch,
             student,
             (lambda: teacher.log_probs(batch, frames_out)) if teacher is not None else None,
+            blank=model.blank_id,
         )
         terms: dict[str, torch.Tensor] = {}
         total: torch.Tensor | None = None

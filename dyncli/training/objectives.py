@@ -66,6 +66,7 @@ class Step:
     batch: Batch
     student: StudentPass
     teacher_fn: Callable[[], torch.Tensor] | None = None
+    blank: int = BLANK_ID  # the model's CTC blank id
     _teacher: torch.Tensor | None = field(default=None, repr=False)
 
     def teacher(self) -> torch.Tensor:
@@ -88,6 +89,7 @@ def ctc_loss(
     log_probs: torch.Tensor,
     lengths: torch.Tensor,
     targets: list[list[int]],
+    blank: int = BLANK_ID,
 ) -> torch.Tensor:
     """Sum of per-utterance CTC losses / batch size, on the true (unpadded) frame counts."""
     flat = torch.tensor([t for seq in targets for t in seq], dtype=torch.long)
@@ -97,7 +99,7 @@ def ctc_loss(
         flat.to(log_probs.device),
         lengths,
         target_lengths.to(log_probs.device),
-        blank=BLANK_ID,
+        blank=blank,
         reduction="sum",
         zero_infinity=True,
     )
@@ -112,7 +114,7 @@ class FinalCTC:
         s = step.student
         if s.final is None:
             return {}
-        return {"ctc": ctc_loss(s.final, s.lengths, step.batch.targets)}
+        return {"ctc": ctc_loss(s.final, s.lengths, step.batch.targets, step.blank)}
 
 
 class ExitCTC:
@@ -123,7 +125,9 @@ class ExitCTC:
         s = step.student
         if not s.exits:
             return {}
-        losses = [ctc_loss(lp, s.lengths, step.batch.targets) for lp in s.exits.values()]
+        losses = [
+            ctc_loss(lp, s.lengths, step.batch.targets, step.blank) for lp in s.exits.values()
+        ]
         return {"exit_ctc": torch.stack(losses).sum()}
 
 
@@ -146,7 +150,9 @@ class FactorizedKD:
         teacher = step.teacher()
         blank, nonblank = [], []
         for lp in s.exits.values():
-            terms = factorized_kd(teacher, lp, s.lengths, temperature=self.temperature)
+            terms = factorized_kd(
+                teacher, lp, s.lengths, temperature=self.temperature, blank=step.blank
+            )
             blank.append(terms.blank)
             nonblank.append(terms.nonblank)
         return {
@@ -193,10 +199,10 @@ class ExitKD:
         if not s.exits:
             return {}
         teacher = step.teacher()
-        labels = pseudo_labels(greedy_labels(teacher, s.lengths), step.batch.targets)
+        labels = pseudo_labels(greedy_labels(teacher, s.lengths, step.blank), step.batch.targets)
         out = {
             "exit_kd": torch.stack(
-                [ctc_loss(lp, s.lengths, labels) for lp in s.exits.values()]
+                [ctc_loss(lp, s.lengths, labels, step.blank) for lp in s.exits.values()]
             ).sum()
         }
         if self.kl:

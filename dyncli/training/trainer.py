@@ -484,7 +484,7 @@ def dev_scores(
             x, n = model.embed(feats, frames)
             outs[model.num_layers] = gated.encode(model, x, n).log_probs
         for layer, lp in outs.items():
-            for i, ids in zip(idx, greedy_ctc(lp, out_lens), strict=True):
+            for i, ids in zip(idx, greedy_ctc(lp, out_lens, model.blank_id), strict=True):
                 hyps[layer][i] = tokenizer.decode(ids)
     model.train(was_training)
     merged: dict[int, dict[int, str]] = {k: {} for k in heads}
