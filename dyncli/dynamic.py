@@ -592,7 +592,8 @@ def _gated_trace(
         return [("layer", index, frames)]
     rows = is_open.tolist()
     steps: list[TraceStep] = []
-    for name in (*model.blocks(index), "norm"):
+    closing = model.closing_block(index)
+    for name in (*model.blocks(index), *((closing,) if closing else ())):
         if name in blocks:
             j = blocks.index(name)
             ran = [m for m, row in zip(frames, rows, strict=True) if row[j]]

@@ -415,7 +415,8 @@ class FlopTable:
         norm's (the residual additions are element-wise: not counted)."""
         if not 0 <= index < self.model.num_layers:
             raise IndexError(f"layer {index} outside 0..{self.model.num_layers - 1}")
-        if name not in (*self.model.blocks(index), "norm"):
+        closing = self.model.closing_block(index)
+        if name not in (*self.model.blocks(index), *((closing,) if closing else ())):
             raise KeyError(f"layer {index} has no block {name!r}")
         return self._per_frame_part(f"block:{name}", index, frames)
 

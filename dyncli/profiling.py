@@ -513,14 +513,17 @@ def resolve_policy(
     return name, values, merged, stored_threshold
 
 
-def requested_policies(ckpt: Checkpoint, policy: str | None) -> list[str]:
+def requested_policies(ckpt: Checkpoint, policy: str | None, models: bool = False) -> list[str]:
     """The policies ``--policy`` names: one, a comma list, or ``all`` (every registered policy
-    this checkpoint can run: exits for the exit policies, a gate predictor for gates)."""
+    this checkpoint can run: exits for the exit policies, a gate predictor for gates; with
+    ``--models``, every registered policy, each checkpoint running those it can)."""
     from dyncli.plugins import skip_policies
 
     if policy is None:
         stored = stored_point(ckpt.method)
         return [stored[0] if stored else default_policy(ckpt.method)]
+    if policy.strip() == "all" and models:
+        return list(skip_policies())
     if policy.strip() == "all":
         names = []
         for spec in skip_policies().values():
@@ -641,7 +644,7 @@ def profile(
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.model.to(dev)
     stored = stored_point(ckpt.method)
-    names = requested_policies(ckpt, policy)
+    names = requested_policies(ckpt, policy, bool(models))
     multi = len(names) > 1
     if multi and thresholds:
         raise UsageError(

@@ -18,8 +18,8 @@ from dyncli import hookimpl, plugins
 from dyncli.cli.app import build_app
 from dyncli.errors import UsageError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "dyncli-transformer"))
-import dyncli_transformer  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "dyncli-exit-at"))
+import dyncli_exit_at  # noqa: E402
 
 runner = CliRunner()
 
@@ -244,17 +244,27 @@ def test_unknown_command_with_a_broken_plugin_is_usage_error(installed) -> None:
     assert "dyncli-broken" in result.stderr
 
 
-def test_transformer_plugin_backbone(registered, tmp_path: Path) -> None:
-    registered(dyncli_transformer, "transformer")
-    spec = plugins.get_backbone("transformer")
-    model = spec.build(spec.presets["tiny"], 6).eval()
-    waves = [torch.randn(4000) * 0.1, torch.randn(7000) * 0.1]
-    batch = torch.zeros(2, 7000)
-    batch[0, :4000], batch[1] = waves[0], waves[1]
+def test_exit_at_plugin_policy(registered) -> None:
+    """The example plugin's policy goes through the registry like a built-in: the layers after
+    its exit are never run, and the profile sweep counts them out."""
+    from dyncli.dynamic import build_policy
+    from dyncli.models.config import CONFORMER_PRESETS
+    from dyncli.models.conformer import build_conformer_ctc
+
+    registered(dyncli_exit_at, "exit-at")
+    torch.manual_seed(0)
+    model = build_conformer_ctc(CONFORMER_PRESETS["tiny"], 7).eval()
+    model.attach_exits([1, 2])
+    x = torch.randn(2, 9, model.head.in_features)
+    lengths = torch.tensor([9, 6])
     with torch.inference_mode():
-        out, lens = model(batch, torch.tensor([4000, 7000]))
-        single, _ = model(waves[0][None], torch.tensor([4000]))
-    torch.testing.assert_close(out[0, : int(lens[0])], single[0], atol=1e-5, rtol=1e-4)
+        out = build_policy("exit-at", 1).encode(model, x, lengths)
+        ref = model.exit_log_probs(1, model.run_layer(0, x, None))
+    assert [s[:2] for s in out.trace] == [("layer", 0), ("exit", 1)]
+    torch.testing.assert_close(out.log_probs[0], ref[0], atol=1e-5, rtol=1e-5)
+    assert out.frame_layers.tolist()[1] == [1] * 6 + [0] * 3
+    with pytest.raises(UsageError, match="no exit there"):
+        build_policy("exit-at", 3).check(model)
 
 
 def test_load_plugins_env_filters_entry_points(monkeypatch) -> None:

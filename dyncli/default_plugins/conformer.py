@@ -1,4 +1,4 @@
-"""The built-in Conformer CTC backbone."""
+"""The built-in backbones: Conformer and pre-LN Transformer CTC encoders."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 from dyncli.hookspecs import hookimpl
-from dyncli.models.config import CONFORMER_PRESETS, ConformerConfig
+from dyncli.models.config import (
+    CONFORMER_PRESETS,
+    TRANSFORMER_PRESETS,
+    ConformerConfig,
+    TransformerConfig,
+)
 from dyncli.plugins import BackboneSpec
 
 
@@ -14,6 +19,12 @@ def _build(config: ConformerConfig, vocab_size: int) -> Any:
     from dyncli.models.conformer import build_conformer_ctc
 
     return build_conformer_ctc(config, vocab_size)
+
+
+def _build_transformer(config: TransformerConfig, vocab_size: int) -> Any:
+    from dyncli.models.transformer import build_transformer_ctc
+
+    return build_transformer_ctc(config, vocab_size)
 
 
 @hookimpl
@@ -25,5 +36,14 @@ def register_backbones(register: Callable[[Any], None]) -> None:
             build=_build,
             presets=CONFORMER_PRESETS,
             description="log-mel + conv subsampling + torchaudio Conformer layers + CTC head",
+        )
+    )
+    register(
+        BackboneSpec(
+            name="transformer",
+            config_cls=TransformerConfig,
+            build=_build_transformer,
+            presets=TRANSFORMER_PRESETS,
+            description="log-mel + conv subsampling + pre-LN Transformer layers + CTC head (I3D)",
         )
     )

@@ -68,7 +68,7 @@ class CTCEncoder(torch.nn.Module):
 
     def exit_log_probs(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """CTC log-probs (B, T, V) of the exit head after 1-based ``layer``, from (B, T, D)."""
-        logits = self.exit_heads[str(layer)](x)
+        logits = self.exit_heads[str(layer)](self.head_input(x))
         if self.exit_head_form == "factorized":
             return factorized_log_probs(logits, self.blank_id)
         return torch.log_softmax(logits, dim=-1)
@@ -93,6 +93,11 @@ class CTCEncoder(torch.nn.Module):
         also close with ``norm``, which always runs. A backbone that does not name its blocks
         returns ``()``: it runs whole layers only, and gates do not apply to it."""
         return ()
+
+    def closing_block(self, index: int) -> str | None:
+        """The name of the op that closes layer ``index`` after its residual blocks and always
+        runs (a Conformer layer's LayerNorm: ``norm``), or None (a pre-norm Transformer)."""
+        return None
 
     @property
     def gateable_blocks(self) -> tuple[str, ...]:
@@ -131,8 +136,13 @@ class CTCEncoder(torch.nn.Module):
             x = self.run_layer(i, x, pad_mask)
         return x, lengths
 
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What every CTC head reads from a layer's output: ``x`` itself, or, for a pre-norm
+        encoder, its final LayerNorm (so exit heads see what the final head was trained on)."""
+        return x
+
     def log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.head(x), dim=-1)
+        return torch.log_softmax(self.head(self.head_input(x)), dim=-1)
 
     def forward(
         self, wave: torch.Tensor, lengths: torch.Tensor

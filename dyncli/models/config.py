@@ -88,3 +88,23 @@ def _is_tuple(hint: Any) -> bool:
     if origin in (typing.Union, types.UnionType):
         return any(_is_tuple(a) for a in typing.get_args(hint))
     return origin is tuple
+
+
+@dataclass
+class TransformerConfig:
+    d_model: int = 144
+    num_heads: int = 4
+    ffn_dim: int = 576
+    num_layers: int = 12
+    dropout: float = 0.1
+    subsampling_channels: int = 32
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+
+
+TRANSFORMER_PRESETS = {
+    "demo": TransformerConfig(),
+    "small": TransformerConfig(d_model=96, ffn_dim=384, num_layers=6),
+    "tiny": TransformerConfig(
+        d_model=32, num_heads=2, ffn_dim=64, num_layers=2, subsampling_channels=4
+    ),
+}

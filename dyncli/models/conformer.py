@@ -537,6 +537,9 @@ class ConformerCTC(CTCEncoder):
         assert isinstance(layer, ConformerLayer)
         return block_order(layer)
 
+    def closing_block(self, index: int) -> str | None:
+        return NORM
+
     @property
     def gateable_blocks(self) -> tuple[str, ...]:
         return GATEABLE
