@@ -61,17 +61,24 @@ class PruneResult:
     train: list[TrainResult]
 
 
+def with_layers(config: Any, count: int, backbone: str) -> Any:
+    """``config`` with ``count`` encoder layers (``num_layers`` or ``encoder_num_layers``)."""
+    fields = {f.name for f in dataclasses.fields(config)}
+    for name in ("num_layers", "encoder_num_layers"):
+        if name in fields:
+            return dataclasses.replace(config, **{name: count})
+    raise UsageError(f"the {backbone} config names no layer count: cannot prune it")
+
+
 def without_layer(model: CTCEncoder, index: int, backbone: str, config: Any) -> CTCEncoder:
     """A new model with layer ``index`` removed: one layer fewer in its config, every other
     weight carried over (layers after ``index`` move up by one)."""
     from dyncli.plugins import get_backbone
 
-    if not hasattr(config, "num_layers"):
-        raise UsageError(f"the {backbone} config has no num_layers: cannot prune it")
     smaller = get_backbone(backbone).build(
-        dataclasses.replace(config, num_layers=model.num_layers - 1),
-        int(model.head.out_features),
+        with_layers(config, model.num_layers - 1, backbone), int(model.head.out_features)
     )
+    smaller.blank_id = model.blank_id
     state = {}
     for key, value in model.state_dict().items():
         if key.startswith("layers."):
@@ -175,7 +182,7 @@ def prune(
             "kept_layers": list(kept),
             "prune_rounds": [dataclasses.asdict(r) for r in rounds],
         }
-        config_now = dataclasses.replace(current.config, num_layers=smaller.num_layers)
+        config_now = with_layers(current.config, smaller.num_layers, current.backbone)
         result = run_engine(
             model=smaller,
             tokenizer=current.tokenizer,

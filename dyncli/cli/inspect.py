@@ -35,7 +35,9 @@ def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
         ("layers", str(info["layers"])),
         (
             "width",
-            f"d_model {cfg.get('d_model')}, heads {cfg.get('num_heads')}, ffn {cfg.get('ffn_dim')}",
+            f"d_model {cfg.get('d_model', cfg.get('encoder_embed_dim'))}, heads "
+            f"{cfg.get('num_heads', cfg.get('encoder_num_heads'))}, ffn "
+            f"{cfg.get('ffn_dim', cfg.get('encoder_ff_interm_features'))}",
         ),
         (
             "CTC heads",

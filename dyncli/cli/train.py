@@ -141,9 +141,13 @@ def run(
         "num_heads": heads,
         "dropout": dropout,
     }
-    model_config = dataclasses.replace(
-        spec.presets[preset], **{k: v for k, v in overrides.items() if v is not None}
-    )
+    given = {k: v for k, v in overrides.items() if v is not None}
+    fields = {f.name for f in dataclasses.fields(spec.presets[preset])}
+    flags = {"num_layers": "--layers", "d_model": "--d-model", "ffn_dim": "--ffn-dim"}
+    for key in sorted(set(given) - fields):
+        flag = flags.get(key, "--" + key.replace("num_", "").replace("_", "-"))
+        raise UsageError(f"{flag} does not apply to the {backbone} backbone (use --preset)")
+    model_config = dataclasses.replace(spec.presets[preset], **given)
     if tokenizer not in ("sentencepiece", "char"):
         raise UsageError(f"--tokenizer must be 'sentencepiece' or 'char', got {tokenizer!r}")
     aug = AugmentConfig(

@@ -1,4 +1,4 @@
-"""The built-in backbones: Conformer and pre-LN Transformer CTC encoders."""
+"""The built-in backbones: Conformer, pre-LN Transformer and wav2vec2 / HuBERT CTC encoders."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from dyncli.hookspecs import hookimpl
 from dyncli.models.config import (
     CONFORMER_PRESETS,
     TRANSFORMER_PRESETS,
+    WAV2VEC2_PRESETS,
     ConformerConfig,
     TransformerConfig,
+    Wav2Vec2Config,
 )
 from dyncli.plugins import BackboneSpec
 
@@ -19,6 +21,12 @@ def _build(config: ConformerConfig, vocab_size: int) -> Any:
     from dyncli.models.conformer import build_conformer_ctc
 
     return build_conformer_ctc(config, vocab_size)
+
+
+def _build_wav2vec2(config: Wav2Vec2Config, vocab_size: int) -> Any:
+    from dyncli.models.wav2vec2 import build_wav2vec2_ctc
+
+    return build_wav2vec2_ctc(config, vocab_size)
 
 
 def _build_transformer(config: TransformerConfig, vocab_size: int) -> Any:
@@ -45,5 +53,15 @@ def register_backbones(register: Callable[[Any], None]) -> None:
             build=_build_transformer,
             presets=TRANSFORMER_PRESETS,
             description="log-mel + conv subsampling + pre-LN Transformer layers + CTC head (I3D)",
+        )
+    )
+    register(
+        BackboneSpec(
+            name="wav2vec2",
+            config_cls=Wav2Vec2Config,
+            build=_build_wav2vec2,
+            presets=WAV2VEC2_PRESETS,
+            description="raw waveform + conv feature extractor + wav2vec2 / HuBERT layers + CTC "
+            "head (torchaudio)",
         )
     )

@@ -62,6 +62,12 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def sample_rate_of(config: Any) -> int:
+    """The input sample rate a backbone config expects (its front end's, or its own)."""
+    frontend = getattr(config, "frontend", None)
+    return int(frontend.sample_rate if frontend is not None else config.sample_rate)
+
+
 def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Rebuild a (possibly nested) config dataclass, refusing unknown keys."""
     if not isinstance(data, dict):
@@ -106,5 +112,49 @@ TRANSFORMER_PRESETS = {
     "small": TransformerConfig(d_model=96, ffn_dim=384, num_layers=6),
     "tiny": TransformerConfig(
         d_model=32, num_heads=2, ffn_dim=64, num_layers=2, subsampling_channels=4
+    ),
+}
+
+
+@dataclass
+class Wav2Vec2Config:
+    """torchaudio's ``wav2vec2_model`` factory arguments (wav2vec2 and HuBERT share the
+    architecture), plus the input rate and whether waveforms are normalised per utterance
+    (Hugging Face's ``do_normalize``). WavLM is not supported yet (its first layer computes a
+    relative position bias that the later layers reuse)."""
+
+    extractor_mode: str = "group_norm"
+    extractor_conv_layer_config: list[list[int]] | None = None  # None: the 7-layer wav2vec2 stack
+    extractor_conv_bias: bool = False
+    encoder_embed_dim: int = 768
+    encoder_projection_dropout: float = 0.1
+    encoder_pos_conv_kernel: int = 128
+    encoder_pos_conv_groups: int = 16
+    encoder_num_layers: int = 12
+    encoder_num_heads: int = 12
+    encoder_attention_dropout: float = 0.1
+    encoder_ff_interm_features: int = 3072
+    encoder_ff_interm_dropout: float = 0.0
+    encoder_dropout: float = 0.1
+    encoder_layer_norm_first: bool = False
+    sample_rate: int = 16000
+    normalize_waveform: bool = False
+
+    @property
+    def num_layers(self) -> int:
+        return self.encoder_num_layers
+
+
+WAV2VEC2_PRESETS = {
+    "base": Wav2Vec2Config(),
+    "tiny": Wav2Vec2Config(
+        extractor_conv_layer_config=[[16, 10, 5], [16, 3, 2], [16, 2, 2]],
+        encoder_embed_dim=32,
+        encoder_pos_conv_kernel=8,
+        encoder_pos_conv_groups=4,
+        encoder_num_layers=3,
+        encoder_num_heads=2,
+        encoder_ff_interm_features=64,
+        sample_rate=8000,
     ),
 }

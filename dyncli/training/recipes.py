@@ -19,7 +19,7 @@ from dyncli.checkpoint import Checkpoint
 from dyncli.errors import UsageError
 from dyncli.inference import pick_device
 from dyncli.models.base import CTCEncoder
-from dyncli.models.config import config_to_dict
+from dyncli.models.config import config_to_dict, sample_rate_of
 from dyncli.plugins import get_backbone
 from dyncli.text import Tokenizer, build_tokenizer
 from dyncli.training import distributed
@@ -186,14 +186,12 @@ def train(
     device, world = start(cfg)
     reporter = reporter if world.main else SilentReporter()
     spec = get_backbone(backbone)
-    model_config = model_config or spec.presets["demo"]
+    model_config = model_config or spec.presets.get("demo") or next(iter(spec.presets.values()))
     exit_cfg = exits or ExitTraining()
     if exit_cfg.freeze_backbone:
         raise UsageError("--freeze-backbone needs a trained backbone: use 'dyncli convert'")
     seed_everything(cfg.seed)
-    data = load_data(
-        train_manifest, dev_manifest, int(model_config.frontend.sample_rate), cfg, reporter
-    )
+    data = load_data(train_manifest, dev_manifest, sample_rate_of(model_config), cfg, reporter)
     tokenizer = build_tokenizer(cfg.tokenizer, [u.text for u in data.train], cfg.vocab_size)
     model = spec.build(model_config, tokenizer.vocab_size)
     if exit_cfg.exits:

@@ -1,0 +1,240 @@
+"""wav2vec2 / HuBERT CTC encoders (torchaudio's ``Wav2Vec2Model``) with their layers exposed.
+
+The pipeline, split where dyncli needs it::
+
+    wave --features: conv feature extractor--> (B, T, C) --embed: feature projection, padded
+    frames zeroed, convolutional positional embedding (+ LayerNorm in the post-LN variant)-->
+    x (B, T, D) --layers, one by one--> (+ LayerNorm in the pre-LN variant) --head--> CTC
+
+(the post-LN variant normalises in ``embed``, after the positional embedding)
+
+The convolutional positional embedding runs once, in ``embed``, before the first layer: it is
+never skipped, and it and the feature extractor are counted in the front end's FLOPs.
+
+Each layer is stated once (:func:`w2v_layer`) as two named blocks, ``attn`` and ``ffn``, on the
+parameters of torchaudio's ``EncoderLayer`` (a test pins it to that module). In the pre-LN
+("stable layer norm") variant a block is ``x + f(LN(x))``. In the post-LN variant a block is
+``LN(x + f(x))``, which is not a residual, so its branch is stated as the change it makes,
+``LN(x + f(x)) - x``: bypassing the block (a closed gate) skips the sub-layer and its norm, and
+a soft gate interpolates between the block's output and its input.
+
+Where the encoder's LayerNorm comes after the layers (the pre-LN "stable layer norm" variant,
+``encoder_layer_norm_first``), every CTC head, the exit heads included, reads through it
+(:meth:`Wav2Vec2CTC.head_input`); in the post-LN variant it runs before the first layer, in
+``embed``.
+
+Models are built from torchaudio's factory (:func:`torchaudio.models.wav2vec2_model`) and can be
+loaded from a torchaudio state dict with :func:`from_torchaudio`. WavLM, whose first layer
+computes a relative position bias the later layers reuse, is not supported yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from dyncli.errors import UsageError
+from dyncli.models.base import CTCEncoder
+from dyncli.models.config import Wav2Vec2Config
+from dyncli.models.conformer import Gates
+
+ATTN, FFN = "attn", "ffn"
+
+
+def factory_kwargs(config: Wav2Vec2Config) -> dict[str, Any]:
+    """``wav2vec2_model`` keyword arguments from ``config`` (dyncli's own fields dropped)."""
+    kwargs = dataclasses.asdict(config)
+    for key in ("sample_rate", "normalize_waveform"):
+        kwargs.pop(key)
+    layers = kwargs["extractor_conv_layer_config"]
+    kwargs["extractor_conv_layer_config"] = None if layers is None else [tuple(c) for c in layers]
+    kwargs["encoder_layer_drop"] = 0.0  # layer drop is dyncli's to do (convert --method ...)
+    return kwargs
+
+
+class Wav2Vec2CTC(CTCEncoder):
+    """A torchaudio wav2vec2 / HuBERT model with a CTC head, its layers reachable one by one."""
+
+    def __init__(self, config: Wav2Vec2Config, vocab_size: int) -> None:
+        super().__init__()
+        from torchaudio.models import wav2vec2_model
+
+        if config.extractor_mode not in ("group_norm", "layer_norm"):
+            raise UsageError(f"wav2vec2: unknown extractor_mode {config.extractor_mode!r}")
+        self.config = config
+        self.sample_rate = config.sample_rate
+        w2v = wav2vec2_model(**factory_kwargs(config), aux_num_out=vocab_size)
+        transformer = w2v.encoder.transformer
+        self.feature_extractor = w2v.feature_extractor
+        self.feature_projection = w2v.encoder.feature_projection
+        self.pos_conv_embed = transformer.pos_conv_embed
+        self.encoder_norm = transformer.layer_norm
+        self.encoder_dropout = transformer.dropout
+        self.layers = transformer.layers
+        assert w2v.aux is not None
+        self.head = w2v.aux
+        # torchaudio's encoder-level flag: True means the LayerNorm comes before the layers
+        # (the post-LN layers of wav2vec2 base); pre-LN layers get it after the last layer.
+        self.norm_after_layers = not transformer.layer_norm_first
+        self.frontend = _WaveFrontend(self)
+
+    def features(
+        self, wave: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.normalize_waveform:
+            wave = _normalize(wave, lengths.to(wave.device))
+        feats, frames = self.feature_extractor(wave, lengths.to(wave.device))
+        assert frames is not None
+        return feats, frames
+
+    def embed(
+        self, feats: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.feature_projection(feats)
+        pad = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
+        x = x.masked_fill(pad.unsqueeze(-1), 0.0)  # as torchaudio's encoder does
+        x = x + self.pos_conv_embed(x)
+        if not self.norm_after_layers:
+            x = self.encoder_norm(x)
+        return self.encoder_dropout(x), lengths
+
+    def blocks(self, index: int) -> tuple[str, ...]:
+        return (ATTN, FFN)
+
+    @property
+    def gateable_blocks(self) -> tuple[str, ...]:
+        return (ATTN, FFN)
+
+    def run_layer(
+        self,
+        index: int,
+        x: torch.Tensor,
+        pad_mask: torch.Tensor | None,
+        gates: Gates | None = None,
+    ) -> torch.Tensor:
+        return w2v_layer(self.layers[index], x, pad_mask, gates)
+
+    def run_block(
+        self, index: int, name: str, x: torch.Tensor, pad_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        return w2v_block(self.layers[index], name, x, pad_mask)
+
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder_norm(x) if self.norm_after_layers else x
+
+
+class _WaveFrontend(torch.nn.Module):
+    """``model.frontend(wave, lengths, warp=None)`` for the training engine: the raw-waveform
+    front end (no log-mel; vocal-tract-length warping does not apply)."""
+
+    def __init__(self, model: Wav2Vec2CTC) -> None:
+        super().__init__()
+        self._model = [model]  # a plain reference: not a sub-module (no parameter twice)
+
+    def forward(
+        self, wave: torch.Tensor, lengths: torch.Tensor, warp: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._model[0].features(wave, lengths)
+
+
+def _normalize(wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance per utterance over its true samples (padding stays 0)."""
+    valid = (torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]).to(
+        wave.dtype
+    )
+    n = valid.sum(dim=1, keepdim=True).clamp(min=1)
+    mean = (wave * valid).sum(dim=1, keepdim=True) / n
+    var = ((wave - mean) ** 2 * valid).sum(dim=1, keepdim=True) / n
+    return (wave - mean) / torch.sqrt(var + 1e-7) * valid
+
+
+def w2v_layer(
+    layer: Any, x: torch.Tensor, pad_mask: torch.Tensor | None, gates: Gates | None = None
+) -> torch.Tensor:
+    """One ``EncoderLayer`` on (B, T, D) as blocks ``attn`` then ``ffn``; gates as in
+    :func:`dyncli.models.conformer.conformer_layer`."""
+    for name in (ATTN, FFN):
+        gate = True if gates is None else gates.get(name, True)
+        if gate is False:
+            continue
+        if gate is True:
+            x = x + w2v_block(layer, name, x, pad_mask)
+        elif gate.is_floating_point():
+            x = x + gate.to(x.dtype).view(-1, 1, 1) * w2v_block(layer, name, x, pad_mask)
+        elif bool(gate.all()):
+            x = x + w2v_block(layer, name, x, pad_mask)
+        elif bool(gate.any()):
+            rows = gate.nonzero().squeeze(1)
+            sub = None if pad_mask is None else pad_mask[rows]
+            x = x.index_add(0, rows, w2v_block(layer, name, x[rows], sub))
+    return x
+
+
+def w2v_block(
+    layer: Any, name: str, x: torch.Tensor, pad_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """The change block ``name`` makes to x: ``f(LN(x))`` (pre-LN) or ``LN(x + f(x)) - x``
+    (post-LN)."""
+    f = torch.nn.functional
+    train = layer.training
+    pre = layer.layer_norm_first
+    if name == ATTN:
+        h = layer.layer_norm(x) if pre else x
+        attn = layer.attention
+        b, t, d = h.shape
+        shape = (b, t, attn.num_heads, attn.head_dim)
+        q = attn.q_proj(h).view(shape).transpose(1, 2)
+        k = attn.k_proj(h).view(shape).transpose(1, 2)
+        v = attn.v_proj(h).view(shape).transpose(1, 2)
+        mask = None if pad_mask is None else ~pad_mask[:, None, None, :]
+        p = attn.dropout if train else 0.0
+        h = f.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        h = layer.dropout(attn.out_proj(h.transpose(1, 2).reshape(b, t, d)))
+        return h if pre else layer.layer_norm(x + h) - x
+    if name == FFN:
+        if pre:
+            return layer.feed_forward(layer.final_layer_norm(x))
+        return layer.final_layer_norm(x + layer.feed_forward(x)) - x
+    raise KeyError(f"a wav2vec2 layer has no block {name!r}")
+
+
+def from_torchaudio(
+    state_dict: dict[str, torch.Tensor], config: Wav2Vec2Config, vocab_size: int
+) -> Wav2Vec2CTC:
+    """A model from a torchaudio ``Wav2Vec2Model`` state dict (with its ``aux`` CTC head) and
+    the factory configuration it was built with; names are mapped part by part."""
+    model = Wav2Vec2CTC(config, vocab_size)
+    prefixes = (
+        ("encoder.feature_projection.", "feature_projection."),
+        ("encoder.transformer.pos_conv_embed.", "pos_conv_embed."),
+        ("encoder.transformer.layer_norm.", "encoder_norm."),
+        ("encoder.transformer.layers.", "layers."),
+        ("aux.", "head."),
+        ("feature_extractor.", "feature_extractor."),
+    )
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        for old, new in prefixes:
+            if key.startswith(old):
+                mapped[new + key[len(old) :]] = value
+                break
+        else:
+            raise UsageError(f"torchaudio state dict: no place for {key!r}")
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    if missing or unexpected:
+        raise UsageError(
+            f"torchaudio state dict does not match the config (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
+    return model
+
+
+def build_wav2vec2_ctc(config: Wav2Vec2Config, vocab_size: int) -> Wav2Vec2CTC:
+    if config.encoder_embed_dim % config.encoder_num_heads:
+        raise UsageError(
+            f"encoder_embed_dim ({config.encoder_embed_dim}) must be divisible by "
+            f"encoder_num_heads ({config.encoder_num_heads})"
+        )
+    return Wav2Vec2CTC(config, vocab_size)

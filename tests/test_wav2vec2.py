@@ -1,0 +1,166 @@
+"""wav2vec2 / HuBERT backbone: torchaudio's model, layers exposed one by one; static equals
+torchaudio's forward; every policy; FLOPs; loading a torchaudio state dict."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from dyncli import flops, plugins
+from dyncli.dynamic import BlankSkip, EarlyExit, GatePolicy, StaticPolicy
+from dyncli.flops import FlopTable, flops_by_operator
+from dyncli.gates import attach_gates
+from dyncli.models.config import WAV2VEC2_PRESETS
+from dyncli.models.wav2vec2 import factory_kwargs, from_torchaudio
+from dyncli.policy_config import BlankSkipConfig, EarlyExitConfig, GatesConfig
+
+VOCAB = 7
+
+
+def torchaudio_model(pre_ln: bool) -> tuple[Any, Any]:
+    from torchaudio.models import wav2vec2_model
+
+    cfg = dataclasses.replace(WAV2VEC2_PRESETS["tiny"], encoder_layer_norm_first=pre_ln)
+    torch.manual_seed(0)
+    ta = wav2vec2_model(**factory_kwargs(cfg), aux_num_out=VOCAB).eval()
+    return ta, cfg
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+@torch.inference_mode()
+def test_static_equals_torchaudio_and_the_state_dict_loads(pre_ln: bool) -> None:
+    ta, cfg = torchaudio_model(pre_ln)
+    model = from_torchaudio(ta.state_dict(), cfg, VOCAB).eval()
+    wave = torch.randn(1, 6000) * 0.1
+    ref, ref_len = ta(wave, torch.tensor([6000]))
+    got, got_len = model(wave, torch.tensor([6000]))
+    assert got_len.tolist() == ref_len.tolist()
+    torch.testing.assert_close(got, torch.log_softmax(ref, dim=-1), atol=2e-5, rtol=1e-4)
+    # A padded batch: the same as torchaudio's own padded batch (its feature extractor and
+    # positional convolution see the padding, so a batch is not single utterances here).
+    batch = torch.zeros(2, 6000)
+    batch[0, :4000], batch[1] = torch.randn(4000) * 0.1, wave[0]
+    lengths = torch.tensor([4000, 6000])
+    ref, ref_len = ta(batch, lengths)
+    got, got_len = model(batch, lengths)
+    for b, n in enumerate(ref_len.tolist()):
+        torch.testing.assert_close(
+            got[b, :n], torch.log_softmax(ref[b, :n], dim=-1), atol=2e-5, rtol=1e-4
+        )
+
+
+def test_unmatched_state_dict_is_refused() -> None:
+    from dyncli.errors import UsageError
+
+    ta, cfg = torchaudio_model(False)
+    state = ta.state_dict()
+    state["encoder.extra.weight"] = torch.zeros(1)
+    with pytest.raises(UsageError, match="no place for 'encoder.extra.weight'"):
+        from_torchaudio(state, cfg, VOCAB)
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+@torch.inference_mode()
+def test_policies_off_equal_static_and_exits_read_the_final_norm(pre_ln: bool) -> None:
+    ta, cfg = torchaudio_model(pre_ln)
+    model = from_torchaudio(ta.state_dict(), cfg, VOCAB).eval()
+    model.attach_exits([1, 2])
+    attach_gates(model, "local")
+    with torch.no_grad():
+        for net in model.gate_predictor.nets:
+            net[2].bias.fill_(8.0)
+    x, n = model.embed(*model.features(torch.randn(2, 5000) * 0.1, torch.tensor([5000, 3500])))
+    static = StaticPolicy().encode(model, x, n).log_probs
+    for policy in (
+        BlankSkip(BlankSkipConfig(threshold=1.0, layer=1, neighbours=0)),
+        EarlyExit(EarlyExitConfig(threshold=0.0, criterion="entropy")),
+        GatePolicy(GatesConfig(threshold=0.5)),
+    ):
+        got = policy.encode(model, x, n).log_probs
+        for b, m in enumerate(n.tolist()):
+            torch.testing.assert_close(got[b, :m], static[b, :m], atol=1e-5, rtol=1e-5)
+    h = torch.randn(1, 6, cfg.encoder_embed_dim)
+    head_in = model.encoder_norm(h) if pre_ln else h  # pre-LN: the norm after the layers
+    expected = torch.log_softmax(model.exit_heads["1"](head_in), dim=-1)
+    torch.testing.assert_close(model.exit_log_probs(1, h), expected)
+
+
+def test_a_closed_block_is_bypassed_with_its_norm() -> None:
+    """Post-LN: closing a block skips the sub-layer and its LayerNorm (identity)."""
+    ta, cfg = torchaudio_model(False)
+    model = from_torchaudio(ta.state_dict(), cfg, VOCAB).eval()
+    x = torch.randn(1, 9, cfg.encoder_embed_dim)
+    with torch.inference_mode():
+        both = model.run_layer(0, x, None, gates={"attn": False, "ffn": False})
+        only_ffn = model.run_layer(0, x, None, gates={"attn": False})
+    torch.testing.assert_close(both, x)
+    layer = model.layers[0]
+    torch.testing.assert_close(
+        only_ffn, layer.final_layer_norm(x + layer.feed_forward(x)), atol=1e-5, rtol=1e-5
+    )
+
+
+def _attention(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kw: Any):
+    *batch, tq, e = query_shape
+    return 2 * math.prod(batch) * tq * key_shape[-2] * (e + value_shape[-1])
+
+
+def test_flops_match_torch_flop_counter_within_2_percent() -> None:
+    """fvcore on dyncli's path (front end with the positional convolution, every layer, head)
+    against torch.utils.flop_counter on torchaudio's own forward; norms left out."""
+    ta, cfg = torchaudio_model(False)
+    model = from_torchaudio(ta.state_dict(), cfg, VOCAB).eval()
+    wave, lengths = torch.randn(1, 8000) * 0.1, torch.tensor([8000])
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as fc:
+        ta(wave, lengths)
+    reference = fc.get_total_flops() // 2
+
+    class Whole(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, w: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+            return self.model(w, n)[0]
+
+    by_op = flops_by_operator(Whole(), (wave, lengths))
+    norms = ("layer_norm", "group_norm", "batch_norm", "instance_norm")
+    counted = sum(v for op, v in by_op.items() if op not in norms)
+    assert abs(counted - reference) <= 0.02 * reference, (counted, reference, by_op)
+    table = FlopTable(model)
+    frames = table.encoder_frames(8000)
+    assert table.static(8000) == sum(by_op.values())
+    assert table.block(0, "attn", frames) + table.block(0, "ffn", frames) == table.layer(0, frames)
+    assert flops.carries_matmul("aten::conv1d")
+
+
+def test_train_and_convert_a_wav2vec2(tmp_path) -> None:
+    from tests.conftest import WORDS, invoke_cli, write_wav
+
+    rows = []
+    for i in range(4):
+        write_wav(tmp_path / f"u{i}.wav", seconds=0.5 + 0.1 * i, freq=300 + 80 * i)
+        rows.append({"audio_filepath": f"u{i}.wav", "text": " ".join(WORDS[: 1 + i % 3])})
+    data = tmp_path / "m.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    static, dyn = tmp_path / "s.ckpt", tmp_path / "d.ckpt"
+    common = ["--train", data, "--dev", data, "--max-steps", "1", "--epochs", "1", "--threads", "1"]
+    result = invoke_cli(
+        "train", "--backbone", "wav2vec2", "--preset", "tiny", "--tokenizer", "char", "-o",
+        static, *common,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = invoke_cli(
+        "convert", static, "-o", dyn, "--exits", "1,2", "--skip-layer", "1", *common
+    )
+    assert result.exit_code == 0, result.output
+    result = invoke_cli("profile", dyn, "--data", data, "--policy", "all", "--repeats", "1")
+    assert result.exit_code == 0, result.output
+    assert plugins.get_backbone("wav2vec2").config_cls.__name__ == "Wav2Vec2Config"
