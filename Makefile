@@ -13,9 +13,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python requirements-lock.txt pyproject.toml
+$(STAMP): $(BIN)/python requirements-lock.txt pyproject.toml plugins/dyncli-hf/pyproject.toml
 	$(BIN)/python -m pip install -q -r requirements-lock.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --no-deps -e plugins/dyncli-hf
 	touch $(STAMP)
 
 install: $(STAMP)

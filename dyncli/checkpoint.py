@@ -130,8 +130,13 @@ def read_payload(path: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Rebuild the model (float32, eval mode, on the CPU) and tokenizer from ``path``."""
+    """Rebuild the model (float32, eval mode, on the CPU) and tokenizer from ``path``.
+
+    A directory is read by the plugin that accepts it (``register_checkpoint_readers``; the
+    ``dyncli-hf`` plugin reads Hugging Face CTC model directories)."""
     p = Path(path)
+    if p.is_dir():
+        return _read_foreign(p)
     payload = read_payload(p)
     try:
         spec = get_backbone(str(payload["backbone"]))
@@ -185,7 +190,27 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
+def _read_foreign(p: Path) -> Checkpoint:
+    from dyncli.plugins import checkpoint_readers
+
+    for spec in checkpoint_readers().values():
+        if spec.accepts(p):
+            ckpt: Checkpoint = spec.read(p)
+            ckpt.path = p
+            return ckpt
+    raise CheckpointError(
+        f"{p}: a directory, not a dyncli checkpoint, and no installed plugin reads it "
+        "(pip install -e plugins/dyncli-hf reads Hugging Face CTC model directories)"
+    )
+
+
 def file_sha256(path: str | Path) -> str:
+    """sha256 of a file; of a directory (an imported model), over its files' names and bytes."""
+    if Path(path).is_dir():
+        h = hashlib.sha256()
+        for f in sorted(q for q in Path(path).rglob("*") if q.is_file()):
+            h.update(str(f.relative_to(path)).encode() + b"\0" + file_sha256(f).encode())
+        return h.hexdigest()
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

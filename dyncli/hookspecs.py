@@ -29,3 +29,10 @@ def register_skip_policies(register: Callable[[Any], None]) -> None:
 @hookspec
 def register_commands(cli: Any) -> None:
     """Add commands to the CLI: ``cli.add_typer(typer.Typer(...), name=...)``."""
+
+
+@hookspec
+def register_checkpoint_readers(register: Callable[[Any], None]) -> None:
+    """Call ``register(CheckpointReaderSpec(...))`` for each foreign checkpoint format the plugin
+    reads (a Hugging Face model directory, ...): every command that takes a checkpoint then
+    accepts such a path."""

@@ -84,6 +84,18 @@ class SkipPolicySpec:
 
 
 @dataclass(frozen=True)
+class CheckpointReaderSpec:
+    """A foreign checkpoint format: ``accepts(path)`` says whether a path is one (cheaply, from
+    its files' names), ``read(path)`` returns a ``dyncli.checkpoint.Checkpoint`` or raises a
+    ``DyncliError`` with one line."""
+
+    name: str
+    accepts: Callable[[Any], bool]
+    read: Callable[[Any], Any]
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class PluginFailure:
     """A third-party plugin that failed to load, or whose hook raised, and was skipped.
 
@@ -223,6 +235,10 @@ def backbones() -> dict[str, BackboneSpec]:
 
 def skip_policies() -> dict[str, SkipPolicySpec]:
     return _collect("register_skip_policies", "skip policy")
+
+
+def checkpoint_readers() -> dict[str, CheckpointReaderSpec]:
+    return _collect("register_checkpoint_readers", "checkpoint reader")
 
 
 def get_backbone(name: str) -> BackboneSpec:

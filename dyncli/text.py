@@ -2,8 +2,9 @@
 
 One normaliser (:func:`normalize_text`) is shared by training targets and WER scoring, so a
 model is never scored against text it was not trained to produce. Tokenizers map normalised
-text to CTC label ids; id 0 is always the CTC blank. A tokenizer serialises to a small dict of
-plain types (``to_state``) that travels inside the checkpoint.
+text to CTC label ids; dyncli's own (char, sentencepiece) put the CTC blank at id 0, an imported
+vocabulary (:class:`VocabTokenizer`) says where its blank is (``blank_id``). A tokenizer
+serialises to a small dict of plain types (``to_state``) that travels inside the checkpoint.
 """
 
 from __future__ import annotations
@@ -141,8 +142,83 @@ class SentencePieceTokenizer:
         return {"kind": self.kind, "model_proto": self.model_proto}
 
 
+class VocabTokenizer:
+    """A model's own character vocabulary (a wav2vec2-style ``vocab.json``): one token per id,
+    a word delimiter token (``|``) for the space, the CTC blank at ``blank_id`` (wav2vec2's
+    ``<pad>``). Decoding matches ``Wav2Vec2CTCTokenizer`` on a greedy path whose repeats are
+    merged: blanks dropped, the delimiter read as a space, the rest joined and stripped (lower-
+    cased when the vocabulary says so)."""
+
+    kind = "vocab"
+
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        blank_id: int,
+        word_delimiter: str = "|",
+        unk: str | None = None,
+        lower: bool = False,
+    ) -> None:
+        if len(set(tokens)) != len(tokens):
+            raise InputError("the vocabulary lists a token twice")
+        if not 0 <= blank_id < len(tokens):
+            raise InputError(f"blank id {blank_id} outside the vocabulary of {len(tokens)}")
+        self.tokens = list(tokens)
+        self.blank_id = blank_id
+        self.word_delimiter = word_delimiter
+        self.unk = unk
+        self.lower = lower
+        self._index = {t: i for i, t in enumerate(self.tokens)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, text: str) -> list[int]:
+        norm = normalize_text(text)
+        if not self.lower and not any(t.islower() for t in self.tokens if len(t) == 1):
+            norm = norm.upper()  # an upper-case vocabulary (wav2vec2's English models)
+        out = []
+        for c in norm:
+            token = self.word_delimiter if c == " " else c
+            if token in self._index:
+                out.append(self._index[token])
+            elif self.unk is not None and self.unk in self._index:
+                out.append(self._index[self.unk])
+            else:
+                raise InputError(f"text {text!r} has a character the vocabulary lacks: {c!r}")
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        chars = [
+            " " if self.tokens[i] == self.word_delimiter else self.tokens[i]
+            for i in ids
+            if i != self.blank_id and 0 <= i < len(self.tokens)
+        ]
+        text = "".join(chars).strip()
+        return text.lower() if self.lower else text
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "tokens": list(self.tokens),
+            "blank_id": self.blank_id,
+            "word_delimiter": self.word_delimiter,
+            "unk": self.unk,
+            "lower": self.lower,
+        }
+
+
 def tokenizer_from_state(state: dict[str, Any]) -> Tokenizer:
     kind = state.get("kind")
+    if kind == "vocab":
+        return VocabTokenizer(
+            list(state["tokens"]),
+            int(state["blank_id"]),
+            str(state.get("word_delimiter", "|")),
+            state.get("unk"),
+            bool(state.get("lower", False)),
+        )
     if kind == "char":
         return CharTokenizer(list(state["symbols"]))
     if kind == "sentencepiece":

@@ -23,7 +23,12 @@ from typing import Annotated
 import typer
 
 CheckpointArg = Annotated[
-    Path, typer.Argument(help="A dyncli checkpoint (.ckpt).", show_default=False)
+    Path,
+    typer.Argument(
+        help="A dyncli checkpoint (.ckpt), or a model directory an installed plugin reads "
+        "(dyncli-hf: Hugging Face CTC models).",
+        show_default=False,
+    ),
 ]
 OptionalCheckpointArg = Annotated[
     Path | None,

@@ -21,16 +21,24 @@ NAME = "plugins"
 def run(json_path: JsonOpt = None) -> None:
     """List loaded plugins, what they register, and the plugins that failed.
 
-    Shows the commands, backbones and skip policies plugins register. A plugin that failed to
-    load, or whose hook raised, is skipped and listed with the reason; this still exits 0."""
+    Shows the commands, backbones, skip policies and checkpoint readers plugins register. A
+    plugin that failed to load, or whose hook raised, is skipped and listed with the reason;
+    this still exits 0."""
     from rich.markup import escape
     from rich.table import Table
 
     from dyncli.cli.app import COMMANDS, plugin_commands
     from dyncli.cli.render import console, write_json
-    from dyncli.plugins import backbones, get_plugin_manager, plugin_failures, skip_policies
+    from dyncli.plugins import (
+        backbones,
+        checkpoint_readers,
+        get_plugin_manager,
+        plugin_failures,
+        skip_policies,
+    )
 
     found_backbones, found_policies = backbones(), skip_policies()
+    found_readers = checkpoint_readers()
     commands = plugin_commands(reserved={module.NAME for module in COMMANDS})
     # after the hooks ran: a plugin whose hook raised is unregistered and listed as failed
     pm = get_plugin_manager()
@@ -45,6 +53,7 @@ def run(json_path: JsonOpt = None) -> None:
             for n, s in found_backbones.items()
         },
         "skip_policies": {n: {"description": s.description} for n, s in found_policies.items()},
+        "checkpoint_readers": {n: {"description": s.description} for n, s in found_readers.items()},
         "failed": [
             {"name": f.name, "distribution": f.distribution, "reason": f.reason}
             for f in plugin_failures()
@@ -65,6 +74,8 @@ def run(json_path: JsonOpt = None) -> None:
         table.add_row("backbone", name, f"{b['description']} (presets: {', '.join(b['presets'])})")
     for name, p in info["skip_policies"].items():
         table.add_row("skip policy", name, p["description"])
+    for name, r in info["checkpoint_readers"].items():
+        table.add_row("checkpoint reader", name, r["description"])
     for f in info["failed"]:
         where = f" (distribution {f['distribution']})" if f["distribution"] else ""
         table.add_row("failed plugin", f["name"], escape(f"{f['reason']}{where}"))
