@@ -201,6 +201,12 @@ class BlankSkip:
         return self.config.layer if self.config.layer is not None else default_trigger(model)
 
     def check(self, model: CTCEncoder) -> None:
+        if getattr(model, "relative_positions", False):
+            raise UsageError(
+                "blank-skip removes frames, and this model's attention biases by relative frame "
+                "position (WavLM); skipping frames would change every later layer's positions. "
+                "Use early exit, drop or gates on it"
+            )
         layer = self.trigger(model)
         if layer not in model.exits:
             raise UsageError(

@@ -37,6 +37,9 @@ def tiny_dir(root: Path, arch: str, stable: bool = False, bin_only: bool = False
     torch.manual_seed(1)
     if arch == "Wav2Vec2ForCTC":
         model = transformers.Wav2Vec2ForCTC(transformers.Wav2Vec2Config(**common))
+    elif arch == "WavLMForCTC":
+        config = transformers.WavLMConfig(**common, num_buckets=16, max_bucket_distance=64)
+        model = transformers.WavLMForCTC(config)
     else:
         model = transformers.HubertForCTC(transformers.HubertConfig(**common))
     with torch.no_grad():
@@ -64,7 +67,13 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(
     ("arch", "stable"),
-    [("Wav2Vec2ForCTC", False), ("Wav2Vec2ForCTC", True), ("HubertForCTC", False)],
+    [
+        ("Wav2Vec2ForCTC", False),
+        ("Wav2Vec2ForCTC", True),
+        ("HubertForCTC", False),
+        ("WavLMForCTC", False),
+        ("WavLMForCTC", True),
+    ],
 )
 def test_imported_model_matches_transformers(root: Path, arch: str, stable: bool) -> None:
     path = tiny_dir(root, arch, stable)
@@ -108,15 +117,15 @@ def test_bin_weights_load_and_pickled_code_is_refused(root: Path) -> None:
 
 def test_unsupported_architecture_is_one_line(root: Path, tmp_path: Path) -> None:
     path = tiny_dir(root, "Wav2Vec2ForCTC")
-    other = tmp_path / "wavlm"
+    other = tmp_path / "data2vec"
     other.mkdir()
     for f in path.iterdir():
         (other / f.name).write_bytes(f.read_bytes())
     cfg = json.loads((other / "config.json").read_text())
-    cfg["architectures"] = ["WavLMForCTC"]
+    cfg["architectures"] = ["Data2VecAudioForCTC"]
     (other / "config.json").write_text(json.dumps(cfg))
     result = invoke_cli("inspect", other)
-    assert result.exit_code == 2 and "WavLM is not supported yet" in result.stderr
+    assert result.exit_code == 2 and "'Data2VecAudioForCTC' is not supported" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

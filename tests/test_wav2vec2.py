@@ -164,3 +164,72 @@ def test_train_and_convert_a_wav2vec2(tmp_path) -> None:
     result = invoke_cli("profile", dyn, "--data", data, "--policy", "all", "--repeats", "1")
     assert result.exit_code == 0, result.output
     assert plugins.get_backbone("wav2vec2").config_cls.__name__ == "Wav2Vec2Config"
+
+
+def wavlm_pair(pre_ln: bool = False) -> tuple[Any, Any]:
+    from torchaudio.models import wavlm_model
+
+    cfg = dataclasses.replace(
+        WAV2VEC2_PRESETS["tiny"],
+        wavlm=True,
+        encoder_num_buckets=16,
+        encoder_max_distance=64,
+        encoder_layer_norm_first=pre_ln,
+    )
+    torch.manual_seed(0)
+    ta = wavlm_model(**factory_kwargs(cfg), aux_num_out=VOCAB).eval()
+    with torch.no_grad():
+        ta.encoder.transformer.layers[0].attention.rel_attn_embed.weight.normal_(0, 2.0)
+    return ta, from_torchaudio(ta.state_dict(), cfg, VOCAB).eval()
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+@torch.inference_mode()
+def test_wavlm_equals_torchaudio_with_the_bias_recomputed_per_layer(pre_ln: bool) -> None:
+    """WavLM's relative position bias is made in the first layer and reused; dyncli recomputes
+    it in every layer from the frame positions: the same output, and no state between layers."""
+    ta, model = wavlm_pair(pre_ln)
+    assert model.relative_positions
+    batch = torch.randn(2, 6000) * 0.1
+    lengths = torch.tensor([6000, 6000])
+    for b in range(2):  # torchaudio's WavLM takes no lengths: one utterance at a time
+        ref, _ = ta(batch[b : b + 1])
+        got, _ = model(batch[b : b + 1], lengths[b : b + 1])
+        torch.testing.assert_close(got, torch.log_softmax(ref, dim=-1), atol=2e-5, rtol=1e-4)
+    # The bias matters: with a zero bias the layers compute something else.
+    from dyncli.models.wav2vec2 import w2v_layer
+
+    x, _ = model.embed(*model.features(batch[1:], lengths[1:]))
+    bias = model.position_bias(x)
+    assert bias is not None and bias.shape == (1, 2, x.shape[1], x.shape[1])
+    with_bias = model.run_layer(1, x, None)
+    torch.testing.assert_close(with_bias, w2v_layer(model.layers[1], x, None, None, bias))
+    zero = w2v_layer(model.layers[1], x, None, None, torch.zeros_like(bias))
+    assert not torch.allclose(zero, with_bias, atol=1e-4)
+
+
+@torch.inference_mode()
+def test_wavlm_policies_and_the_blank_skip_refusal() -> None:
+    from dyncli.dynamic import DropLayers
+    from dyncli.errors import UsageError
+    from dyncli.policy_config import DropConfig
+
+    _, model = wavlm_pair()
+    model.attach_exits([1, 2])
+    attach_gates(model, "global")
+    with torch.no_grad():
+        for net in model.gate_predictor.nets:
+            net[2].bias.fill_(8.0)
+    x, n = model.embed(*model.features(torch.randn(1, 5000) * 0.1, torch.tensor([5000])))
+    static = StaticPolicy().encode(model, x, n).log_probs
+    for policy in (
+        EarlyExit(EarlyExitConfig(threshold=0.0, criterion="entropy")),
+        GatePolicy(GatesConfig(threshold=0.5)),
+        DropLayers(DropConfig(threshold=3)),
+    ):
+        torch.testing.assert_close(policy.encode(model, x, n).log_probs, static)
+    # Layers 2 and 3 without layer 1 (which holds the bucket embedding) still get their bias.
+    out = DropLayers(DropConfig(threshold=1)).encode(model, x, n)
+    assert [s[:2] for s in out.trace if s[0] == "layer"] == [("layer", 2)]
+    with pytest.raises(UsageError, match="blank-skip removes frames"):
+        BlankSkip(BlankSkipConfig(threshold=0.9, layer=1)).check(model)

@@ -119,9 +119,9 @@ TRANSFORMER_PRESETS = {
 @dataclass
 class Wav2Vec2Config:
     """torchaudio's ``wav2vec2_model`` factory arguments (wav2vec2 and HuBERT share the
-    architecture), plus the input rate and whether waveforms are normalised per utterance
-    (Hugging Face's ``do_normalize``). WavLM is not supported yet (its first layer computes a
-    relative position bias that the later layers reuse)."""
+    architecture; with ``wavlm``, ``wavlm_model``'s, adding the relative position buckets), plus
+    the input rate and whether waveforms are normalised per utterance (Hugging Face's
+    ``do_normalize``)."""
 
     extractor_mode: str = "group_norm"
     extractor_conv_layer_config: list[list[int]] | None = None  # None: the 7-layer wav2vec2 stack
@@ -139,6 +139,9 @@ class Wav2Vec2Config:
     encoder_layer_norm_first: bool = False
     sample_rate: int = 16000
     normalize_waveform: bool = False
+    wavlm: bool = False  # WavLM: gated relative position bias in every layer's attention
+    encoder_num_buckets: int = 320
+    encoder_max_distance: int = 800
 
     @property
     def num_layers(self) -> int:

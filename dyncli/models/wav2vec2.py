@@ -25,7 +25,10 @@ Where the encoder's LayerNorm comes after the layers (the pre-LN "stable layer n
 
 Models are built from torchaudio's factory (:func:`torchaudio.models.wav2vec2_model`) and can be
 loaded from a torchaudio state dict with :func:`from_torchaudio`. WavLM, whose first layer
-computes a relative position bias the later layers reuse, is not supported yet.
+computes a relative position bias the later layers reuse, is supported by recomputing that bias
+in every layer (:meth:`Wav2Vec2CTC.position_bias`): it depends only on the frame positions and
+the first layer's bucket embedding, so no state passes between layers. Its frames must stay
+contiguous: blank-skip, which removes frames, refuses WavLM with a one-line error.
 """
 
 from __future__ import annotations
@@ -46,8 +49,11 @@ ATTN, FFN = "attn", "ffn"
 def factory_kwargs(config: Wav2Vec2Config) -> dict[str, Any]:
     """``wav2vec2_model`` keyword arguments from ``config`` (dyncli's own fields dropped)."""
     kwargs = dataclasses.asdict(config)
-    for key in ("sample_rate", "normalize_waveform"):
+    for key in ("sample_rate", "normalize_waveform", "wavlm"):
         kwargs.pop(key)
+    if not config.wavlm:
+        for key in ("encoder_num_buckets", "encoder_max_distance"):
+            kwargs.pop(key)
     layers = kwargs["extractor_conv_layer_config"]
     kwargs["extractor_conv_layer_config"] = None if layers is None else [tuple(c) for c in layers]
     kwargs["encoder_layer_drop"] = 0.0  # layer drop is dyncli's to do (convert --method ...)
@@ -59,13 +65,20 @@ class Wav2Vec2CTC(CTCEncoder):
 
     def __init__(self, config: Wav2Vec2Config, vocab_size: int) -> None:
         super().__init__()
-        from torchaudio.models import wav2vec2_model
+        from torchaudio.models import wav2vec2_model, wavlm_model
 
         if config.extractor_mode not in ("group_norm", "layer_norm"):
             raise UsageError(f"wav2vec2: unknown extractor_mode {config.extractor_mode!r}")
         self.config = config
         self.sample_rate = config.sample_rate
-        w2v = wav2vec2_model(**factory_kwargs(config), aux_num_out=vocab_size)
+        factory = wavlm_model if config.wavlm else wav2vec2_model
+        w2v = factory(**factory_kwargs(config), aux_num_out=vocab_size)
+        # WavLM: the relative position bias is a function of frame positions and of the first
+        # layer's bucket embedding, so every layer recomputes it for its input rather than
+        # receiving it from the layer before: no state passes between layers, and dropping or
+        # gating any layer (the first included) leaves the others' bias intact. Frames must stay
+        # contiguous, so policies that remove frames (blank-skip) refuse WavLM.
+        self.relative_positions = config.wavlm
         transformer = w2v.encoder.transformer
         self.feature_extractor = w2v.feature_extractor
         self.feature_projection = w2v.encoder.feature_projection
@@ -114,12 +127,22 @@ class Wav2Vec2CTC(CTCEncoder):
         pad_mask: torch.Tensor | None,
         gates: Gates | None = None,
     ) -> torch.Tensor:
-        return w2v_layer(self.layers[index], x, pad_mask, gates)
+        return w2v_layer(self.layers[index], x, pad_mask, gates, self.position_bias(x))
 
     def run_block(
         self, index: int, name: str, x: torch.Tensor, pad_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        return w2v_block(self.layers[index], name, x, pad_mask)
+        return w2v_block(self.layers[index], name, x, pad_mask, self.position_bias(x))
+
+    def position_bias(self, x: torch.Tensor) -> torch.Tensor | None:
+        """WavLM's relative position bias (B, H, T, T) for contiguous frames 0..T-1 (what its
+        first layer computes and hands on); None for wav2vec2 / HuBERT."""
+        if not self.relative_positions:
+            return None
+        t = x.shape[1]
+        first: Any = self.layers[0]
+        bias: torch.Tensor = first.attention.compute_bias(t, t)  # (H, T, T)
+        return bias.unsqueeze(0).expand(x.shape[0], -1, -1, -1).to(x.dtype)
 
     def head_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder_norm(x) if self.norm_after_layers else x
@@ -151,7 +174,11 @@ def _normalize(wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 def w2v_layer(
-    layer: Any, x: torch.Tensor, pad_mask: torch.Tensor | None, gates: Gates | None = None
+    layer: Any,
+    x: torch.Tensor,
+    pad_mask: torch.Tensor | None,
+    gates: Gates | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One ``EncoderLayer`` on (B, T, D) as blocks ``attn`` then ``ffn``; gates as in
     :func:`dyncli.models.conformer.conformer_layer`."""
@@ -160,26 +187,36 @@ def w2v_layer(
         if gate is False:
             continue
         if gate is True:
-            x = x + w2v_block(layer, name, x, pad_mask)
+            x = x + w2v_block(layer, name, x, pad_mask, bias)
         elif gate.is_floating_point():
-            x = x + gate.to(x.dtype).view(-1, 1, 1) * w2v_block(layer, name, x, pad_mask)
+            x = x + gate.to(x.dtype).view(-1, 1, 1) * w2v_block(layer, name, x, pad_mask, bias)
         elif bool(gate.all()):
-            x = x + w2v_block(layer, name, x, pad_mask)
+            x = x + w2v_block(layer, name, x, pad_mask, bias)
         elif bool(gate.any()):
             rows = gate.nonzero().squeeze(1)
             sub = None if pad_mask is None else pad_mask[rows]
-            x = x.index_add(0, rows, w2v_block(layer, name, x[rows], sub))
+            sub_bias = None if bias is None else bias[rows]
+            x = x.index_add(0, rows, w2v_block(layer, name, x[rows], sub, sub_bias))
     return x
 
 
 def w2v_block(
-    layer: Any, name: str, x: torch.Tensor, pad_mask: torch.Tensor | None
+    layer: Any,
+    name: str,
+    x: torch.Tensor,
+    pad_mask: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The change block ``name`` makes to x: ``f(LN(x))`` (pre-LN) or ``LN(x + f(x)) - x``
     (post-LN)."""
     f = torch.nn.functional
     train = layer.training
     pre = layer.layer_norm_first
+    if name == ATTN and bias is not None:  # WavLM: torchaudio's gated relative-bias attention
+        h = layer.layer_norm(x) if pre else x
+        h, _ = layer.attention(h, key_padding_mask=pad_mask, position_bias=bias)
+        h = layer.dropout(h)
+        return h if pre else layer.layer_norm(x + h) - x
     if name == ATTN:
         h = layer.layer_norm(x) if pre else x
         attn = layer.attention

@@ -1,4 +1,4 @@
-"""dyncli-hf: Hugging Face wav2vec2 / HuBERT CTC model directories as dyncli checkpoints.
+"""dyncli-hf: Hugging Face wav2vec2 / HuBERT / WavLM CTC model directories as dyncli checkpoints.
 
 Registers a checkpoint reader (every command that takes a checkpoint accepts such a directory)
 and the command ``dyncli import HF_DIR -o OUT.ckpt``. See README.md.
@@ -16,7 +16,7 @@ from dyncli import hookimpl
 from dyncli.errors import CheckpointError, UsageError
 from dyncli.plugins import CheckpointReaderSpec
 
-ARCHITECTURES = {"Wav2Vec2ForCTC": "wav2vec2", "HubertForCTC": "hubert"}
+ARCHITECTURES = {"Wav2Vec2ForCTC": "wav2vec2", "HubertForCTC": "hubert", "WavLMForCTC": "wavlm"}
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -45,11 +45,6 @@ def check_config(path: Path, cfg: dict[str, Any]) -> str:
     """The architecture, or a one-line error naming what is not supported."""
     archs = cfg.get("architectures") or []
     arch = archs[0] if archs else None
-    if arch == "WavLMForCTC":
-        raise UsageError(
-            f"{path}: WavLM is not supported yet (its first layer makes a relative position bias "
-            "that the others reuse)"
-        )
     if arch not in ARCHITECTURES:
         raise UsageError(
             f"{path}: architecture {arch!r} is not supported; dyncli-hf reads "
@@ -134,6 +129,9 @@ def import_model(path: str | Path) -> Any:
         encoder_layer_norm_first=bool(cfg.get("do_stable_layer_norm", False)),
         sample_rate=int(pre.get("sampling_rate", 16000)),
         normalize_waveform=bool(pre.get("do_normalize", False)),
+        wavlm=arch == "WavLMForCTC",
+        encoder_num_buckets=int(cfg.get("num_buckets", 320)),
+        encoder_max_distance=int(cfg.get("max_bucket_distance", 800)),
     )
     vocab_size = int(hf.lm_head.out_features)
     model = Wav2Vec2CTC(config, vocab_size)
@@ -162,7 +160,8 @@ def import_model(path: str | Path) -> Any:
 def _map_weights(hf: Any, base: Any, model: Any) -> set[str]:
     """Load each part of ``model`` from its Hugging Face counterpart; the HF state-dict names
     that were mapped."""
-    prefix = "wav2vec2." if hasattr(hf, "wav2vec2") else "hubert."
+    kind = next(k for k in ("wav2vec2", "hubert", "wavlm") if hasattr(hf, k))
+    prefix = f"{kind}."
     parts = {
         "feature_extractor": (base.feature_extractor, model.feature_extractor),
         "feature_projection": (base.feature_projection, model.feature_projection),
@@ -173,6 +172,13 @@ def _map_weights(hf: Any, base: Any, model: Any) -> set[str]:
         _load(dst, state, f"{prefix}{name}")
         mapped |= {f"{prefix}{name}.{k}" for k in state}
     encoder = base.encoder.state_dict()
+    hf_names = {f"{prefix}encoder.{k}" for k in encoder}
+    if kind == "wavlm":  # q/k/v/out projections -> torchaudio's packed MultiheadAttention
+        from torchaudio.models.wav2vec2.utils.import_huggingface import (
+            transform_wavlm_encoder_state,
+        )
+
+        transform_wavlm_encoder_state(encoder, len(model.layers))
     routes = (("pos_conv_embed.", model.pos_conv_embed), ("layer_norm.", model.encoder_norm))
     for key_prefix, dst in routes:
         sub = {k[len(key_prefix) :]: v for k, v in encoder.items() if k.startswith(key_prefix)}
@@ -180,7 +186,7 @@ def _map_weights(hf: Any, base: Any, model: Any) -> set[str]:
         mapped |= {f"{prefix}encoder.{key_prefix}{k}" for k in sub}
     layers = {k[len("layers.") :]: v for k, v in encoder.items() if k.startswith("layers.")}
     _load(model.layers, layers, f"{prefix}encoder.layers")
-    mapped |= {f"{prefix}encoder.layers.{k}" for k in layers}
+    mapped |= {n for n in hf_names if n.startswith(f"{prefix}encoder.layers.")}
     head = hf.lm_head.state_dict()
     _load(model.head, head, "lm_head")
     mapped |= {f"lm_head.{k}" for k in head}
@@ -234,7 +240,7 @@ def register_checkpoint_readers(register: Callable[[Any], None]) -> None:
             name="huggingface",
             accepts=accepts,
             read=import_model,
-            description="Hugging Face Wav2Vec2ForCTC / HubertForCTC model directories",
+            description="Hugging Face Wav2Vec2ForCTC / HubertForCTC / WavLMForCTC directories",
         )
     )
 
@@ -248,8 +254,8 @@ def register_commands(cli: Any) -> None:
         hf_dir: Path = typer.Argument(..., help="A Hugging Face CTC model directory."),
         output: Path = typer.Option(..., "--output", "-o", help="The dyncli checkpoint to write."),
     ) -> None:
-        """Import a Hugging Face CTC model directory (Wav2Vec2ForCTC, HubertForCTC) as a dyncli
-        checkpoint."""
+        """Import a Hugging Face CTC model directory (Wav2Vec2ForCTC, HubertForCTC, WavLMForCTC)
+        as a dyncli checkpoint."""
         from dyncli.checkpoint import save_checkpoint
         from dyncli.fileio import check_output_path
 
