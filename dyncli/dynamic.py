@@ -201,12 +201,6 @@ class BlankSkip:
         return self.config.layer if self.config.layer is not None else default_trigger(model)
 
     def check(self, model: CTCEncoder) -> None:
-        if getattr(model, "relative_positions", False):
-            raise UsageError(
-                "blank-skip removes frames, and this model's attention biases by relative frame "
-                "position (WavLM); skipping frames would change every later layer's positions. "
-                "Use early exit, drop or gates on it"
-            )
         layer = self.trigger(model)
         if layer not in model.exits:
             raise UsageError(
@@ -257,18 +251,23 @@ class BlankSkip:
         n = int(counts.max()) if b else 0
         if n == 0:
             return DynamicOutput(out, lengths, frame_layers, trace)
+        # A backbone whose attention biases by relative position (WavLM) gets each kept frame's
+        # position in the full sequence, so removing frames does not shift the others.
+        relative = getattr(model, "relative_positions", False)
         if b == 1:
             idx = keep[0].nonzero().squeeze(1)
             xs = x[:, idx]
+            where = {"positions": idx[None, :]} if relative else {}
             for i in range(k, big_l):
-                xs = model.run_layer(i, xs, None)
+                xs = model.run_layer(i, xs, None, **where)
                 trace.append(("layer", i, [n]))
             out[0, idx] = model.log_probs(xs)[0]
         else:
             xs, order, filled, attn_pad = compact(x, keep)
             per_utt = _lens(counts)
+            where = {"positions": order} if relative else {}
             for i in range(k, big_l):
-                xs = model.run_layer(i, xs, attn_pad)
+                xs = model.run_layer(i, xs, attn_pad, **where)
                 trace.append(("layer", i, per_utt))
             out = scatter(out, model.log_probs(xs), order, filled)
         trace.append(("head", big_l, _lens(counts)))

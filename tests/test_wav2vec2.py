@@ -209,9 +209,8 @@ def test_wavlm_equals_torchaudio_with_the_bias_recomputed_per_layer(pre_ln: bool
 
 
 @torch.inference_mode()
-def test_wavlm_policies_and_the_blank_skip_refusal() -> None:
+def test_wavlm_policies_off_equal_static() -> None:
     from dyncli.dynamic import DropLayers
-    from dyncli.errors import UsageError
     from dyncli.policy_config import DropConfig
 
     _, model = wavlm_pair()
@@ -231,5 +230,40 @@ def test_wavlm_policies_and_the_blank_skip_refusal() -> None:
     # Layers 2 and 3 without layer 1 (which holds the bucket embedding) still get their bias.
     out = DropLayers(DropConfig(threshold=1)).encode(model, x, n)
     assert [s[:2] for s in out.trace if s[0] == "layer"] == [("layer", 2)]
-    with pytest.raises(UsageError, match="blank-skip removes frames"):
-        BlankSkip(BlankSkipConfig(threshold=0.9, layer=1)).check(model)
+    keep_all = BlankSkip(BlankSkipConfig(threshold=1.0, layer=1, neighbours=0))
+    torch.testing.assert_close(keep_all.encode(model, x, n).log_probs, static)
+
+
+@torch.inference_mode()
+def test_wavlm_frames_removed_keep_their_positions() -> None:
+    """Blank-skip hands the kept frames' original positions to the later layers: each kept frame
+    sees the rows and columns of the full sequence's bias that it owns."""
+    from dyncli.models.wav2vec2 import w2v_layer
+
+    _, model = wavlm_pair()
+    x = torch.randn(1, 20, model.config.encoder_embed_dim)
+    full = model.position_bias(x)
+    assert full is not None
+    torch.testing.assert_close(model.position_bias(x, torch.arange(20)[None, :]), full)
+    idx = torch.tensor([0, 3, 4, 9, 15, 19])
+    got = model.run_layer(1, x[:, idx], None, positions=idx[None, :])
+    sub = full[:, :, idx][:, :, :, idx]
+    torch.testing.assert_close(got, w2v_layer(model.layers[1], x[:, idx], None, None, sub))
+    contiguous = model.run_layer(1, x[:, idx], None)  # what forgetting the positions gives
+    assert not torch.allclose(contiguous, got, atol=1e-4)
+    # Padded batches compact each utterance on its own and still match one at a time.
+    model.attach_exits([1])
+    with torch.no_grad():
+        model.exit_heads["1"].bias[0] += 3.0
+    xb = torch.randn(2, 24, model.config.encoder_embed_dim)
+    lengths = torch.tensor([24, 17])
+    lp = model.exit_log_probs(1, model.run_layer(0, xb, None))
+    threshold = float(lp[0, :, 0].exp().median())
+    policy = BlankSkip(BlankSkipConfig(threshold=threshold, layer=1, neighbours=0))
+    batched = policy.encode(model, xb, lengths)
+    assert 0 < int((batched.frame_layers == 1).sum()) < int(lengths.sum())
+    for b, m in enumerate(lengths.tolist()):
+        single = policy.encode(model, xb[b : b + 1, :m], lengths[b : b + 1])
+        torch.testing.assert_close(
+            batched.log_probs[b, :m], single.log_probs[0], atol=2e-5, rtol=1e-4
+        )

@@ -27,8 +27,9 @@ Models are built from torchaudio's factory (:func:`torchaudio.models.wav2vec2_mo
 loaded from a torchaudio state dict with :func:`from_torchaudio`. WavLM, whose first layer
 computes a relative position bias the later layers reuse, is supported by recomputing that bias
 in every layer (:meth:`Wav2Vec2CTC.position_bias`): it depends only on the frame positions and
-the first layer's bucket embedding, so no state passes between layers. Its frames must stay
-contiguous: blank-skip, which removes frames, refuses WavLM with a one-line error.
+the first layer's bucket embedding, so no state passes between layers. Blank-skip, which removes
+frames, passes the kept frames' original positions, so each sees the bias it would have seen in
+the full sequence.
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ class Wav2Vec2CTC(CTCEncoder):
         # WavLM: the relative position bias is a function of frame positions and of the first
         # layer's bucket embedding, so every layer recomputes it for its input rather than
         # receiving it from the layer before: no state passes between layers, and dropping or
-        # gating any layer (the first included) leaves the others' bias intact. Frames must stay
-        # contiguous, so policies that remove frames (blank-skip) refuse WavLM.
+        # gating any layer (the first included) leaves the others' bias intact. A policy that
+        # removes frames passes their original positions (``positions=``), so the kept frames
+        # see the bias they would have seen in the full sequence.
         self.relative_positions = config.wavlm
         transformer = w2v.encoder.transformer
         self.feature_extractor = w2v.feature_extractor
@@ -126,23 +128,36 @@ class Wav2Vec2CTC(CTCEncoder):
         x: torch.Tensor,
         pad_mask: torch.Tensor | None,
         gates: Gates | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return w2v_layer(self.layers[index], x, pad_mask, gates, self.position_bias(x))
+        """``positions`` (B, T): each frame's index in the full sequence, when a policy removed
+        frames (WavLM's bias depends on them); None for contiguous frames 0..T-1."""
+        bias = self.position_bias(x, positions)
+        return w2v_layer(self.layers[index], x, pad_mask, gates, bias)
 
     def run_block(
         self, index: int, name: str, x: torch.Tensor, pad_mask: torch.Tensor | None
     ) -> torch.Tensor:
         return w2v_block(self.layers[index], name, x, pad_mask, self.position_bias(x))
 
-    def position_bias(self, x: torch.Tensor) -> torch.Tensor | None:
-        """WavLM's relative position bias (B, H, T, T) for contiguous frames 0..T-1 (what its
-        first layer computes and hands on); None for wav2vec2 / HuBERT."""
+    def position_bias(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """WavLM's relative position bias (B, H, T, T): for contiguous frames what its first
+        layer computes and hands on; for frames at ``positions`` (B, T) the rows and columns of
+        the full sequence's bias that those frames own. None for wav2vec2 / HuBERT."""
         if not self.relative_positions:
             return None
         t = x.shape[1]
-        first: Any = self.layers[0]
-        bias: torch.Tensor = first.attention.compute_bias(t, t)  # (H, T, T)
-        return bias.unsqueeze(0).expand(x.shape[0], -1, -1, -1).to(x.dtype)
+        attention: Any = self.layers[0].attention
+        if positions is None:
+            bias: torch.Tensor = attention.compute_bias(t, t)  # (H, T, T)
+            return bias.unsqueeze(0).expand(x.shape[0], -1, -1, -1).to(x.dtype)
+        positions = positions.to(torch.long)
+        relative = positions[:, None, :] - positions[:, :, None]  # key minus query, (B, T, T)
+        buckets = attention._relative_positions_bucket(relative, bidirectional=True)
+        values = attention.rel_attn_embed(buckets.to(x.device))  # (B, T, T, H)
+        return values.permute(0, 3, 1, 2).to(x.dtype)
 
     def head_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder_norm(x) if self.norm_after_layers else x
