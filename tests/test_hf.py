@@ -159,3 +159,28 @@ def test_import_convert_profile_and_transcribe_a_directory(root: Path, tmp_path:
     assert result.exit_code == 0, result.output
     result = invoke_cli("transcribe", path, tmp_path / "u0.wav")
     assert result.exit_code == 0, result.output
+
+
+def test_unmapped_names_warn_options_refuse_and_safetensors_wins(root: Path, tmp_path) -> None:
+    path = tiny_dir(root, "Wav2Vec2ForCTC")
+    with pytest.warns(UserWarning, match=r"left unmapped: .*masked_spec_embed"):
+        dyncli_hf.import_model(path)
+    both = tmp_path / "both"
+    both.mkdir()
+    for f in path.iterdir():
+        (both / f.name).write_bytes(f.read_bytes())
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("pickled code ran",))
+
+    torch.save({"x": Boom()}, both / "pytorch_model.bin")  # never read: safetensors is there
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert load_checkpoint(both).provenance["weights"] == "model.safetensors"
+    cfg = json.loads((both / "config.json").read_text())
+    cfg["hidden_act"] = "relu"
+    (both / "config.json").write_text(json.dumps(cfg))
+    result = invoke_cli("inspect", both)
+    assert result.exit_code == 2 and "hidden_act='relu' is not supported" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -111,15 +111,22 @@ def _attention(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, *
     return 2 * math.prod(batch) * tq * key_shape[-2] * (e + value_shape[-1])
 
 
-def test_flops_match_torch_flop_counter_within_2_percent() -> None:
+@pytest.mark.parametrize("wavlm", [False, True])
+def test_flops_match_torch_flop_counter_within_2_percent(wavlm: bool) -> None:
     """fvcore on dyncli's path (front end with the positional convolution, every layer, head)
     against torch.utils.flop_counter on torchaudio's own forward; norms left out."""
-    ta, cfg = torchaudio_model(False)
-    model = from_torchaudio(ta.state_dict(), cfg, VOCAB).eval()
+    if wavlm:
+        ta, model = wavlm_pair()
+    else:
+        ta, cfg = torchaudio_model(False)
+        model = from_torchaudio(ta.state_dict(), cfg, VOCAB).eval()
     wave, lengths = torch.randn(1, 8000) * 0.1, torch.tensor([8000])
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention}
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as fc:
-        ta(wave, lengths)
+        if wavlm:
+            ta(wave)  # torchaudio's WavLM takes no lengths
+        else:
+            ta(wave, lengths)
     reference = fc.get_total_flops() // 2
 
     class Whole(torch.nn.Module):
