@@ -795,6 +795,12 @@ def profile(
             if batch_size == 1
             else f"padded batches of {batch_size}, utterances sorted by length, padding counted",
             "warmup": "8 utterances per configuration",
+            "sync": (
+                "torch.utils.benchmark synchronises the device at each timer reading; encoder "
+                "time is read between torch.cuda.synchronize() calls"
+                if dev.type == "cuda"
+                else "none needed: CPU work is synchronous"
+            ),
             **phases,
         },
         skipped=skipped,
