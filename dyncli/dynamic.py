@@ -49,10 +49,22 @@ TraceStep = tuple[str, int, list[int]]
 
 @dataclass
 class DynamicOutput:
+    """A policy's output. ``raw_trace`` may hold per-utterance frame counts as a device tensor
+    (B,): reading them on the host would stall a GPU in the middle of a pass, so they are read
+    only when someone asks for :attr:`trace` (FLOP counting does, timing never does)."""
+
     log_probs: torch.Tensor  # (B, T, V)
     lengths: torch.Tensor  # (B,) true encoder frames
     frame_layers: torch.Tensor  # (B, T) encoder layers each frame went through (0 on padding)
-    trace: list[TraceStep] = field(default_factory=list)
+    raw_trace: list[tuple[str, int, Any]] = field(default_factory=list)
+
+    @property
+    def trace(self) -> list[TraceStep]:
+        """The executed steps with host-side frame counts (device counts read here, once)."""
+        return [
+            (kind, index, frames.tolist() if isinstance(frames, torch.Tensor) else frames)
+            for kind, index, frames in self.raw_trace
+        ]
 
 
 class SkipPolicy(Protocol):
@@ -147,7 +159,7 @@ def keep_mask(
     grown by ``neighbours`` frames on each side, never on padding."""
     valid = _valid(lengths.to(exit_lp.device), exit_lp.shape[1])
     keep = (exit_lp[..., blank].exp() < threshold) & valid
-    if neighbours > 0 and bool(keep.any()):
+    if neighbours > 0:  # (no host-side "anything kept?" check: it would sync a GPU)
         grown = torch.nn.functional.max_pool1d(
             keep.to(exit_lp.dtype).unsqueeze(1), 2 * neighbours + 1, stride=1, padding=neighbours
         )
@@ -156,7 +168,7 @@ def keep_mask(
 
 
 def compact(
-    x: torch.Tensor, keep: torch.Tensor
+    x: torch.Tensor, keep: torch.Tensor, n: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gather each utterance's kept frames to the front, re-padded to the longest.
 
@@ -167,7 +179,7 @@ def compact(
     """
     b, _, d = x.shape
     counts = keep.sum(dim=1)
-    n = int(counts.max())
+    n = int(counts.max()) if n is None else n  # given by a caller that already read it
     # Kept frames first, in time order, then the rest; the first n columns hold them.
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :n]
     xs = x.gather(1, order.unsqueeze(-1).expand(-1, -1, d))
@@ -247,10 +259,10 @@ class BlankSkip:
         out = exit_lp.clone()
         frame_layers = _valid(lengths, t).long() * k
         frame_layers[keep] = big_l
-        trace = list(trace)
-        n = int(counts.max()) if b else 0
+        steps: list[tuple[str, int, Any]] = list(trace)
+        n = int(counts.max()) if b else 0  # the one host read: the compacted width
         if n == 0:
-            return DynamicOutput(out, lengths, frame_layers, trace)
+            return DynamicOutput(out, lengths, frame_layers, steps)
         # A backbone whose attention biases by relative position (WavLM) gets each kept frame's
         # position in the full sequence, so removing frames does not shift the others.
         relative = getattr(model, "relative_positions", False)
@@ -260,18 +272,17 @@ class BlankSkip:
             where = {"positions": idx[None, :]} if relative else {}
             for i in range(k, big_l):
                 xs = model.run_layer(i, xs, None, **where)
-                trace.append(("layer", i, [n]))
+                steps.append(("layer", i, [n]))
             out[0, idx] = model.log_probs(xs)[0]
         else:
-            xs, order, filled, attn_pad = compact(x, keep)
-            per_utt = _lens(counts)
+            xs, order, filled, attn_pad = compact(x, keep, n)
             where = {"positions": order} if relative else {}
             for i in range(k, big_l):
                 xs = model.run_layer(i, xs, attn_pad, **where)
-                trace.append(("layer", i, per_utt))
+                steps.append(("layer", i, counts))  # read on the host only by the FLOP count
             out = scatter(out, model.log_probs(xs), order, filled)
-        trace.append(("head", big_l, _lens(counts)))
-        return DynamicOutput(out, lengths, frame_layers, trace)
+        steps.append(("head", big_l, counts))
+        return DynamicOutput(out, lengths, frame_layers, steps)
 
     def encode(self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor) -> DynamicOutput:
         xk, exit_lp, trace = self.prefix(model, x, lengths)

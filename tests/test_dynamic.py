@@ -15,6 +15,7 @@ from dyncli.dynamic import (
     StaticPolicy,
     build_policy,
     exit_confidence,
+    keep_mask,
     run_policy,
 )
 from dyncli.errors import UsageError
@@ -182,6 +183,24 @@ def test_skipped_frames_are_not_computed(model, waves) -> None:
         ("layer", 2, [kept]),
         ("layer", 3, [kept]),
     ]
+
+
+@torch.inference_mode()
+def test_batched_blank_skip_leaves_frame_counts_on_the_device(model, waves) -> None:
+    """In a padded batch the suffix's per-utterance counts stay a device tensor in the raw
+    trace (reading them would stall a GPU mid-pass); ``trace`` reads them once, as lists."""
+    wave, lengths = pad_waves(waves)
+    policy = BlankSkip(BlankSkipConfig(threshold=0.7, layer=2, neighbours=1))
+    out = run_policy(model, policy, wave, lengths)
+    deferred = [s for s in out.raw_trace if isinstance(s[2], torch.Tensor)]
+    assert [s[:2] for s in deferred] == [("layer", 2), ("layer", 3), ("head", 4)]
+    kept = [int((out.frame_layers[i] == 4).sum()) for i in range(len(waves))]
+    assert [s for s in out.trace if s[0] == "layer" and s[1] >= 2] == [
+        ("layer", 2, kept),
+        ("layer", 3, kept),
+    ]
+    nothing = keep_mask(torch.zeros(1, 6, 3), torch.tensor([6]), 0.5, 2)  # P(blank) = 1
+    assert not bool(nothing.any())
 
 
 @pytest.mark.parametrize(

@@ -306,7 +306,7 @@ class SkipAware:
         )
         xk, exit_lp, trace = policy.prefix(model, x, lengths)
         out = policy.suffix(model, xk, exit_lp, lengths, threshold, trace)
-        ran_final = any(kind == "head" for kind, _, _ in out.trace)
+        ran_final = any(kind == "head" for kind, _, _ in out.raw_trace)
         final = out.log_probs if ran_final else None
         return StudentPass({self.layer: exit_lp}, final, lengths, self.name)
 
