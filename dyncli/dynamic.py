@@ -168,7 +168,7 @@ def keep_mask(
 
 
 def compact(
-    x: torch.Tensor, keep: torch.Tensor, n: int | None = None
+    x: torch.Tensor, keep: torch.Tensor, n: int | None = None, width: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gather each utterance's kept frames to the front, re-padded to the longest.
 
@@ -177,9 +177,11 @@ def compact(
     attention padding mask (True on padding; an utterance with no kept frame keeps one column
     unmasked so attention stays finite; its outputs are never used).
     """
-    b, _, d = x.shape
+    b, t, d = x.shape
     counts = keep.sum(dim=1)
     n = int(counts.max()) if n is None else n  # given by a caller that already read it
+    if width is not None:  # a length bucket: more columns, all of them padding (masked)
+        n = min(max(n, width), t)
     # Kept frames first, in time order, then the rest; the first n columns hold them.
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :n]
     xs = x.gather(1, order.unsqueeze(-1).expand(-1, -1, d))
@@ -266,7 +268,9 @@ class BlankSkip:
         # A backbone whose attention biases by relative position (WavLM) gets each kept frame's
         # position in the full sequence, so removing frames does not shift the others.
         relative = getattr(model, "relative_positions", False)
-        if b == 1:
+        bucket = self.config.bucket
+        width = min(-(-n // bucket) * bucket, t) if bucket else None
+        if b == 1 and width is None:
             idx = keep[0].nonzero().squeeze(1)
             xs = x[:, idx]
             where = {"positions": idx[None, :]} if relative else {}
@@ -275,11 +279,15 @@ class BlankSkip:
                 steps.append(("layer", i, [n]))
             out[0, idx] = model.log_probs(xs)[0]
         else:
-            xs, order, filled, attn_pad = compact(x, keep, n)
+            xs, order, filled, attn_pad = compact(x, keep, n, width)
             where = {"positions": order} if relative else {}
+            # With a bucket every row runs ``width`` columns, padding included: that is the work
+            # counted. Without, each utterance's kept frames (read on the host only by the
+            # FLOP count).
+            ran: Any = counts if width is None else [width] * b
             for i in range(k, big_l):
                 xs = model.run_layer(i, xs, attn_pad, **where)
-                steps.append(("layer", i, counts))  # read on the host only by the FLOP count
+                steps.append(("layer", i, ran))
             out = scatter(out, model.log_probs(xs), order, filled)
         steps.append(("head", big_l, counts))
         return DynamicOutput(out, lengths, frame_layers, steps)

@@ -28,8 +28,14 @@ class BlankSkipConfig:
     threshold: float = 0.9
     layer: int | None = None
     neighbours: int = 1
+    # Pad the compacted width up to a multiple of this many frames (0: exact). Equal outputs
+    # (the padding is masked), a small set of shapes: what CUDA graphs captured per length
+    # bucket need. Off by default: on the CPU the padding is pure cost.
+    bucket: int = 0
 
     def validate(self) -> None:
+        if self.bucket < 0:
+            raise UsageError(f"blank-skip bucket must be >= 0, got {self.bucket}")
         if not 0.0 < self.threshold <= 1.0:
             raise UsageError(
                 f"blank-skip threshold {self.threshold} is out of range: it is a blank "

@@ -248,3 +248,23 @@ def test_confidence_criteria() -> None:
     # padding is ignored
     padded = torch.cat([probs, uniform.exp()], dim=1).clamp_min(1e-12).log()
     assert abs(float(exit_confidence(padded, lengths, "posterior")) - 0.6) < 1e-4
+
+
+@pytest.mark.parametrize("batched", [False, True])
+@torch.inference_mode()
+def test_bucketed_compaction_equals_exact(model, waves, batched: bool) -> None:
+    """Padding the compacted width up to a bucket (for per-bucket CUDA graphs) changes no
+    output; the trace counts the padded width, the work that ran."""
+    picked = waves if batched else waves[2:3]
+    wave, lengths = pad_waves(picked)
+    exact = BlankSkip(BlankSkipConfig(threshold=0.7, layer=2, neighbours=0))
+    padded = BlankSkip(BlankSkipConfig(threshold=0.7, layer=2, neighbours=0, bucket=16))
+    a, b = run_policy(model, exact, wave, lengths), run_policy(model, padded, wave, lengths)
+    for i, n in enumerate(a.lengths.tolist()):
+        torch.testing.assert_close(b.log_probs[i, :n], a.log_probs[i, :n], atol=2e-5, rtol=1e-4)
+    assert torch.equal(a.frame_layers, b.frame_layers)
+    kept = max(int((a.frame_layers[i] == 4).sum()) for i in range(len(picked)))
+    width = min(-(-kept // 16) * 16, a.log_probs.shape[1])
+    assert [s[2] for s in b.trace if s[0] == "layer" and s[1] == 3] == [[width] * len(picked)]
+    with pytest.raises(UsageError, match="bucket must be >= 0"):
+        BlankSkip(BlankSkipConfig(bucket=-1))
