@@ -138,6 +138,7 @@ def test_import_convert_profile_and_transcribe_a_directory(root: Path, tmp_path:
     assert load_checkpoint(out).model.blank_id == 0
     shown = invoke_cli("inspect", path)
     assert shown.exit_code == 0 and "wav2vec2" in shown.output
+    assert "HubertForCTC from" in shown.output  # the imported row says from where
     rows = []
     for i in range(4):
         write_wav(tmp_path / f"u{i}.wav", seconds=0.6 + 0.1 * i, rate=RATE, freq=300 + 80 * i)

@@ -49,6 +49,7 @@ def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
         ("method", info["method"] + distilled(info["distillation"])),
         *gate_rows(info["gates"]),
         *pruned_rows(info["provenance"], info["layers"]),
+        *imported_rows(info["provenance"]),
         (
             "operating point",
             ", ".join(f"{k}={v}" for k, v in (info["operating_point"] or {}).items()) or "-",
@@ -119,3 +120,13 @@ def pruned_rows(provenance: dict[str, Any], layers: int) -> list[tuple[str, str]
             f"(removed in order: {removed}) from {provenance.get('pruned_from', '?')}",
         )
     ]
+
+
+def imported_rows(provenance: dict[str, Any]) -> list[tuple[str, str]]:
+    """For a model read from a foreign format (a plugin's checkpoint reader): from where."""
+    source = provenance.get("imported_from")
+    if not source:
+        return []
+    what = provenance.get("architecture", "?")
+    weights = provenance.get("weights")
+    return [("imported", f"{what} from {source}" + (f" ({weights})" if weights else ""))]
