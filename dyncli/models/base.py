@@ -20,12 +20,46 @@ non-blank tokens: log p(v) = log sigmoid(-z_blank) + log_softmax(z_non-blank)(v)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from dyncli.features import lengths_to_mask
 from dyncli.text import BLANK_ID
 
 EXIT_HEAD_FORMS = ("softmax", "factorized")
+
+# A gate per block: a bool or float tensor (B,) (one decision per utterance), or a Python bool
+# (the same for the whole batch; ``False`` bypasses the block). A block without an entry runs.
+Gates = dict[str, "torch.Tensor | bool"]
+
+
+def apply_gate(
+    x: torch.Tensor,
+    gate: torch.Tensor | bool,
+    branch: Callable[[torch.Tensor | None], torch.Tensor],
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """``x + gate * scale * f(x)`` for one residual block, computing f only where needed.
+
+    ``branch(rows)`` computes f on the utterances ``rows`` (None: all of them). A float gate
+    (training: straight-through Gumbel) scales the branch, every row computed so its gradient
+    exists; a bool gate decides: a closed block is not computed, and in a batch only the
+    utterances whose gate is open run it. Every backbone's blocks go through here.
+    """
+    if gate is False:
+        return x
+    if gate is True:
+        delta = branch(None)
+        return torch.add(x, delta, alpha=scale) if scale != 1.0 else x + delta
+    if gate.is_floating_point():
+        return x + (gate.to(x.dtype) * scale).view(-1, 1, 1) * branch(None)
+    if bool(gate.all()):
+        return apply_gate(x, True, branch, scale)
+    if not bool(gate.any()):
+        return x
+    rows = gate.nonzero().squeeze(1)
+    return x.index_add(0, rows, branch(rows), alpha=scale)
 
 
 class CTCEncoder(torch.nn.Module):

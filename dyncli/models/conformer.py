@@ -33,7 +33,7 @@ from torchaudio.models.conformer import ConformerLayer
 
 from dyncli.errors import UsageError
 from dyncli.features import LogMelFrontend
-from dyncli.models.base import CTCEncoder
+from dyncli.models.base import CTCEncoder, Gates, apply_gate
 from dyncli.models.config import ConformerConfig
 
 
@@ -76,9 +76,8 @@ FFN1, CONV, ATTN, FFN2, NORM = "ffn1", "conv", "attn", "ffn2", "norm"
 # The blocks a gate may close (I3D gates attention and feed-forward modules).
 GATEABLE = (FFN1, ATTN, FFN2)
 
-# A gate per block: a bool or float tensor (B,) (one decision per utterance), or a Python bool
-# (the same for the whole batch; ``False`` bypasses the block). A block without an entry runs.
-Gates = dict[str, "torch.Tensor | bool"]
+# The residual branch's scale per block (the macaron feed-forward blocks add half).
+SCALES = {FFN1: 0.5, CONV: 1.0, ATTN: 1.0, FFN2: 0.5}
 
 
 def block_order(layer: ConformerLayer) -> tuple[str, ...]:
@@ -105,42 +104,21 @@ def conformer_layer(
     Gates (``gates``, see :data:`Gates`): a block with gate g computes ``x + g * f(x)``. In
     training g is a float (straight-through Gumbel sample) and every block runs, so the gate's
     gradient exists. In inference g is a decision: a closed block is not computed; in a batch
-    only the utterances whose gate is open run it (:func:`_gated`).
+    only the utterances whose gate is open run it (:func:`dyncli.models.base.apply_gate`).
     """
     f = torch.nn.functional
     for name in block_order(layer):
         gate = True if gates is None else gates.get(name, True)
-        x = _gated(layer, name, x, pad_mask, w, gate, train)
+
+        def branch(rows: torch.Tensor | None, name: str = name, h: torch.Tensor = x) -> Any:
+            if rows is None:
+                return block(layer, name, h, pad_mask, w, train)
+            sub = None if pad_mask is None else pad_mask[rows]
+            return block(layer, name, h[rows], sub, w, train)
+
+        x = apply_gate(x, gate, branch, SCALES[name])
     ln = layer.final_layer_norm
     return f.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-
-
-def _gated(
-    layer: ConformerLayer,
-    name: str,
-    x: torch.Tensor,
-    pad_mask: torch.Tensor | None,
-    w: tuple[torch.Tensor, ...],
-    gate: torch.Tensor | bool,
-    train: bool,
-) -> torch.Tensor:
-    """``x + gate * scale * f(x)`` for block ``name``, computing f only where it is needed."""
-    if gate is False:
-        return x
-    if gate is True:
-        delta, scale = block(layer, name, x, pad_mask, w, train)
-        return torch.add(x, delta, alpha=scale) if scale != 1.0 else x + delta
-    if gate.is_floating_point():  # training: soft or straight-through, every row computed
-        delta, scale = block(layer, name, x, pad_mask, w, train)
-        return x + (gate.to(x.dtype) * scale).view(-1, 1, 1) * delta
-    if bool(gate.all()):
-        return _gated(layer, name, x, pad_mask, w, True, train)
-    if not bool(gate.any()):
-        return x
-    rows = gate.nonzero().squeeze(1)  # only the utterances whose gate is open run the block
-    sub_mask = None if pad_mask is None else pad_mask[rows]
-    delta, scale = block(layer, name, x[rows], sub_mask, w, train)
-    return x.index_add(0, rows, delta, alpha=scale)
 
 
 def block(
@@ -150,21 +128,21 @@ def block(
     pad_mask: torch.Tensor | None,
     w: tuple[torch.Tensor, ...],
     train: bool = False,
-) -> tuple[torch.Tensor, float]:
-    """The residual branch f(x) of block ``name`` and its scale; ``norm``: the closing
-    LayerNorm itself (scale 0: it replaces x rather than adding to it)."""
+) -> torch.Tensor:
+    """The residual branch f(x) of block ``name`` (added at :data:`SCALES`); ``norm``: the
+    closing LayerNorm itself (it replaces x rather than adding to it)."""
     f = torch.nn.functional
     if name == FFN1:
-        return _ffn(layer.ffn1.sequential, x, *w[0:4], train=train), 0.5
+        return _ffn(layer.ffn1.sequential, x, *w[0:4], train=train)
     if name == CONV:
-        return _conv(layer, x, pad_mask, *w[4:10], train=train), 1.0
+        return _conv(layer, x, pad_mask, *w[4:10], train=train)
     if name == ATTN:
-        return _attention(layer, x, pad_mask, *w[10:14], train=train), 1.0
+        return _attention(layer, x, pad_mask, *w[10:14], train=train)
     if name == FFN2:
-        return _ffn(layer.ffn2.sequential, x, *w[14:18], train=train), 0.5
+        return _ffn(layer.ffn2.sequential, x, *w[14:18], train=train)
     if name == NORM:
         ln = layer.final_layer_norm
-        return f.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps), 0.0
+        return f.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
     raise KeyError(f"a Conformer layer has no block {name!r}")
 
 
@@ -567,8 +545,7 @@ class ConformerCTC(CTCEncoder):
         assert isinstance(layer, ConformerLayer)
         train = layer.training
         w = layer_weights(layer) if train else lean_weights(layer)
-        delta, _ = block(layer, name, x, pad_mask, w, train)
-        return delta
+        return block(layer, name, x, pad_mask, w, train)
 
 
 def _closed_for_all(gates: Gates | None) -> frozenset[str] | None:

@@ -24,9 +24,9 @@ import torch
 
 from dyncli.errors import UsageError
 from dyncli.features import LogMelFrontend
-from dyncli.models.base import CTCEncoder
+from dyncli.models.base import CTCEncoder, Gates, apply_gate
 from dyncli.models.config import TransformerConfig
-from dyncli.models.conformer import Conv2dSubsampling, Gates
+from dyncli.models.conformer import Conv2dSubsampling
 
 ATTN, FFN = "attn", "ffn"
 
@@ -43,30 +43,15 @@ def transformer_layer(
     only the utterances whose gate is open run the block."""
     for name in (ATTN, FFN):
         gate = True if gates is None else gates.get(name, True)
-        x = _gated(layer, name, x, pad_mask, gate)
+
+        def branch(rows: torch.Tensor | None, name: str = name, h: torch.Tensor = x) -> Any:
+            if rows is None:
+                return transformer_block(layer, name, h, pad_mask)
+            sub = None if pad_mask is None else pad_mask[rows]
+            return transformer_block(layer, name, h[rows], sub)
+
+        x = apply_gate(x, gate, branch)
     return x
-
-
-def _gated(
-    layer: torch.nn.TransformerEncoderLayer,
-    name: str,
-    x: torch.Tensor,
-    pad_mask: torch.Tensor | None,
-    gate: torch.Tensor | bool,
-) -> torch.Tensor:
-    if gate is False:
-        return x
-    if gate is True:
-        return x + transformer_block(layer, name, x, pad_mask)
-    if gate.is_floating_point():
-        return x + gate.to(x.dtype).view(-1, 1, 1) * transformer_block(layer, name, x, pad_mask)
-    if bool(gate.all()):
-        return x + transformer_block(layer, name, x, pad_mask)
-    if not bool(gate.any()):
-        return x
-    rows = gate.nonzero().squeeze(1)
-    sub = None if pad_mask is None else pad_mask[rows]
-    return x.index_add(0, rows, transformer_block(layer, name, x[rows], sub))
 
 
 def transformer_block(

@@ -40,9 +40,8 @@ from typing import Any
 import torch
 
 from dyncli.errors import UsageError
-from dyncli.models.base import CTCEncoder
+from dyncli.models.base import CTCEncoder, Gates, apply_gate
 from dyncli.models.config import Wav2Vec2Config
-from dyncli.models.conformer import Gates
 
 ATTN, FFN = "attn", "ffn"
 
@@ -199,19 +198,14 @@ def w2v_layer(
     :func:`dyncli.models.conformer.conformer_layer`."""
     for name in (ATTN, FFN):
         gate = True if gates is None else gates.get(name, True)
-        if gate is False:
-            continue
-        if gate is True:
-            x = x + w2v_block(layer, name, x, pad_mask, bias)
-        elif gate.is_floating_point():
-            x = x + gate.to(x.dtype).view(-1, 1, 1) * w2v_block(layer, name, x, pad_mask, bias)
-        elif bool(gate.all()):
-            x = x + w2v_block(layer, name, x, pad_mask, bias)
-        elif bool(gate.any()):
-            rows = gate.nonzero().squeeze(1)
+
+        def branch(rows: torch.Tensor | None, name: str = name, h: torch.Tensor = x) -> Any:
+            if rows is None:
+                return w2v_block(layer, name, h, pad_mask, bias)
             sub = None if pad_mask is None else pad_mask[rows]
-            sub_bias = None if bias is None else bias[rows]
-            x = x.index_add(0, rows, w2v_block(layer, name, x[rows], sub, sub_bias))
+            return w2v_block(layer, name, h[rows], sub, None if bias is None else bias[rows])
+
+        x = apply_gate(x, gate, branch)
     return x
 
 
