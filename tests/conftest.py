@@ -24,6 +24,20 @@ def write_wav(
     return path
 
 
+def tone_manifest(root: Path, count: int = 4) -> Path:
+    """A JSONL manifest of ``count`` short tones with one to three words each (for tests that
+    train or profile a tiny model on a few utterances)."""
+    import json
+
+    rows = []
+    for i in range(count):
+        write_wav(root / f"u{i}.wav", seconds=0.5 + 0.1 * i, freq=300 + 80 * i)
+        rows.append({"audio_filepath": f"u{i}.wav", "text": " ".join(WORDS[: 1 + i % 3])})
+    manifest = root / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    return manifest
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny randomly initialised Conformer CTC checkpoint (char tokenizer)."""

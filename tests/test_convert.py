@@ -14,7 +14,7 @@ from dyncli.training import ExitTraining
 from dyncli.training.module import TrainingModule
 from dyncli.training.objectives import Batch, FullDepth, SkipAware, StudentPath
 from dyncli.training.recipes import ctc_objectives
-from tests.conftest import WORDS, invoke_cli, write_wav
+from tests.conftest import invoke_cli, tone_manifest
 
 runner = CliRunner()
 
@@ -26,12 +26,7 @@ def invoke(*args: object):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("convert")
-    rows = []
-    for i in range(4):
-        write_wav(root / f"u{i}.wav", seconds=0.5 + 0.1 * i, freq=300 + 80 * i)
-        rows.append({"audio_filepath": f"u{i}.wav", "text": " ".join(WORDS[: 1 + i % 3])})
-    manifest = root / "m.jsonl"
-    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    manifest = tone_manifest(root)
     return manifest
 
 

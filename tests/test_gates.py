@@ -17,7 +17,7 @@ from dyncli.models.config import CONFORMER_PRESETS
 from dyncli.models.conformer import build_conformer_ctc
 from dyncli.policy_config import GatesConfig
 from dyncli.profiling import _encoder_flops
-from tests.conftest import WORDS, invoke_cli, write_wav
+from tests.conftest import invoke_cli, tone_manifest
 
 CFG = CONFORMER_PRESETS["tiny"]
 BLOCKS = ("ffn1", "attn", "ffn2")
@@ -26,12 +26,7 @@ BLOCKS = ("ffn1", "attn", "ffn2")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("gates")
-    rows = []
-    for i in range(4):
-        write_wav(root / f"u{i}.wav", seconds=0.5 + 0.1 * i, freq=300 + 80 * i)
-        rows.append({"audio_filepath": f"u{i}.wav", "text": " ".join(WORDS[: 1 + i % 3])})
-    manifest = root / "m.jsonl"
-    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    manifest = tone_manifest(root)
     return manifest
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -10,18 +9,13 @@ import torch
 
 from dyncli.checkpoint import load_checkpoint
 from dyncli.prune import without_layer
-from tests.conftest import WORDS, invoke_cli, write_wav
+from tests.conftest import invoke_cli, tone_manifest
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("prune")
-    rows = []
-    for i in range(4):
-        write_wav(root / f"u{i}.wav", seconds=0.5 + 0.1 * i, freq=300 + 80 * i)
-        rows.append({"audio_filepath": f"u{i}.wav", "text": " ".join(WORDS[: 1 + i % 3])})
-    manifest = root / "m.jsonl"
-    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    manifest = tone_manifest(root)
     return manifest
 
 

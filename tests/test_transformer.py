@@ -126,14 +126,9 @@ def test_flops_match_torch_flop_counter_within_2_percent() -> None:
 def test_train_convert_and_profile_a_transformer(tmp_path) -> None:
     import json
 
-    from tests.conftest import WORDS, invoke_cli, write_wav
+    from tests.conftest import invoke_cli, tone_manifest
 
-    rows = []
-    for i in range(4):
-        write_wav(tmp_path / f"u{i}.wav", seconds=0.5 + 0.1 * i, freq=300 + 80 * i)
-        rows.append({"audio_filepath": f"u{i}.wav", "text": " ".join(WORDS[: 1 + i % 3])})
-    data = tmp_path / "m.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows))
+    data = tone_manifest(tmp_path)
     static, dyn, gated = tmp_path / "s.ckpt", tmp_path / "d.ckpt", tmp_path / "g.ckpt"
     common = ["--train", data, "--dev", data, "--max-steps", "1", "--epochs", "1"]
     result = invoke_cli(

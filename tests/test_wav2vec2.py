@@ -4,7 +4,6 @@ torchaudio's forward; every policy; FLOPs; loading a torchaudio state dict."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any
 
@@ -149,14 +148,9 @@ def test_flops_match_torch_flop_counter_within_2_percent(wavlm: bool) -> None:
 
 
 def test_train_and_convert_a_wav2vec2(tmp_path) -> None:
-    from tests.conftest import WORDS, invoke_cli, write_wav
+    from tests.conftest import invoke_cli, tone_manifest
 
-    rows = []
-    for i in range(4):
-        write_wav(tmp_path / f"u{i}.wav", seconds=0.5 + 0.1 * i, freq=300 + 80 * i)
-        rows.append({"audio_filepath": f"u{i}.wav", "text": " ".join(WORDS[: 1 + i % 3])})
-    data = tmp_path / "m.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows))
+    data = tone_manifest(tmp_path)
     static, dyn = tmp_path / "s.ckpt", tmp_path / "d.ckpt"
     common = ["--train", data, "--dev", data, "--max-steps", "1", "--epochs", "1", "--threads", "1"]
     result = invoke_cli(

@@ -31,6 +31,7 @@ from dyncli.cli.options import (
     WarmupStepsOpt,
     WerBudgetOpt,
     default_job_threads,
+    fine_tune_config,
     parse_exits,
     parse_range,
 )
@@ -158,7 +159,6 @@ def run(
     fine-tuning defaults (short, lower learning rate, augmentation from step 0), where 'dyncli
     train' trains from scratch.
     """
-    import dataclasses
 
     import torch
 
@@ -173,7 +173,7 @@ def run(
     skip_range = parse_range(skip_threshold_range, "--skip-threshold-range")
     torch.set_num_threads(threads or default_job_threads())
     base = convert_defaults()
-    config = dataclasses.replace(
+    config = fine_tune_config(
         base,
         epochs=epochs,
         max_steps=max_steps,
@@ -183,7 +183,7 @@ def run(
         device=device,
         skip_bad=skip_bad,
         save_every=save_every,
-        augment=dataclasses.replace(base.augment, enabled=augment),
+        augment=augment,
     )
     from dyncli.training import RunOptions
     from dyncli.training.distributed import is_main_process

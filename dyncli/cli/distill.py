@@ -31,6 +31,7 @@ from dyncli.cli.options import (
     WarmupStepsOpt,
     WerBudgetOpt,
     default_job_threads,
+    fine_tune_config,
 )
 
 NAME = "distill"
@@ -117,7 +118,6 @@ def run(
     --wer-budget it also stores a new operating point chosen on dev, as 'dyncli convert' does.
     Defaults are fine-tuning defaults (short, low learning rate, augmentation from step 0).
     """
-    import dataclasses
 
     import torch
 
@@ -144,7 +144,7 @@ def run(
     options.check()
     torch.set_num_threads(threads or default_job_threads())
     base = distill_defaults()
-    config = dataclasses.replace(
+    config = fine_tune_config(
         base,
         epochs=epochs,
         max_steps=max_steps,
@@ -154,7 +154,7 @@ def run(
         device=device,
         skip_bad=skip_bad,
         save_every=save_every,
-        augment=dataclasses.replace(base.augment, enabled=augment),
+        augment=augment,
     )
     main = is_main_process()
     reporter = TrainReporter(log_every) if main else SilentReporter()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -378,3 +378,34 @@ def parse_thresholds(text: str | None) -> list[float] | None:
             f"--thresholds expects a list 0.5,0.7,0.9 or LOW:HIGH:COUNT (e.g. 0.5:0.99:10), "
             f"got {text!r}"
         ) from None
+
+
+def fine_tune_config(
+    base: Any,
+    *,
+    epochs: int,
+    max_steps: int | None,
+    lr: float,
+    warmup_steps: int,
+    seed: int,
+    device: str,
+    skip_bad: bool,
+    save_every: int,
+    augment: bool,
+) -> Any:
+    """A recipe's default ``TrainConfig`` with the shared training options applied
+    (``convert``, ``distill`` and ``prune`` take the same ones)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        base,
+        epochs=epochs,
+        max_steps=max_steps,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        seed=seed,
+        device=device,
+        skip_bad=skip_bad,
+        save_every=save_every,
+        augment=dataclasses.replace(base.augment, enabled=augment),
+    )

@@ -25,6 +25,7 @@ from dyncli.cli.options import (
     TrainDataOpt,
     WarmupStepsOpt,
     default_job_threads,
+    fine_tune_config,
 )
 
 NAME = "prune"
@@ -60,7 +61,6 @@ def run(
     round). The result is a static checkpoint with --keep layers that every command accepts;
     inspect shows which layers of the original it kept. Written once, when the last round ends.
     """
-    import dataclasses
 
     import torch
 
@@ -74,7 +74,7 @@ def run(
     check_output_path(output, "--output")
     torch.set_num_threads(threads or default_job_threads())
     base = prune_defaults()
-    config = dataclasses.replace(
+    config = fine_tune_config(
         base,
         epochs=epochs,
         max_steps=max_steps,
@@ -84,7 +84,7 @@ def run(
         device=device,
         skip_bad=skip_bad,
         save_every=save_every,
-        augment=dataclasses.replace(base.augment, enabled=augment),
+        augment=augment,
     )
     main = is_main_process()
     reporter = TrainReporter(log_every) if main else SilentReporter()
