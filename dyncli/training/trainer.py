@@ -473,16 +473,17 @@ def dev_scores(
     mine = list(range(world.rank, len(utts), world.size))
     lengths = [utts[i].samples for i in mine]
     batches = bucket_batches(lengths, 10**12, batch_size, shuffle=False)
-    heads = [*model.exits, model.num_layers]
+    heads = [model.num_layers] if gated is not None else [*model.exits, model.num_layers]
     hyps: dict[int, dict[int, str]] = {k: {} for k in heads}
     for batch in batches:
         idx = [mine[j] for j in batch]
         wave, lens = pad_waves([utts[i].wave for i in idx])
-        outs, out_lens = model.forward_exits(wave.to(device), lens.to(device))
-        if gated is not None:
+        if gated is None:
+            outs, out_lens = model.forward_exits(wave.to(device), lens.to(device))
+        else:  # one gated pass, scoring the final head only
             feats, frames = model.features(wave.to(device), lens.to(device))
-            x, n = model.embed(feats, frames)
-            outs[model.num_layers] = gated.encode(model, x, n).log_probs
+            x, out_lens = model.embed(feats, frames)
+            outs = {model.num_layers: gated.encode(model, x, out_lens).log_probs}
         for layer, lp in outs.items():
             for i, ids in zip(idx, greedy_ctc(lp, out_lens, model.blank_id), strict=True):
                 hyps[layer][i] = tokenizer.decode(ids)
