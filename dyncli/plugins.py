@@ -63,6 +63,13 @@ class SkipPolicySpec:
     default_thresholds: tuple[float, ...] = ()
     conservative_thresholds: tuple[float, ...] = ()
     needs_exits: bool = True  # False: runs on a model without intermediate heads (drop)
+    # The default sweep for one model, where it depends on the model (drop: layer counts up to
+    # its depth); None: ``default_thresholds``.
+    thresholds_for: Callable[[Any], tuple[float, ...]] | None = None
+
+    def defaults_for(self, model: Any) -> tuple[float, ...]:
+        """The default sweep on ``model``."""
+        return self.thresholds_for(model) if self.thresholds_for else self.default_thresholds
 
     def make_config(self, threshold: float, **overrides: Any) -> Any:
         """The policy's config at ``threshold``, validated (bad values raise UsageError)."""

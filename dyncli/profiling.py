@@ -199,8 +199,9 @@ def accuracy_sweep(
     from dyncli.flops import FlopTable
 
     table = table or FlopTable(model)
-    runner = build_policy(policy, thresholds[0], **overrides)
-    runner.check(model)
+    runner = build_policy(policy, thresholds[0], **overrides) if thresholds else None
+    if runner is not None:
+        runner.check(model)
     static = SweepStats(hyps=[])
     rows = [SweepStats(hyps=[]) for _ in thresholds]
     depth = model.num_layers
@@ -214,7 +215,7 @@ def accuracy_sweep(
         _accumulate(
             static, StaticPolicy().encode(model, x, n), tokenizer, table, front, depth, blank
         )
-        outs = runner.sweep(model, x, n, thresholds)
+        outs = runner.sweep(model, x, n, thresholds) if runner is not None else []
         for stats, out in zip(rows, outs, strict=True):
             _accumulate(stats, out, tokenizer, table, front, depth, blank)
         if progress is not None:
@@ -501,7 +502,7 @@ def resolve_policy(
     if thresholds:
         values = list(thresholds)
     else:
-        values = list(spec.default_thresholds)
+        values = list(spec.defaults_for(ckpt.model))
         if stored and stored[0] == name:
             values.append(stored[1])
     if at is not None:
@@ -525,17 +526,7 @@ def requested_policies(ckpt: Checkpoint, policy: str | None, models: bool = Fals
     if policy.strip() == "all" and models:
         return list(skip_policies())
     if policy.strip() == "all":
-        names = []
-        for spec in skip_policies().values():
-            if spec.needs_exits and not ckpt.model.exits:
-                continue
-            try:
-                build_policy(spec.name, spec.default_thresholds[0]).check(ckpt.model)
-            except UsageError:
-                if spec.name != "drop":  # drop: its thresholds are filtered by depth instead
-                    continue
-            names.append(spec.name)
-        return names
+        return [name for name in skip_policies() if _can_run(ckpt.model, name)]
     names = [p.strip() for p in policy.split(",") if p.strip()]
     if not names:
         raise UsageError("--policy is empty")
@@ -570,9 +561,8 @@ def _other_model(
     model = other.model.to(device)
     table = FlopTable(model)
     label = Path(path).name
-    depth = model.num_layers
-    full, _ = sweep_rows(other, utts, waves, "drop", [depth], {}, table)
-    rows = [{**full, "policy": "static", "threshold": None}]
+    full, _ = sweep_rows(other, utts, waves, "static", [], {}, table)
+    rows = [{**full, "threshold": None}]
     configs: list[tuple[CTCEncoder, Tokenizer, Any]] = [(model, other.tokenizer, StaticPolicy())]
     for asked in names:
         spec = get_skip_policy(asked)
@@ -584,8 +574,8 @@ def _other_model(
             other, asked, None if multi else thresholds, given, None
         )
         values = [v for v in values if _runs(model, name, v, merged)]
-        if name == "drop" or not values:
-            continue  # drop on another model: its full depth and its own depth say it
+        if not values:
+            continue
         _, found = sweep_rows(other, utts, waves, name, values, merged, table)
         rows += found
         configs += [(model, other.tokenizer, build_policy(name, v, **merged)) for v in values]
@@ -599,7 +589,8 @@ def _can_run(model: CTCEncoder, name: str) -> bool:
     spec = get_skip_policy(name)
     if spec.needs_exits and not model.exits:
         return False
-    return name == "drop" or _runs(model, name, spec.default_thresholds[0], {})
+    defaults = spec.defaults_for(model)
+    return bool(defaults) and _runs(model, name, defaults[0], {})
 
 
 def _runs(model: CTCEncoder, name: str, threshold: float, settings: dict[str, Any]) -> bool:
@@ -667,11 +658,6 @@ def profile(
             fields = {f.name for f in dataclasses.fields(get_skip_policy(asked).config_cls)}
             given = {k: v for k, v in given.items() if k in fields}
         name, values, merged, _ = resolve_policy(ckpt, asked, thresholds, given, gate.at)
-        if name == "drop" and not thresholds:  # layer counts: full, 3/4 and 1/2 of this depth
-            depth = model.num_layers
-            values = sorted({depth, max(1, round(0.75 * depth)), max(1, round(0.5 * depth))})
-            if stored is not None and stored[0] == "drop":
-                values = sorted({*values, canonical_threshold(stored[1])})
         if multi:  # keep what this model can run (drop: layer counts up to its depth)
             values = [v for v in values if _runs(model, name, v, merged)]
             if not values:
@@ -848,9 +834,12 @@ def choose_operating_point(
     tolerance (:func:`wer_tolerance`) above full depth; ties go to the lower WER. The grid is
     the policy's default sweep plus its conservative thresholds, unless ``thresholds``."""
     spec = get_skip_policy(policy)
-    grid = thresholds or (*spec.default_thresholds, *spec.conservative_thresholds)
-    values = sorted({canonical_threshold(v) for v in grid})
     merged = policy_settings(ckpt, policy, settings or {})
+    grid = thresholds or (
+        *spec.defaults_for(ckpt.model),
+        *(v for v in spec.conservative_thresholds if _runs(ckpt.model, policy, v, merged)),
+    )
+    values = sorted({canonical_threshold(v) for v in grid})
     static, rows = sweep_rows(ckpt, utts, [u.wave for u in utts], policy, values, merged)
     tolerance, rule = wer_tolerance(wer_budget, int(static["words"]))
     ok = [r for r in rows if r["wer"] - static["wer"] <= tolerance + 1e-9]

@@ -29,6 +29,12 @@ def _drop(config: DropConfig) -> Any:
     return DropLayers(config)
 
 
+def _drop_counts(model: Any) -> tuple[float, ...]:
+    """Full depth, 3/4 and 1/2 of it (12, 9, 6 for the demo model): runs on any depth."""
+    depth = int(model.num_layers)
+    return tuple(sorted({depth, max(1, round(0.75 * depth)), max(1, round(0.5 * depth))}))
+
+
 def _gates(config: GatesConfig) -> Any:
     from dyncli.dynamic import GatePolicy
 
@@ -78,6 +84,7 @@ def register_skip_policies(register: Callable[[Any], None]) -> None:
             default_thresholds=(12, 9, 6),
             conservative_thresholds=(11, 10),
             needs_exits=False,
+            thresholds_for=_drop_counts,
         )
     )
     register(
