@@ -3,7 +3,7 @@
 A checkpoint is a ``torch.save`` archive of one dict of plain types and tensors::
 
     format          "dyncli-checkpoint"
-    format_version  1
+    format_version  1 (files without ``blank_id`` are version 0; both are read)
     dyncli_version  version that wrote it
     backbone        registered backbone name, e.g. "conformer"
     config          the backbone's config dataclass as a dict (front end included)
@@ -16,13 +16,18 @@ A checkpoint is a ``torch.save`` archive of one dict of plain types and tensors:
     metrics         e.g. dev WER at the saved epoch
 
 It is read with ``torch.load(weights_only=True)``, which refuses pickled code, and written
-atomically (temporary file, then rename).
+atomically (temporary file, then rename). Every field is checked once, on load
+(:func:`validate_record`), and weights holding NaN or Inf are refused on save and on load.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import math
+import os
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,7 @@ from typing import Any
 import torch
 
 from dyncli import __version__
-from dyncli.errors import CheckpointError, DyncliError, InputError
+from dyncli.errors import CheckpointError, DyncliError, InputError, JobFailed
 from dyncli.fileio import atomic_write
 from dyncli.models.base import EXIT_HEAD_FORMS, CTCEncoder
 from dyncli.models.config import config_from_dict, config_to_dict
@@ -52,14 +57,51 @@ class Checkpoint:
     metrics: dict[str, Any] = field(default_factory=dict)
     dtype: str = "float32"
     path: Path | None = None
+    format_version: int | None = None  # as stored; None for a model read by a plugin
+
+
+class NonFiniteWeights(JobFailed):
+    """:func:`save_checkpoint` refused weights holding NaN or Inf (a diverged or damaged
+    model). ``tensor`` is the first such tensor, ``count`` how many there are."""
+
+    def __init__(self, message: str, tensor: str, count: int) -> None:
+        super().__init__(message)
+        self.tensor, self.count = tensor, count
+
+
+def nonfinite(tensors: Iterable[tuple[str, torch.Tensor]]) -> tuple[str, int, int] | None:
+    """(first tensor name, how many, of how many) for floating tensors holding NaN or Inf;
+    None when all are finite. One ``isfinite().all()`` per tensor."""
+    first, bad, total = "", 0, 0
+    for name, t in tensors:
+        total += 1
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            first, bad = first or name, bad + 1
+    return (first, bad, total) if bad else None
+
+
+def _nonfinite_text(found: tuple[str, int, int]) -> str:
+    name, bad, total = found
+    return f"{bad} of {total} weight tensors hold NaN or Inf values (first: {name})"
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint, half: bool = False) -> None:
-    """Write ``ckpt`` atomically. ``half`` stores floating-point weights as float16."""
+    """Write ``ckpt`` atomically. ``half`` stores floating-point weights as float16.
+
+    Weights holding NaN or Inf are refused (:class:`NonFiniteWeights`): such a model
+    transcribes nothing, and nothing is written."""
     state = {
         k: (v.detach().to("cpu").half() if half and v.is_floating_point() else v.detach().cpu())
         for k, v in ckpt.model.state_dict().items()
     }
+    found = nonfinite(state.items())
+    if found is not None:
+        why = "the model diverged or was damaged"
+        if half and nonfinite(ckpt.model.state_dict().items()) is None:
+            why = "they overflow float16; save without half precision"
+        raise NonFiniteWeights(
+            f"{path}: not saved: {_nonfinite_text(found)}; {why}", found[0], found[1]
+        )
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -95,11 +137,57 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
+def _check_exists(p: Path) -> None:
+    """A missing path, a broken symlink and a symlink loop, each said as what it is."""
+    try:
+        p.stat()
+    except FileNotFoundError:
+        if p.is_symlink():
+            raise CheckpointError(
+                f"{p}: a broken symbolic link (to {os.readlink(p)}); no checkpoint there"
+            ) from None
+        raise CheckpointError(f"{p}: checkpoint not found") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CheckpointError(
+                f"{p}: a symbolic link loop (following it leads back to it); "
+                "point the link at a checkpoint"
+            ) from None
+        raise CheckpointError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _not_torch(p: Path) -> str | None:
+    """What ``p`` is when it is plainly not a PyTorch archive or pickle (from its first
+    bytes), else None."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if head.startswith(b"PK") or head.startswith(b"\x80"):
+        return None  # a zip archive (torch.save) or a pickle (legacy torch.save)
+    if not head:
+        return "an empty file"
+    text = head.lstrip()
+    if text[:1] in (b"{", b"["):
+        return "JSON text (a manifest or a config?), not a PyTorch archive"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut at the 64th byte
+            return "binary data that is not a PyTorch archive"
+    return "a text file, not a PyTorch archive"
+
+
 def read_payload(path: str | Path) -> dict[str, Any]:
     """Load and validate the raw checkpoint dict; refuses anything that is not a dyncli file."""
     p = Path(path)
+    _check_exists(p)
     if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint not found")
+        raise CheckpointError(f"{p}: not a regular file, so not a checkpoint")
+    what = _not_torch(p)
+    if what is not None:
+        raise CheckpointError(f"{p}: not a readable checkpoint: {what}")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -118,23 +206,164 @@ def read_payload(path: str | Path) -> dict[str, Any]:
             "train one with 'dyncli train' or import the model first"
         )
     version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if version is None:
+        raise CheckpointError(f"{p}: damaged checkpoint: it has no 'format_version' field")
+    if type(version) is not int or version < 0:
         raise CheckpointError(
-            f"{p}: checkpoint format version {version!r} is newer than this dyncli "
+            f"{p}: damaged checkpoint: 'format_version' is {version!r}, not a version number"
+        )
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{p}: checkpoint format version {version} is newer than this dyncli "
             f"(reads up to {FORMAT_VERSION}); upgrade dyncli"
         )
     for key in ("backbone", "config", "vocab_size", "tokenizer", "state_dict"):
         if key not in payload:
             raise CheckpointError(f"{p}: checkpoint is missing '{key}'")
+    validate_record(p, payload)
     return payload
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _expect(p: Path, ok: bool, name: str, value: Any, what: str) -> None:
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise CheckpointError(f"{p}: damaged checkpoint: '{name}' is {shown}, not {what}")
+
+
+def validate_record(p: Path, payload: dict[str, Any]) -> None:
+    """Check the types and ranges of every field of a checkpoint record (the model config is
+    checked by ``config_from_dict``); a bad field is one CheckpointError naming file and field."""
+    _expect(p, isinstance(payload["backbone"], str), "backbone", payload["backbone"], "a name")
+    _expect(p, isinstance(payload["config"], dict), "config", payload["config"], "a mapping")
+    vocab = payload["vocab_size"]
+    _expect(p, _is_int(vocab) and vocab >= 2, "vocab_size", vocab, "an integer >= 2")
+    blank = payload.get("blank_id", 0)
+    if not (_is_int(blank) and 0 <= blank < vocab):
+        raise CheckpointError(
+            f"{p}: damaged checkpoint: 'blank_id': blank id {blank!r} outside the vocabulary "
+            f"of {vocab}"
+        )
+    _validate_tokenizer(p, payload["tokenizer"])
+    state = payload["state_dict"]
+    _expect(p, isinstance(state, dict), "state_dict", state, "a mapping of tensors")
+    for k, v in state.items():
+        ok = isinstance(k, str) and isinstance(v, torch.Tensor)
+        _expect(p, ok, f"state_dict[{k!r}]", type(v).__name__, "a tensor")
+    dtype = payload.get("dtype", "float32")
+    _expect(p, dtype in ("float32", "float16"), "dtype", dtype, "'float32' or 'float16'")
+    for key in ("provenance", "metrics"):
+        value = payload.get(key)
+        _expect(p, value is None or isinstance(value, dict), key, value, "a mapping")
+    method = payload.get("method")
+    _expect(p, method is None or isinstance(method, dict), "method", method, "a mapping")
+    if method is not None:
+        _validate_method(p, method)
+
+
+def _validate_tokenizer(p: Path, tok: Any) -> None:
+    _expect(p, isinstance(tok, dict), "tokenizer", tok, "a mapping")
+    kind = tok.get("kind")
+    kinds = ("char", "vocab", "sentencepiece")
+    _expect(p, kind in kinds, "tokenizer.kind", kind, f"one of {', '.join(kinds)}")
+    if kind == "char":
+        symbols = tok.get("symbols")
+        ok = isinstance(symbols, str) or (
+            isinstance(symbols, list) and all(isinstance(s, str) for s in symbols)
+        )
+        _expect(p, ok, "tokenizer.symbols", symbols, "a string of symbols")
+    elif kind == "vocab":
+        tokens = tok.get("tokens")
+        ok = isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)
+        _expect(p, ok, "tokenizer.tokens", tokens, "a list of strings")
+        blank = tok.get("blank_id")
+        ok = _is_int(blank) and 0 <= blank < len(tokens)
+        _expect(p, ok, "tokenizer.blank_id", blank, "an id in the vocabulary")
+        for key, types in (("word_delimiter", (str,)), ("unk", (str, type(None)))):
+            value = tok.get(key)
+            ok = key not in tok or isinstance(value, types)
+            _expect(p, ok, f"tokenizer.{key}", value, "a string")
+        lower = tok.get("lower", False)
+        _expect(p, isinstance(lower, bool), "tokenizer.lower", lower, "true or false")
+    else:
+        proto = tok.get("model_proto")
+        ok = isinstance(proto, bytes)
+        _expect(p, ok, "tokenizer.model_proto", proto, "sentencepiece model bytes")
+
+
+def _validate_method(p: Path, method: dict[str, Any]) -> None:
+    exits = method.get("exits") or []
+    ok = isinstance(exits, list) and all(_is_int(k) and k > 0 for k in exits)
+    _expect(p, ok, "method.exits", exits, "a list of layer numbers")
+    for key in ("name", "exit_head", "default_policy"):
+        value = method.get(key)
+        _expect(p, value is None or isinstance(value, str), f"method.{key}", value, "a string")
+    for key in ("gates", "operating_point", "distillation", "skip_aware_training"):
+        value = method.get(key)
+        ok = value is None or isinstance(value, dict)
+        _expect(p, ok, f"method.{key}", value, "a mapping")
+    gates = method.get("gates")
+    if gates is not None:
+        name = gates.get("predictor")
+        _expect(p, isinstance(name, str), "method.gates.predictor", name, "a predictor name")
+        hidden = gates.get("hidden", 32)
+        ok = _is_int(hidden) and hidden > 0
+        _expect(p, ok, "method.gates.hidden", hidden, "a positive integer")
+    point = method.get("operating_point")
+    if point:
+        policy = point.get("policy")
+        _expect(p, isinstance(policy, str), "operating_point.policy", policy, "a policy name")
+        threshold = point.get("threshold")
+        ok = _is_number(threshold)
+        _expect(p, ok, "operating_point.threshold", threshold, "a finite number")
+        layer = point.get("layer")
+        ok = layer is None or (_is_int(layer) and layer > 0)
+        _expect(p, ok, "operating_point.layer", layer, "a layer number")
+        neighbours = point.get("neighbours")
+        ok = neighbours is None or (_is_int(neighbours) and neighbours >= 0)
+        _expect(p, ok, "operating_point.neighbours", neighbours, "an integer >= 0")
+
+
+def describe_mismatch(model: dict[str, Any], stored: dict[str, Any], show: int = 3) -> str:
+    """One line on how a state dict differs from a model's: counts, then the first ``show``
+    missing, unexpected and differently shaped names. Empty when they match."""
+
+    def some(names: list[str]) -> str:
+        more = f", ... {len(names) - show} more" if len(names) > show else ""
+        return ", ".join(names[:show]) + more
+
+    missing = [k for k in model if k not in stored]
+    unexpected = [k for k in stored if k not in model]
+    shapes = [
+        f"{k} stored {list(stored[k].shape)}, model {list(model[k].shape)}"
+        for k in model
+        if k in stored and tuple(stored[k].shape) != tuple(model[k].shape)
+    ]
+    parts = [
+        f"{len(names)} {what} ({some(names)})"
+        for what, names in (("missing", missing), ("unexpected", unexpected))
+        if names
+    ]
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape ({some(shapes)})")
+    return "; ".join(parts)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Rebuild the model (float32, eval mode, on the CPU) and tokenizer from ``path``.
 
     A directory is read by the plugin that accepts it (``register_checkpoint_readers``; the
-    ``dyncli-hf`` plugin reads Hugging Face CTC model directories)."""
+    ``dyncli-hf`` plugin reads Hugging Face CTC model directories). Weights holding NaN or Inf
+    are refused."""
     p = Path(path)
+    _check_exists(p)
     if p.is_dir():
         return _read_foreign(p)
     payload = read_payload(p)
@@ -142,24 +371,31 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         spec = get_backbone(str(payload["backbone"]))
     except InputError as exc:
         raise CheckpointError(f"{p}: {exc}") from None
-    config: Any = config_from_dict(spec.config_cls, payload["config"])
-    model = spec.build(config, int(payload["vocab_size"]))
+    try:
+        config: Any = config_from_dict(spec.config_cls, payload["config"])
+    except CheckpointError as exc:
+        raise CheckpointError(f"{p}: damaged checkpoint: {exc}") from None
+    vocab_size = int(payload["vocab_size"])
+    try:
+        model = spec.build(config, vocab_size)
+    except DyncliError as exc:
+        raise CheckpointError(f"{p}: {exc}") from None
+    except Exception as exc:  # e.g. d_model not divisible by num_heads: the factory's error
+        raise CheckpointError(
+            f"{p}: the stored model config does not build a model "
+            f"({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
     method = payload.get("method")
-    if method is not None and not isinstance(method, dict):
-        raise CheckpointError(f"{p}: checkpoint 'method' is not a mapping")
     exits = (method or {}).get("exits") or []
     try:
         model.attach_exits([int(k) for k in exits], init_from_final=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, DyncliError) as exc:
         raise CheckpointError(f"{p}: bad exits {exits!r} in checkpoint method ({exc})") from None
-    form = (method or {}).get("exit_head", "softmax")
+    form = (method or {}).get("exit_head") or "softmax"
     if form not in EXIT_HEAD_FORMS:
         raise CheckpointError(f"{p}: unknown exit head form {form!r} in checkpoint method")
     model.exit_head_form = str(form)
-    blank = payload.get("blank_id", 0)  # format v1 checkpoints: dyncli's tokenizers, blank 0
-    if not isinstance(blank, int) or not 0 <= blank < int(payload["vocab_size"]):
-        raise CheckpointError(f"{p}: blank id {blank!r} outside the vocabulary")
-    model.blank_id = blank
+    model.blank_id = int(payload.get("blank_id", 0))  # version 0: dyncli's tokenizers, blank 0
     gates = (method or {}).get("gates")
     if gates is not None:
         from dyncli.gates import attach_gates
@@ -171,15 +407,28 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     state = {
         k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()
     }
+    mismatch = describe_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise CheckpointError(f"{p}: weights do not match the stored config: {mismatch}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{p}: weights do not match the stored config ({first})") from None
+        raise CheckpointError(
+            f"{p}: weights do not match the stored config ({_first_line(exc)})"
+        ) from None
+    found = nonfinite(state.items())
+    if found is not None:
+        raise CheckpointError(
+            f"{p}: refused: {_nonfinite_text(found)}; the model is damaged or its training diverged"
+        )
+    try:
+        tokenizer = tokenizer_from_state(payload["tokenizer"])
+    except DyncliError as exc:
+        raise CheckpointError(f"{p}: damaged checkpoint: tokenizer: {exc}") from None
     model.eval()
     return Checkpoint(
         model=model,
-        tokenizer=tokenizer_from_state(payload["tokenizer"]),
+        tokenizer=tokenizer,
         backbone=str(payload["backbone"]),
         config=config,
         method=method,
@@ -187,17 +436,35 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         metrics=dict(payload.get("metrics") or {}),
         dtype=str(payload.get("dtype", "float32")),
         path=p,
+        format_version=int(payload["format_version"]),
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return " ".join(text.splitlines()[0].split())[:300] if text else type(exc).__name__
 
 
 def _read_foreign(p: Path) -> Checkpoint:
     from dyncli.plugins import checkpoint_readers
 
-    for spec in checkpoint_readers().values():
+    readers = checkpoint_readers()
+    for spec in readers.values():
         if spec.accepts(p):
             ckpt: Checkpoint = spec.read(p)
             ckpt.path = p
+            found = nonfinite(ckpt.model.state_dict().items())
+            if found is not None:
+                raise CheckpointError(f"{p}: refused: {_nonfinite_text(found)}")
             return ckpt
+    if readers:
+        why = "; ".join(
+            f"the {name} reader: {spec.explain(p) if spec.explain else 'not its format'}"
+            for name, spec in readers.items()
+        )
+        raise CheckpointError(
+            f"{p}: a directory, not a dyncli checkpoint, and no reader takes it ({why})"
+        )
     raise CheckpointError(
         f"{p}: a directory, not a dyncli checkpoint, and no installed plugin reads it "
         "(pip install -e plugins/dyncli-hf reads Hugging Face CTC model directories)"
@@ -227,7 +494,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
     heads = method.get("exits") or []
     return {
         "path": str(path),
-        "format_version": FORMAT_VERSION,
+        "format_version": ckpt.format_version,
         "backbone": ckpt.backbone,
         "parameters": params,
         "layers": model.num_layers,

@@ -26,6 +26,8 @@ stored in the checkpoint (``dyncli.profiling.choose_operating_point``); ``transc
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ import torch
 from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from dyncli.errors import UsageError
 from dyncli.features import AugmentConfig
+from dyncli.models.base import CTCEncoder
+from dyncli.operating_point import check_budget, check_policy_fits
 from dyncli.profiling import PointChoice, choose_operating_point
 from dyncli.training.config import (
     ExitTraining,
@@ -83,12 +87,12 @@ class GateTraining:
                 f"--target-modules must lie in (0, 1] (the fraction of attention and "
                 f"feed-forward modules to run), got {self.target}"
             )
-        if self.weight < 0:
-            raise UsageError(f"--gate-weight must be >= 0, got {self.weight}")
-        if self.temperature <= 0:
-            raise UsageError(f"--gate-temperature must be > 0, got {self.temperature}")
-        if self.lr_scale <= 0:
-            raise UsageError(f"--gate-lr-scale must be > 0, got {self.lr_scale}")
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise UsageError(f"--gate-weight must be >= 0 and finite, got {self.weight}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise UsageError(f"--gate-temperature must be > 0 and finite, got {self.temperature}")
+        if not (math.isfinite(self.lr_scale) and self.lr_scale > 0):
+            raise UsageError(f"--gate-lr-scale must be > 0 and finite, got {self.lr_scale}")
 
 
 def layerdrop_method(exits: list[int], drop_rate: float) -> dict[str, Any]:
@@ -101,6 +105,19 @@ def layerdrop_method(exits: list[int], drop_rate: float) -> dict[str, Any]:
         "default_policy": "drop",
         "operating_point": None,
     }
+
+
+def as_trained(model: CTCEncoder, exits: list[int], gates: GateTraining | None) -> CTCEncoder:
+    """A copy of ``model`` with the heads (and gates) training will attach, for checks made
+    before any work; the random number generator is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        probe = copy.deepcopy(model)
+        probe.attach_exits(exits)
+        if gates is not None:
+            from dyncli.gates import attach_gates
+
+            attach_gates(probe, gates.predictor, gates.hidden)
+    return probe
 
 
 def convert_defaults() -> TrainConfig:
@@ -139,18 +156,15 @@ def convert(
         raise UsageError(f"unknown --method {method!r}; choose one of: {', '.join(METHODS)}")
     if method == "early-exit" and not exits.exits:
         raise UsageError("--exits is required: the layers (1-based) that get a CTC head, e.g. 4,8")
-    if wer_budget is not None and wer_budget < 0:
-        raise UsageError(
-            f"--wer-budget must be >= 0 (absolute WER, 0.01 = 1 point), got {wer_budget}"
-        )
+    check_budget(wer_budget, policy)
     if Path(output).resolve() == Path(checkpoint).resolve():
         raise UsageError("-o must differ from the input checkpoint (the static model is kept)")
     cfg = config or convert_defaults()
     run = run or RunOptions()
     default_policy = {"layerdrop": "drop", "gates": "gates"}.get(method, "blank-skip")
     gate_cfg = gates or GateTraining()
+    gate_cfg.validate()
     if method == "gates":
-        gate_cfg.validate()
         if exits.exits or exits.skip_layer is not None or exits.freeze_backbone:
             raise UsageError(
                 "--method gates fine-tunes the whole model with gates in the loop: drop "
@@ -164,10 +178,6 @@ def convert(
                 "--method layerdrop trains the whole model with layers dropped: drop "
                 "--skip-layer and --freeze-backbone"
             )
-    if wer_budget is not None:
-        from dyncli.plugins import get_skip_policy
-
-        get_skip_policy(policy or default_policy)  # fail before training, not after
     static = load_checkpoint(checkpoint)
     if static.method is not None:
         raise UsageError(
@@ -189,16 +199,33 @@ def convert(
     if exit_cfg.skip_layer is not None:
         if exit_cfg.freeze_backbone:
             raise UsageError(
-                "--skip-aware trains the layers after the exit: drop --freeze-backbone"
+                "--skip-layer trains the layers after the exit: drop --freeze-backbone"
             )
         if exit_cfg.skip_layer not in exit_cfg.exits:
             raise UsageError(
-                f"--skip-aware {exit_cfg.skip_layer}: that layer needs an exit (--exits)"
+                f"--skip-layer {exit_cfg.skip_layer}: that layer needs an exit (--exits)"
             )
         lo, hi = exit_cfg.skip_thresholds
         if not 0 < lo <= hi <= 1:
-            raise UsageError(f"--skip-thresholds must satisfy 0 < LOW <= HIGH <= 1, got {lo}:{hi}")
-    device, world = start(cfg)
+            raise UsageError(
+                f"--skip-threshold-range must satisfy 0 < LOW <= HIGH <= 1, got {lo}:{hi}"
+            )
+
+    def point_settings(name: str) -> dict[str, Any]:
+        """blank-skip runs at the trigger layer and neighbours the model was trained with."""
+        if name != "blank-skip":
+            return {}
+        return {"layer": exit_cfg.skip_layer, "neighbours": exit_cfg.skip_neighbours}
+
+    if wer_budget is not None:  # can the trained model run the policy? Fail now, not after
+        name = policy or default_policy
+        check_policy_fits(
+            as_trained(model, exit_cfg.exits, gate_cfg if method == "gates" else None),
+            name,
+            policy is not None,
+            point_settings(name),
+        )
+    device, world = start(cfg, run, output)
     reporter = reporter if world.main else SilentReporter()
     seed_everything(cfg.seed)
     data = load_data(train_manifest, dev_manifest, model.sample_rate, cfg, reporter)
@@ -270,12 +297,9 @@ def convert(
     def store_point(converted: Checkpoint) -> Checkpoint:
         """Sweep the trained model on dev and store the chosen operating point."""
         assert wer_budget is not None
-        settings: dict[str, Any] = {}
         name = policy or default_policy
-        if name == "blank-skip":  # the trigger layer and neighbours it was trained with
-            settings = {"layer": exit_cfg.skip_layer, "neighbours": exit_cfg.skip_neighbours}
         choice = choose_operating_point(
-            converted, data.dev, policy=name, wer_budget=wer_budget, settings=settings
+            converted, data.dev, policy=name, wer_budget=wer_budget, settings=point_settings(name)
         )
         assert converted.method is not None
         converted.method["operating_point"] = choice.point

@@ -35,6 +35,7 @@ layer into its intermediate one.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from dyncli.errors import UsageError
 from dyncli.features import AugmentConfig
 from dyncli.models.base import CTCEncoder
-from dyncli.operating_point import default_policy
+from dyncli.operating_point import check_budget, check_policy_fits, default_policy
 from dyncli.profiling import PointChoice, choose_operating_point
 from dyncli.training.config import Reporter, SilentReporter, TrainConfig, TrainResult
 from dyncli.training.data import load_data, provenance
@@ -84,6 +85,18 @@ class DistillOptions:
             raise UsageError(
                 f"unknown --method {self.method!r}; choose one of: {', '.join(METHODS)}"
             )
+        for flag, value in (
+            ("--temperature", self.temperature),
+            ("--kd-weight", self.kd_weight),
+            ("--exit-weight", self.exit_weight),
+            ("--final-weight", self.final_weight),
+            ("--drop-rate", self.drop_rate),
+            ("--alpha", self.alpha),
+        ):
+            if not math.isfinite(value):
+                raise UsageError(f"{flag} must be a finite number, got {value}")
+            if value < 0:
+                raise UsageError(f"{flag} must be >= 0, got {value}")
         if self.temperature <= 0:
             raise UsageError(f"--temperature must be positive, got {self.temperature}")
         if not 0 <= self.drop_rate < 1:
@@ -237,18 +250,18 @@ def distill(
     run = run or RunOptions()
     if Path(output).resolve() == Path(checkpoint).resolve():
         raise UsageError("-o must differ from the input checkpoint (the input is kept)")
-    if wer_budget is not None:
-        from dyncli.plugins import get_skip_policy
-
-        get_skip_policy(policy or "blank-skip")  # fail before training, not after
+    check_budget(wer_budget, policy)
     student = load_checkpoint(checkpoint)
     if options.method in ("factorized-kd", "exit-kd") and not student.model.exits:
         raise UsageError(
             f"{checkpoint}: --method {options.method} distils into the intermediate heads and "
             "this model has none; run 'dyncli convert --exits ...' first"
         )
+    if wer_budget is not None:  # the model's structure does not change: fail now, not after
+        name = policy or ("drop" if options.method == "dld" else default_policy(student.method))
+        check_policy_fits(student.model, name, policy is not None)
     chosen = choose_teacher(student, teacher)
-    device, world = start(cfg)
+    device, world = start(cfg, run, output)
     reporter = reporter if world.main else SilentReporter()
     reporter.message(
         f"teacher: {chosen.record['path']} ({chosen.record['kind']}"

@@ -642,3 +642,57 @@ def run_policy(
     feats, frames = model.features(wave, lengths)
     x, out_lengths = model.embed(feats, frames)
     return policy.encode(model, x, out_lengths)
+
+
+@torch.inference_mode()
+def early_exit_thresholds_from_data(
+    model: CTCEncoder, waves: Sequence[torch.Tensor], criterion: str, count: int = 7
+) -> tuple[float, ...]:
+    """A default early-exit sweep for ``model`` on ``waves`` (N,), label-free: no transcripts.
+
+    Per utterance, the criterion changes its exit at the confidences of exits more confident
+    than every earlier exit (its breakpoints). The sweep puts up to ``count`` thresholds on the
+    breakpoints of all utterances at evenly spaced quantiles (least to most aggressive), each
+    rounded to 6 decimals on its exiting side, and keeps a threshold only if it makes one more
+    utterance exit earlier than the previous one: every row differs. Ascending.
+    """
+    from dyncli.operating_point import THRESHOLD_DIGITS, canonical_threshold
+
+    entropy = criterion == "entropy"
+    last = max(model.exits, default=0)
+    dev = next(model.parameters()).device
+    points: list[float] = []
+    for wave in waves:
+        lengths = torch.tensor([wave.shape[0]], device=dev)
+        feats, frames = model.features(wave[None].to(dev), lengths)
+        x, n = model.embed(feats, frames)
+        pad_mask = _pad_mask(n, x.shape[1])
+        best = math.inf if entropy else -math.inf
+        for i in range(last):
+            x = model.run_layer(i, x, pad_mask)
+            if i + 1 in model.exits:
+                lp = model.exit_log_probs(i + 1, x)
+                conf = float(exit_confidence(lp, n, criterion, model.blank_id)[0])
+                if (conf < best) if entropy else (conf > best):
+                    best = conf
+                    points.append(conf)
+    if not points:
+        return ()
+    scores = torch.tensor(sorted(points, reverse=not entropy), dtype=torch.float32)
+
+    def crossed(threshold: float) -> int:  # breakpoints this threshold exits at (float32)
+        return int(((scores <= threshold) if entropy else (scores >= threshold)).sum())
+
+    step = 10.0**-THRESHOLD_DIGITS
+    picked: list[float] = []
+    done = 0
+    for k in range(count):
+        value = float(scores[round(k * (len(scores) - 1) / max(count - 1, 1))])
+        th = (math.ceil if entropy else math.floor)(value / step) * step
+        th = min(max(canonical_threshold(th), 0.0), 1.0)
+        while not (value <= th if entropy else value >= th) and 0.0 < th < 1.0:
+            th = canonical_threshold(th + (step if entropy else -step))  # float error above
+        if crossed(th) > done:
+            done = crossed(th)
+            picked.append(th)
+    return tuple(sorted(picked))

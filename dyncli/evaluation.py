@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from dyncli.errors import UsageError
 from dyncli.inference import pick_device
 from dyncli.metrics import error_rates
 from dyncli.operating_point import RunChoice, resolve_run
+from dyncli.progress import Progress, Silent
 from dyncli.text import normalize_text
 
 SCHEMA_VERSION = 1
@@ -131,11 +132,15 @@ def evaluate(
     threshold: float | None = None,
     overrides: dict[str, Any] | None = None,
     full_depth: bool = False,
+    on_skip: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> EvalReport:
     """WER/CER of greedy decoding and end-to-end RTF on ``data``.
 
     A dynamic checkpoint runs as ``transcribe`` runs it: at its stored operating point unless
     ``full_depth``, or as ``policy`` / ``threshold`` say (see :mod:`dyncli.operating_point`).
+    With ``skip_bad`` each bad entry is reported through ``on_skip`` (before any decoding) and
+    left out. ``progress`` hears about reading, decoding and timing (only between timed passes).
     """
     benchmark = import_benchmark()
 
@@ -145,13 +150,29 @@ def evaluate(
     dev = pick_device(device)
     ckpt, runner, choice = _load_run(checkpoint, dev, policy, threshold, overrides, full_depth)
     manifest = read_manifest(data, skip_bad=skip_bad)
-    utts, skipped = load_utterances(manifest, ckpt.model.sample_rate, skip_bad)
+    shown = progress or Silent()
+    if progress is not None:
+        work = _audio_seconds(it.audio for it in manifest.items) * (1 + repeats)
+        shown.begin(work, len(manifest.items))
+    shown.stage("reading audio", len(manifest.items))
+    utts, skipped = load_utterances(
+        manifest, ckpt.model.sample_rate, skip_bad, on_item=lambda: shown.advance(1)
+    )
+    for message in skipped:
+        if on_skip is not None:
+            on_skip(message)
     waves = [u.wave.to(dev) for u in utts]
-    audio_seconds = sum(u.samples for u in utts) / ckpt.model.sample_rate
+    rate = ckpt.model.sample_rate
+    audio_seconds = sum(u.samples for u in utts) / rate
 
     @torch.inference_mode()
     def run_all() -> list[str]:
-        out = [_decode_one(ckpt, runner, w) for w in waves]
+        shown.stage("decoding", audio_seconds)
+        out = []
+        for u, w in zip(utts, waves, strict=True):
+            shown.advance(0, note=u.origin)
+            out.append(_decode_one(ckpt, runner, w))
+            shown.advance(u.samples / rate)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return out
@@ -168,7 +189,12 @@ def evaluate(
 
     # Timer.timeit(n) warms up with two statements, then times n: one full pass.
     timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=threads)
-    times = [timer.timeit(len(waves)).median * len(waves) for _ in range(repeats)]
+    shown.stage("timing", repeats, timed=True)
+    times = []
+    for _ in range(repeats):
+        times.append(timer.timeit(len(waves)).median * len(waves))
+        shown.advance(1)
+    shown.end()
     rates = error_rates([u.text for u in utts], hyps)
     rtfs = [t / audio_seconds for t in times]
     return EvalReport(
@@ -204,12 +230,14 @@ def transcribe(
     full_depth: bool = False,
     skip_bad: bool = False,
     on_skip: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[list[tuple[Path, str]], RunChoice]:
     """Greedy transcripts of audio files, in the given order, and what ran.
 
     A dynamic checkpoint runs at its stored operating point unless ``full_depth``; ``policy``
     and ``threshold`` override it (the threshold alone keeps the stored policy). With
     ``skip_bad`` an unreadable file is reported through ``on_skip`` and left out.
+    ``progress`` hears of each file (in audio seconds, from the file headers).
     """
     from dyncli.audio import load_audio
     from dyncli.errors import InputError
@@ -217,9 +245,14 @@ def transcribe(
     torch.set_num_threads(threads)
     dev = pick_device(device)
     ckpt, runner, choice = _load_run(checkpoint, dev, policy, threshold, overrides, full_depth)
+    shown = progress or Silent()
+    seconds = [_audio_seconds([p]) for p in audio] if progress is not None else [0.0] * len(audio)
+    shown.begin(sum(seconds), len(audio))
+    shown.stage("transcribing", sum(seconds))
     out = []
     with torch.inference_mode():
-        for p in audio:
+        for p, length in zip(audio, seconds, strict=True):
+            shown.advance(0, note=str(p))
             try:
                 wave = load_audio(p, ckpt.model.sample_rate).to(dev)
             except InputError as exc:
@@ -227,6 +260,23 @@ def transcribe(
                     raise InputError(f"{exc} (use --skip-bad to skip it)") from None
                 if on_skip is not None:
                     on_skip(str(exc))
+                shown.advance(length)
                 continue
             out.append((p, _decode_one(ckpt, runner, wave)))
+            shown.advance(length)
+    shown.end()
     return out, choice
+
+
+def _audio_seconds(paths: Iterable[Path]) -> float:
+    """Seconds of audio in ``paths``, from the file headers (unreadable files count 0)."""
+    from dyncli.audio import audio_duration
+    from dyncli.errors import InputError
+
+    total = 0.0
+    for p in paths:
+        try:
+            total += audio_duration(p)
+        except InputError:
+            pass
+    return total

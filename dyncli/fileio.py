@@ -1,38 +1,107 @@
 """Output files: paths checked before a job starts, and atomic writes (an interrupted run never
-leaves a half-written file in place of a good one)."""
+leaves a half-written file in place of a good one).
+
+The rules every output follows:
+
+* **Checked before work.** :func:`check_output_path` refuses what could not be written (a
+  directory, a parent that is a file, a read-only directory, ``/proc`` or ``/sys``), and
+  :func:`check_io` refuses an output that is one of the command's inputs or another output.
+* **Atomic.** A regular file is written to a temporary file beside it (``.NAME.PID.XXXX.tmp``),
+  flushed, then renamed over it. The existing file's permission bits are kept. An interrupt
+  (SIGINT, SIGTERM) during the write discards the new file and leaves the old one as it was.
+* **Special files are written through**, not replaced: a FIFO, a character device
+  (``/dev/null``), a socket, and the process's own streams (``/dev/stdout``, ``/dev/stderr``,
+  ``/dev/fd/N``). A symlink is **followed**: the file it points to is replaced and the link
+  stays a link.
+* **Stale temporaries are removed.** A killed process leaves its ``.NAME.PID.XXXX.tmp`` behind;
+  the next write of ``NAME`` removes those whose process is gone.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
+import signal
+import stat
 import tempfile
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from dyncli.errors import InputError, UsageError
 
+PathLike = str | os.PathLike[str]
+# Pseudo file systems: nothing written under them is a file a user can keep.
+PSEUDO_ROOTS = (Path("/proc"), Path("/sys"))
+_STREAM_FD = re.compile(r"^/(?:dev/fd|proc/self/fd)/(\d+)$")
+_STREAM_NAMES = {"/dev/stdout": 1, "/dev/stderr": 2}
 
-def check_output_path(
-    path: str | os.PathLike[str], flag: str, *, allow_stdout: bool = False
-) -> None:
+
+def stream_fd(path: PathLike) -> int | None:
+    """The file descriptor ``path`` names (``/dev/stdout`` -> 1, ``/dev/fd/3`` -> 3), if any."""
+    text = os.fspath(path)
+    if text in _STREAM_NAMES:
+        return _STREAM_NAMES[text]
+    match = _STREAM_FD.match(text)
+    return int(match.group(1)) if match else None
+
+
+def resolve(path: PathLike, flag: str = "") -> Path:
+    """``path`` with every symlink followed; a symlink loop is one line (``InputError``)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as exc:  # RuntimeError: symlink loop (Python < 3.13)
+        where = f"{flag} " if flag else ""
+        raise InputError(f"{where}{os.fspath(path)}: symlink loop ({exc})") from None
+
+
+def is_special(path: PathLike) -> bool:
+    """A stream, FIFO, character/block device or socket: written through, never replaced."""
+    if stream_fd(path) is not None:
+        return True
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _under_pseudo(path: Path) -> bool:
+    return any(path == root or root in path.parents for root in PSEUDO_ROOTS)
+
+
+def check_output_path(path: PathLike, flag: str, *, allow_stdout: bool = False) -> None:
     """Refuse an output path that could not be written, before any work starts.
 
     ``flag`` names the option in the message (``--json``). ``-`` (stdout) is accepted only with
-    ``allow_stdout``. An existing directory is refused; a missing parent directory is created.
-    Raises :class:`UsageError` (exit code 2) with a one-line message.
+    ``allow_stdout``; so are ``/dev/stdout`` and the other special files (written through). An
+    existing directory, a path under ``/proc`` or ``/sys``, and a symlink loop are refused; a
+    missing parent directory is created. Raises :class:`UsageError` (exit code 2).
     """
     text = os.fspath(path)
-    if text == "-":
+    if text == "-" or stream_fd(text) is not None:
         if allow_stdout:
             return
-        raise UsageError(f"{flag} -: this option cannot write to stdout; give a file path")
+        raise UsageError(f"{flag} {text}: this option cannot write to a stream; give a file path")
     if not text:
         raise UsageError(f"{flag}: empty path; give a file path")
     target = Path(text)
-    if target.is_dir():
+    if target.is_symlink() or target.exists():
+        real = resolve(target, flag)
+        if is_special(real):
+            if not allow_stdout:
+                raise UsageError(f"{flag} {text}: not a regular file; give a file path")
+            return
+    else:
+        real = resolve(target, flag)
+    if real.is_dir():
         raise UsageError(f"{flag} {text}: is a directory; give a file path")
-    parent = target.parent
+    if _under_pseudo(real):
+        raise UsageError(f"{flag} {text}: {real.parent} is a kernel file system; give a file path")
+    parent = real.parent
     blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         where = "" if blocker == parent else f"cannot create {parent}: "
@@ -46,28 +115,141 @@ def check_output_path(
         raise UsageError(f"{flag} {text}: directory {parent} is not writable")
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
+IOPaths = Mapping[str, PathLike | Iterable[PathLike] | None]
 
-    Raises :class:`InputError` if ``path`` is an existing directory.
-    """
-    target = Path(path)
-    if target.is_dir():
-        raise InputError(f"{target}: is a directory; give a file path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+
+def _entries(paths: IOPaths) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for flag, value in paths.items():
+        if value is None:
+            continue
+        values = [value] if isinstance(value, str | os.PathLike) else list(value)
+        out.extend((flag, os.fspath(v)) for v in values if os.fspath(v) not in ("", "-"))
+    return out
+
+
+def _same(a: str, b: str) -> bool:
+    if stream_fd(a) is not None or stream_fd(b) is not None:
+        return a == b
     try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, target)
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+        return resolve(a) == resolve(b)
+    except (OSError, InputError):
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _inside(output: str, directory: str) -> bool:
+    """``output`` is an existing file inside the input directory ``directory``."""
+    try:
+        out, root = resolve(output), resolve(directory)
+    except InputError:
+        return False
+    return root.is_dir() and out.is_file() and root in out.parents
+
+
+def check_io(*, inputs: IOPaths, outputs: IOPaths) -> None:
+    """Refuse, before any work, an output that would overwrite an input or another output.
+
+    ``inputs`` and ``outputs`` map a flag (``--train``, ``CHECKPOINT``) to a path, a list of
+    paths, or ``None``. Two paths are the same when they resolve to the same file (symlinks
+    followed; ``os.path.samefile`` where both exist, so hard links count). An output that is
+    an existing file inside an input directory (a Hugging Face model folder, a Kaldi data dir)
+    is refused too. Raises :class:`UsageError` naming both flags.
+    """
+    outs = _entries(outputs)
+    ins = _entries(inputs)
+    for i, (oflag, opath) in enumerate(outs):
+        for iflag, ipath in ins:
+            if _same(opath, ipath):
+                raise UsageError(
+                    f"{oflag} {opath}: is the input {iflag}; writing it would destroy the "
+                    "input, give another path"
+                )
+            if _inside(opath, ipath):
+                raise UsageError(
+                    f"{oflag} {opath}: is a file inside the input {iflag} {ipath}; writing it "
+                    "would change the input, give another path"
+                )
+        for oflag2, opath2 in outs[i + 1 :]:
+            if _same(opath, opath2):
+                raise UsageError(f"{oflag} and {oflag2} name the same file {opath}; give two paths")
+
+
+# --- interrupts ---------------------------------------------------------------------------
+
+
+class Interrupted(KeyboardInterrupt):
+    """A SIGINT or SIGTERM that arrived while an output was being written."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[list[int]]:
+    """Hold SIGINT and SIGTERM back while the block runs; yields the list of those received.
+
+    Python delivers SIGINT as an exception wherever the interpreter is, including inside
+    ``torch.save``'s writer, which turns it into a ``RuntimeError`` and leaves a broken file.
+    Outside the main thread (where handlers cannot be set) this does nothing.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def hold(signum: int, _frame: Any) -> None:
+        received.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# --- stale temporaries ----------------------------------------------------------------------
+
+
+def _tmp_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"^\.{re.escape(name)}\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove ``.NAME.PID.XXXX.tmp`` files beside ``target`` whose process has gone."""
+    pattern = _tmp_pattern(target.name)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+# --- atomic writes ---------------------------------------------------------------------------
 
 
 def _umask() -> int:
@@ -76,13 +258,87 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path; on success its contents become ``path`` (see module doc).
+
+    A regular file (or a new one) is replaced by a rename; a symlink is followed; a special
+    file is written through. Raises :class:`InputError` if ``path`` is an existing directory.
+    An interrupt while the block runs discards the temporary file and re-raises as
+    :class:`Interrupted` once the old file is known to be intact.
+    """
+    fd_target = stream_fd(path)
+    target = Path(path) if fd_target is not None else resolve(path)
+    if fd_target is None and target.is_dir():
+        raise InputError(f"{os.fspath(path)}: is a directory; give a file path")
+    through = fd_target is not None or is_special(target)
+    if through:
+        tmp_dir: Path = Path(tempfile.gettempdir())
+        prefix = ".dyncli-stream."
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
+        tmp_dir, prefix = target.parent, f".{target.name}.{os.getpid()}."
+    with deferred_signals() as received:
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=tmp_dir)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            yield tmp
+            if received:
+                raise Interrupted(received[0])
+            if through:
+                _write_through(tmp, target, fd_target)
+            else:
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+                _copy_mode(target, tmp)
+                os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    if received:
+        raise Interrupted(received[0])
+
+
+def _copy_mode(target: Path, tmp: Path) -> None:
+    """Give ``tmp`` the existing ``target``'s mode (and owner, where allowed), else 0666-umask."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        return
+    os.chmod(tmp, stat.S_IMODE(st.st_mode))
+    if hasattr(os, "chown"):
+        with contextlib.suppress(OSError):
+            os.chown(tmp, st.st_uid, st.st_gid)
+
+
+def _write_through(tmp: Path, target: Path, fd: int | None) -> None:
+    if fd is not None:
+        import sys
+
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        with open(tmp, "rb") as src:
+            data = src.read()
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        return
+    with open(tmp, "rb") as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+
+
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(fh)`` on a temporary binary file, then move it over ``path``."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         write(fh)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+def atomic_write_text(path: PathLike, text: str) -> None:
     data = text.encode("utf-8")
 
     def write(fh: IO[bytes]) -> None:

@@ -14,6 +14,7 @@ threshold enters, so a value the user typed matches the row a sweep made for it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,59 @@ def default_policy(method: dict[str, Any] | None) -> str:
     return name if isinstance(name, str) else "blank-skip"
 
 
+def given_flags(
+    policy: str | None, threshold: float | None, overrides: dict[str, Any]
+) -> list[str]:
+    """The flags a run was given (``overrides`` holds only the settings given)."""
+    from dyncli.policy_config import SETTING_FLAGS
+
+    flags = [f for f, v in (("--policy", policy), ("--threshold", threshold)) if v is not None]
+    return flags + [SETTING_FLAGS.get(k, "--" + k.replace("_", "-")) for k in overrides]
+
+
+def check_budget(wer_budget: float | None, policy: str | None) -> None:
+    """Refuse, before any work, a ``--wer-budget`` that is not a finite number >= 0, an unknown
+    ``--policy``, or a ``--policy`` without ``--wer-budget`` (it would be ignored)."""
+    if wer_budget is None:
+        if policy is not None:
+            raise UsageError(
+                "--policy names the policy the --wer-budget operating point is chosen for: "
+                "give --wer-budget too"
+            )
+        return
+    if not (math.isfinite(wer_budget) and wer_budget >= 0):
+        raise UsageError(
+            f"--wer-budget must be >= 0 (absolute WER, 0.01 = 1 point), got {wer_budget}"
+        )
+    if policy is not None:
+        from dyncli.plugins import get_skip_policy
+
+        get_skip_policy(policy)
+
+
+def check_policy_fits(
+    model: Any, name: str, given: bool, settings: dict[str, Any] | None = None
+) -> None:
+    """Refuse, before training, a ``--wer-budget`` policy that ``model`` (as it will be trained:
+    its heads and gates attached) could not run. ``given``: the user named it (``--policy``)."""
+    from dyncli.dynamic import build_policy
+    from dyncli.plugins import get_skip_policy
+
+    subject = f"--policy {name}" if given else f"--wer-budget (its default policy, {name})"
+    spec = get_skip_policy(name)
+    if spec.needs_exits and not model.exits:
+        raise UsageError(
+            f"{subject}: the policy needs intermediate CTC heads and this model will have none"
+        )
+    sweep = spec.defaults_for(model) or spec.conservative_thresholds
+    if not sweep:
+        return
+    try:
+        build_policy(name, sweep[0], **(settings or {})).check(model)
+    except UsageError as exc:
+        raise UsageError(f"{subject}: {exc}") from None
+
+
 def resolve_run(
     ckpt: Checkpoint,
     *,
@@ -106,11 +160,10 @@ def resolve_run(
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     asked = policy is not None or threshold is not None or bool(overrides)
+    flags = " and ".join(given_flags(policy, threshold, overrides))
     if full_depth:
         if asked:
-            raise UsageError(
-                "--full-depth runs every layer: drop --policy, --threshold and the policy settings"
-            )
+            raise UsageError(f"--full-depth runs every layer: drop {flags}")
         return StaticPolicy(), RunChoice("static", None, {}, "--full-depth")
     stored = stored_point(ckpt.method)
     if not ckpt.model.exits and stored is None:
@@ -118,14 +171,19 @@ def resolve_run(
             return StaticPolicy(), RunChoice("static", None, {}, "static model")
         from dyncli.plugins import get_skip_policy
 
-        if get_skip_policy(policy or default_policy(ckpt.method)).needs_exits:
-            raise UsageError(
-                f"{where}: a static model has no intermediate CTC head for this skip policy"
-            )
+        name = policy or default_policy(ckpt.method)
+        if get_skip_policy(name).needs_exits:
+            subject = f"--policy {name}" if policy else f"{flags} (for the default policy, {name})"
+            raise UsageError(f"{where}: a static model has no intermediate CTC head for {subject}")
     if asked:
         name = policy or (stored[0] if stored else default_policy(ckpt.method))
         if threshold is None:
             if stored is None or stored[0] != name:
+                if policy is None:
+                    raise UsageError(
+                        f"{flags} given, but no operating point is stored to apply them to: "
+                        f"give --threshold too (and --policy for another policy than {name})"
+                    )
                 raise UsageError(
                     f"--policy {name} needs --threshold (no stored operating point for it)"
                 )

@@ -1,4 +1,5 @@
-"""``dyncli profile --plot FILE.png``: WER against speedup and against executed FLOPs.
+"""``dyncli profile --plot FILE.png``: WER against speedup and against executed FLOPs (PNG, or
+the format the file's extension names: .pdf, .svg, ...).
 
 One marker style per method (policy, or policy on another model with ``--models``), each
 panel's Pareto front (WER against that panel's axis) joined by a line, and the static point and the
@@ -28,6 +29,27 @@ def require_matplotlib() -> None:
         ) from None
 
 
+# What --plot writes, by extension: matplotlib's own formats, less pgf (needs LaTeX) and raw
+# pixel dumps (raw, rgba: no header, not an image file a viewer opens).
+FORMATS = ("png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp")
+
+
+def plot_format(path: str | Path) -> str:
+    """The file format ``path``'s extension names (``p.pdf`` -> ``pdf``); an extension that is
+    missing or not one of :data:`FORMATS` this matplotlib writes is a one-line error."""
+    require_matplotlib()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    supported = [f for f in FORMATS if f in FigureCanvasBase.get_supported_filetypes()]
+    fmt = Path(path).suffix.lower().removeprefix(".")
+    if fmt not in supported:
+        got = f"extension '.{fmt}'" if fmt else "no extension"
+        raise UsageError(
+            f"--plot {path}: {got}; name the file after its format: .{', .'.join(supported)}"
+        )
+    return fmt
+
+
 def method_of(row: dict[str, Any]) -> str:
     """The legend entry of a row: its policy (``full depth`` for a static row), and the model
     it ran on when the report has several (``--models``)."""
@@ -48,8 +70,9 @@ def _front(rows: Sequence[dict[str, Any]], key: str) -> list[dict[str, Any]]:
 
 
 def plot_report(report: Any, path: str | Path) -> None:
-    """Draw ``report`` (a :class:`dyncli.profiling.ProfileReport`) to ``path`` (PNG)."""
-    require_matplotlib()
+    """Draw ``report`` (a :class:`dyncli.profiling.ProfileReport`) to ``path``, in the format
+    its extension names (:func:`plot_format`)."""
+    fmt = plot_format(path)
     import io
 
     import matplotlib
@@ -111,7 +134,7 @@ def plot_report(report: Any, path: str | Path) -> None:
     )
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format=fmt, dpi=120)
     plt.close(fig)
     data = buf.getvalue()
 

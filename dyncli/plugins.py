@@ -19,7 +19,7 @@ import functools
 import importlib
 import importlib.metadata
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,9 +66,18 @@ class SkipPolicySpec:
     # The default sweep for one model, where it depends on the model (drop: layer counts up to
     # its depth); None: ``default_thresholds``.
     thresholds_for: Callable[[Any], tuple[float, ...]] | None = None
+    # The default sweep derived from the audio to be profiled, where fixed thresholds would
+    # suit one model only (early exit: quantiles of the exit criterion). Label-free: it sees
+    # the model's outputs on the audio, never the transcripts. Called as (model, waves).
+    thresholds_from_data: Callable[[Any, Sequence[Any]], tuple[float, ...]] | None = None
 
-    def defaults_for(self, model: Any) -> tuple[float, ...]:
-        """The default sweep on ``model``."""
+    def defaults_for(self, model: Any, waves: Sequence[Any] = ()) -> tuple[float, ...]:
+        """The default sweep on ``model``; from ``waves`` (the audio to be profiled, (N,) each)
+        where the policy derives it from the data."""
+        if waves and self.thresholds_from_data is not None:
+            found = self.thresholds_from_data(model, waves)
+            if found:
+                return found
         return self.thresholds_for(model) if self.thresholds_for else self.default_thresholds
 
     def make_config(self, threshold: float, **overrides: Any) -> Any:
@@ -94,12 +103,14 @@ class SkipPolicySpec:
 class CheckpointReaderSpec:
     """A foreign checkpoint format: ``accepts(path)`` says whether a path is one (cheaply, from
     its files' names), ``read(path)`` returns a ``dyncli.checkpoint.Checkpoint`` or raises a
-    ``DyncliError`` with one line."""
+    ``DyncliError`` with one line. ``explain(path)``, when given, says in a few words why
+    ``accepts`` refused a directory (e.g. "no config.json in it"), for the error message."""
 
     name: str
     accepts: Callable[[Any], bool]
     read: Callable[[Any], Any]
     description: str = ""
+    explain: Callable[[Any], str] | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ range of its threshold and the default sweep ``dyncli profile`` runs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from dyncli.errors import UsageError
@@ -88,7 +89,8 @@ class DropConfig:
     threshold: float = 6
 
     def validate(self) -> None:
-        if self.threshold < 1 or self.threshold != int(self.threshold):
+        whole = math.isfinite(self.threshold) and self.threshold == int(self.threshold)
+        if not whole or self.threshold < 1:
             raise UsageError(
                 f"drop threshold {self.threshold:g} is not a layer count: give whole numbers "
                 ">= 1 (the layers to run)"

@@ -22,6 +22,8 @@ utterances, threads and machine:
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -79,6 +81,10 @@ class GateConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        for name in ("max_wer", "max_wer_increase", "max_rtf", "min_speedup", "at"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):  # nan passes every bar
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
 
     @property
     def bars(self) -> bool:
@@ -424,6 +430,53 @@ def row_label(row: dict[str, Any]) -> str:
     return f"{text} on {row['model']}" if row.get("model") else text
 
 
+def model_labels(paths: Sequence[str | Path]) -> list[str]:
+    """Each path's shortest suffix that no other path in ``paths`` ends with: ``model.ckpt``,
+    or ``a/model.ckpt`` beside ``b/model.ckpt`` (of the absolute, normalised paths)."""
+    parts = [Path(os.path.abspath(p)).parts for p in paths]
+    labels = []
+    for i, own in enumerate(parts):
+        others = [q for j, q in enumerate(parts) if j != i]
+        k = 1
+        while k < len(own) and any(q[-k:] == own[-k:] for q in others):
+            k += 1
+        labels.append("/".join(own[-k:]))
+    return labels
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one is missing: loading it says so
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def check_models(checkpoint: str | Path, models: Sequence[str | Path]) -> None:
+    """Refuse a ``--models`` entry given twice, or the same file as CHECKPOINT: its rows would
+    repeat under one label."""
+    for i, path in enumerate(models):
+        if _same_file(path, checkpoint):
+            raise UsageError(
+                f"--models {path} is the same file as CHECKPOINT ({checkpoint}), which is "
+                "profiled already; leave it out of --models"
+            )
+        if any(_same_file(path, earlier) for earlier in models[:i]):
+            raise UsageError(f"--models names {path} twice; give each checkpoint once")
+
+
+def sweep_origin(name: str, given: bool) -> str:
+    """How the thresholds of policy ``name`` were chosen, for the report."""
+    if given:
+        return "--thresholds"
+    if get_skip_policy(name).thresholds_from_data is not None:
+        return (
+            "quantiles of the exit criterion on these utterances' audio (label-free: no "
+            "transcripts), one threshold per change of some utterance's exit, deduplicated; "
+            "plus the stored operating point, if any"
+        )
+    return "the policy's default sweep, plus the stored operating point, if any"
+
+
 def violations(row: dict[str, Any], static: dict[str, Any], gate: GateConfig) -> list[str]:
     """One line per bar ``row`` fails (small float tolerance, one-sided)."""
     eps = 1e-9
@@ -479,7 +532,11 @@ def judge(
         "operating_point": dict(row),
         "violations": found,
         "bars": bars,
-        "selection": "row at --at" if gate.at is not None else "fastest row meeting every bar",
+        "selection": "row at --at"
+        if gate.at is not None
+        else "fastest row meeting every bar"
+        if gate.bars
+        else "fastest row (no gate bars given: not an operating point)",
     }
 
 
@@ -489,11 +546,13 @@ def resolve_policy(
     thresholds: Sequence[float] | None,
     overrides: dict[str, Any],
     at: float | None,
+    waves: Sequence[torch.Tensor] = (),
 ) -> tuple[str, list[float], dict[str, Any], float | None]:
     """Policy name, thresholds (validated, ``at`` included) and config settings to profile.
 
-    Defaults come from the checkpoint's stored operating point, then the registry. Every
-    threshold gets :func:`canonical_threshold` once, here.
+    Defaults come from the checkpoint's stored operating point, then the registry (derived
+    from ``waves``, the audio to be profiled, where the policy does so). Every threshold gets
+    :func:`canonical_threshold` once, here.
     """
     stored = stored_point(ckpt.method)
     name = policy or (stored[0] if stored else default_policy(ckpt.method))
@@ -502,7 +561,7 @@ def resolve_policy(
     if thresholds:
         values = list(thresholds)
     else:
-        values = list(spec.defaults_for(ckpt.model))
+        values = list(spec.defaults_for(ckpt.model, waves))
         if stored and stored[0] == name:
             values.append(stored[1])
     if at is not None:
@@ -547,6 +606,7 @@ def _other_model(
     utts: Sequence[Utterance],
     waves: Sequence[torch.Tensor],
     device: torch.device,
+    label: str,
 ) -> tuple[list[dict[str, Any]], list[tuple[CTCEncoder, Tokenizer, Any]]]:
     """Rows and timed configurations of another checkpoint (``--models``): its full depth, and
     each requested policy it can run (at its default thresholds with several policies)."""
@@ -560,7 +620,6 @@ def _other_model(
         )
     model = other.model.to(device)
     table = FlopTable(model)
-    label = Path(path).name
     full, _ = sweep_rows(other, utts, waves, "static", [], {}, table)
     rows = [{**full, "threshold": None}]
     configs: list[tuple[CTCEncoder, Tokenizer, Any]] = [(model, other.tokenizer, StaticPolicy())]
@@ -571,7 +630,7 @@ def _other_model(
         fields = {f.name for f in dataclasses.fields(spec.config_cls)}
         given = {k: v for k, v in (overrides or {}).items() if k in fields and v is not None}
         name, values, merged, _ = resolve_policy(
-            other, asked, None if multi else thresholds, given, None
+            other, asked, None if multi else thresholds, given, None, waves
         )
         values = [v for v in values if _runs(model, name, v, merged)]
         if not values:
@@ -630,6 +689,8 @@ def profile(
         raise UsageError("--repeats must be at least 1")
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    check_models(checkpoint, models)
+    main_label, *labels = model_labels([checkpoint, *models])
     torch.set_num_threads(threads)
     dev = pick_device(device)
     ckpt = load_checkpoint(checkpoint)
@@ -649,6 +710,12 @@ def profile(
             f"{checkpoint}: a static checkpoint (no intermediate CTC heads); make a dynamic one "
             "with 'dyncli convert' (or profile the bundled dynamic model, or use --policy drop)"
         )
+    manifest = read_manifest(data, skip_bad=skip_bad)
+    utts, skipped = load_utterances(manifest, model.sample_rate, skip_bad)
+    if not utts:
+        raise UsageError(f"{data}: no utterances to profile")
+    waves = [u.wave.to(dev) for u in utts]
+    audio_seconds = sum(u.samples for u in utts) / model.sample_rate
     plans: list[tuple[str, list[float], dict[str, Any]]] = []
     for asked in names:
         if models and not _can_run(model, asked):
@@ -657,7 +724,7 @@ def profile(
         if multi:  # a setting goes to the policies that have it (--skip-layer: blank-skip)
             fields = {f.name for f in dataclasses.fields(get_skip_policy(asked).config_cls)}
             given = {k: v for k, v in given.items() if k in fields}
-        name, values, merged, _ = resolve_policy(ckpt, asked, thresholds, given, gate.at)
+        name, values, merged, _ = resolve_policy(ckpt, asked, thresholds, given, gate.at, waves)
         if multi:  # keep what this model can run (drop: layer counts up to its depth)
             values = [v for v in values if _runs(model, name, v, merged)]
             if not values:
@@ -666,12 +733,6 @@ def profile(
             build_policy(name, v, **merged).check(model)  # e.g. more layers than the model has
         if values:
             plans.append((name, values, merged))
-    manifest = read_manifest(data, skip_bad=skip_bad)
-    utts, skipped = load_utterances(manifest, model.sample_rate, skip_bad)
-    if not utts:
-        raise UsageError(f"{data}: no utterances to profile")
-    waves = [u.wave.to(dev) for u in utts]
-    audio_seconds = sum(u.samples for u in utts) / model.sample_rate
     say = progress or (lambda _msg: None)
 
     count = sum(len(values) for _, values, _ in plans)
@@ -685,6 +746,8 @@ def profile(
     for name, values, merged in plans:
         static, found = sweep_rows(ckpt, utts, waves, name, values, merged, table)
         rows += found
+    if not plans:  # --models, and CHECKPOINT runs none of the policies: its full depth only
+        static, _ = sweep_rows(ckpt, utts, waves, "static", [], {}, table)
     phases = {
         "load_seconds": phase - started,
         "accuracy_and_flops_seconds": time.perf_counter() - phase,
@@ -694,9 +757,9 @@ def profile(
         build_policy(name, th, **merged) for name, values, merged in plans for th in values
     ]
     extra_rows: list[dict[str, Any]] = []
-    for path in models:
+    for path, label in zip(models, labels, strict=True):
         found, configs = _other_model(
-            path, ckpt, names, multi, thresholds, overrides, utts, waves, dev
+            path, ckpt, names, multi, thresholds, overrides, utts, waves, dev, label
         )
         for row in found:  # ratios against this run's static row, not the other model's own
             row["flops_ratio"] = row["gflops_per_audio_second"] / static["gflops_per_audio_second"]
@@ -706,10 +769,9 @@ def profile(
         extra_rows += found
         policies += configs
     if models:
-        label = Path(checkpoint).name
-        static["model"] = label
+        static["model"] = main_label
         for row in rows:
-            row["model"] = label
+            row["model"] = main_label
     rows += extra_rows
     phases["accuracy_and_flops_seconds"] = time.perf_counter() - phase
     say(f"timing: {repeats} interleaved rounds of {len(policies)} configurations")
@@ -745,7 +807,6 @@ def profile(
         )
     for row, flag in zip([static, *rows], pareto_flags([static, *rows]), strict=True):
         row["pareto"] = flag
-    main_label = Path(checkpoint).name
     for row in rows:
         row["stored_operating_point"] = (
             stored is not None
@@ -758,19 +819,33 @@ def profile(
     summary = model_summary(ckpt, Path(checkpoint))
     summary["exits"] = model.exits
     summary["operating_point"] = (ckpt.method or {}).get("operating_point")
+    if multi:
+        policy_info: dict[str, Any] = {
+            "name": ",".join(name for name, _, _ in plans),
+            "config": {name: dict(merged) for name, _, merged in plans},
+            "thresholds": {name: values for name, values, _ in plans},
+            "sweep": {name: sweep_origin(name, False) for name, _, _ in plans},
+        }
+    elif plans:
+        name, values, merged = plans[0]
+        policy_info = {
+            "name": name,
+            "config": dict(merged),
+            "thresholds": values,
+            "sweep": sweep_origin(name, bool(thresholds)),
+        }
+    else:
+        policy_info = {
+            "name": names[0],
+            "config": {},
+            "thresholds": [],
+            "sweep": "none: CHECKPOINT cannot run this policy (see the --models rows)",
+        }
     return ProfileReport(
         model=summary,
         data={"path": str(data), "utterances": len(utts), "audio_seconds": audio_seconds},
         environment=describe(dev),
-        policy=(
-            {"name": plans[0][0], "config": dict(plans[0][2]), "thresholds": plans[0][1]}
-            if not multi
-            else {
-                "name": ",".join(name for name, _, _ in plans),
-                "config": {name: dict(merged) for name, _, merged in plans},
-                "thresholds": {name: values for name, values, _ in plans},
-            }
-        ),
+        policy=policy_info,
         static=static,
         rows=rows,
         gate=verdict,

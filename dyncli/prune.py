@@ -22,6 +22,7 @@ directory, so ``--resume`` continues from the last one.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from dyncli.training.config import Reporter, SilentReporter, TrainConfig, TrainR
 from dyncli.training.data import load_data, provenance
 from dyncli.training.objectives import FinalCTC, FullDepth
 from dyncli.training.recipes import RunOptions, run_engine, seed_everything, start
+from dyncli.training.rundir import remove_run_dir
 from dyncli.training.trainer import dev_scores, publish
 
 
@@ -112,6 +114,18 @@ def score_candidates(
     return sorted(out, key=lambda c: (c["dev_wer"], c["dev_cer"], -c["layer"]))
 
 
+def finished_rounds(run_dir: Path) -> list[Path]:
+    """The finished rounds' checkpoints kept in ``run_dir`` (``round-N.ckpt``)."""
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.glob("round-*.ckpt") if re.fullmatch(r"round-\d+\.ckpt", p.name)]
+    return sorted(found, key=lambda p: int(p.name[6:-5]))
+
+
+def _round_dirs(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("round-*.run")) if run_dir.is_dir() else []
+
+
 def prune(
     *,
     checkpoint: str | Path,
@@ -137,14 +151,21 @@ def prune(
     depth = static.model.num_layers
     if not 1 <= keep < depth:
         raise UsageError(f"--keep must lie in 1..{depth - 1} (the model has {depth} layers)")
-    device, world = start(cfg)
+    run_dir = run.directory(output)
+    finished = finished_rounds(run_dir)
+    if run.resume and not finished and not _round_dirs(run_dir):
+        raise UsageError(f"--resume: {run_dir} holds no prune round (nothing to resume)")
+    if not run.resume and (finished or _round_dirs(run_dir)):
+        raise UsageError(
+            f"{run_dir} holds {len(finished)} finished prune round(s) of an unfinished run: pass "
+            "--resume to continue it, or remove that directory to start over"
+        )
+    device, world = start(cfg, run, output)
     if world.distributed:
         raise UsageError("prune runs in one process (its rounds score candidates on dev)")
     reporter = reporter if world.main else SilentReporter()
     seed_everything(cfg.seed)
     data = load_data(train_manifest, dev_manifest, static.model.sample_rate, cfg, reporter)
-    run_dir = run.directory(output)
-    run_dir.mkdir(parents=True, exist_ok=True)
     prov = provenance(train_manifest, dev_manifest, data, cfg)
     prov["pruned_from"] = str(checkpoint)
     prov["pruned_from_sha256"] = file_sha256(checkpoint)
@@ -164,7 +185,10 @@ def prune(
             record = current.provenance.get("prune_rounds", [])[-1]
             kept = list(current.provenance["kept_layers"])
             rounds = [PruneRound(**r) for r in current.provenance.get("prune_rounds", [])]
-            reporter.message(f"round {number}: done earlier (removed layer {record['removed']})")
+            reporter.message(
+                f"round {number}: done earlier (removed layer {record['removed'] + 1} of the "
+                "original)"
+            )
             continue
         model = current.model.to(device)
         candidates = score_candidates(model, current, data.dev, device)
@@ -177,6 +201,7 @@ def prune(
         )
         seed_everything(cfg.seed + number)
         round_out = run_dir / f"round-{number}.tmp.ckpt"
+        round_dir = run_dir / f"round-{number}.run"
         round_prov = {
             **prov,
             "kept_layers": list(kept),
@@ -198,10 +223,13 @@ def prune(
             reporter=reporter,
             device=device,
             world=world,
-            run=RunOptions(run_dir=run_dir / f"round-{number}.run", resume=run.resume),
+            # A round killed before its first state save has nothing to resume: it starts over.
+            run=RunOptions(
+                run_dir=round_dir, resume=run.resume and (round_dir / "state.pt").is_file()
+            ),
             fingerprint={"prune_round": number, "kept_layers": list(kept)},
         )
-        publish(world, run_dir / f"round-{number}.run", round_out)
+        publish(world, round_dir, round_out)
         results.append(result)
         current = load_checkpoint(round_out)
         rounds.append(
@@ -219,7 +247,5 @@ def prune(
         round_out.unlink(missing_ok=True)
     current.provenance["pruned_to"] = keep
     save_checkpoint(output, current)  # written once, when every round has finished
-    import shutil
-
-    shutil.rmtree(run_dir, ignore_errors=True)
+    remove_run_dir(run_dir)
     return PruneResult(output=Path(output), kept=kept, rounds=rounds, train=results)

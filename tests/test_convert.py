@@ -119,7 +119,7 @@ def test_convert_bad_options_exit_2(tiny_ckpt, data, tmp_path, args, expected) -
 def test_convert_keeps_the_input(tiny_ckpt, data) -> None:
     before = tiny_ckpt.read_bytes()
     result = _convert(tiny_ckpt, data, tiny_ckpt)
-    assert result.exit_code == 2 and "-o must differ" in result.stderr
+    assert result.exit_code == 2 and "is the input CHECKPOINT" in result.stderr
     assert tiny_ckpt.read_bytes() == before
 
 

@@ -26,6 +26,7 @@ JOB_DEPENDENT = {
     "--skip-layer",  # convert: also turns on skip-aware training
     "--skip-neighbours",
     "--method",  # convert: what is attached; distill: how the teacher is distilled
+    "--format",  # a report (table, tsv, json) vs transcribe's one line per file (tsv, jsonl)
 }
 
 

@@ -27,7 +27,7 @@ from dyncli.cli import (
     train,
     transcribe,
 )
-from dyncli.cli.command import DyncliCommand
+from dyncli.cli.command import DyncliCommand, one_line_usage_errors
 from dyncli.cli.errors import debug_enabled, guarded, report
 from dyncli.errors import DyncliError
 
@@ -84,10 +84,17 @@ class DyncliGroup(TyperGroup):
     """The root group: built-in commands first; plugin commands loaded only when asked for.
 
     :meth:`list_commands` (so ``dyncli --help`` and completion) gives the built-ins only. A name
-    that is not a built-in loads the plugins and their commands (once per group).
+    that is not a built-in loads the plugins and their commands (once per group). A usage
+    error in any command, plugin commands included, prints one ``error:`` line and exits 2.
     """
 
     _plugin_commands: dict[str, Any] | None = None
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        return one_line_usage_errors(lambda: super(DyncliGroup, self).make_context(*args, **kwargs))
+
+    def invoke(self, ctx: Any) -> Any:
+        return one_line_usage_errors(lambda: super(DyncliGroup, self).invoke(ctx))
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         command = super().get_command(ctx, cmd_name)

@@ -1,6 +1,6 @@
 """The click command class every built-in dyncli command uses.
 
-It adds two things to Typer's command:
+It adds three things to Typer's command:
 
 * **Deprecated spellings.** Flags renamed for one option vocabulary (see CHANGELOG) keep their
   old spelling for one release as hidden aliases: ``--layer 3`` is read as ``--skip-layer 3``,
@@ -8,13 +8,20 @@ It adds two things to Typer's command:
 * **Help built from the registry, when help is shown.** An option whose help holds
   ``{skip_policies}`` gets the registered skip policies filled in only when that command's
   ``--help`` is rendered, so importing the CLI (and ``dyncli --help``) loads no plugin.
+* **Finite floats.** ``nan`` or ``inf`` for any float option is a usage error naming the flag.
+
+Usage errors (unknown option, missing argument, bad value) print one ``error:`` line and exit
+2, like every other dyncli error (:func:`one_line_usage_errors`, used by the root group).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError
+from typer._click.exceptions import UsageError as ClickUsageError
 from typer.core import TyperCommand
 
 # command -> {old flag: new flag}. Remove an entry one release after its rename.
@@ -69,11 +76,51 @@ def skip_policy_choices() -> str:
     return "; ".join(f"{n}: {s.description}" for n, s in sorted(specs.items())) or "none"
 
 
+def flag_name(param: Any) -> str:
+    """The long spelling of a click parameter (``--gate-lr-scale``), else its name."""
+    opts = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+    return max(opts, key=len) if opts else str(param.name).upper()
+
+
+def refuse_non_finite(ctx: Any, params: list[Any]) -> None:
+    """A NaN or infinite value of any float option is a usage error naming the flag (click's
+    ranges let NaN through: every comparison with it is false)."""
+    for param in params:
+        value = ctx.params.get(param.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise typer.BadParameter(f"must be a finite number, got {value}", ctx=ctx, param=param)
+
+
+def usage_line(exc: ClickUsageError) -> str:
+    """A click usage error as the one line every dyncli error is: message, then where help is."""
+    message = " ".join(exc.format_message().split())
+    if exc.ctx is not None:
+        message = message.rstrip(".")
+        message += f" (see '{exc.ctx.command_path} --help')"
+    return f"error: {message}"
+
+
+def one_line_usage_errors(call: Any) -> Any:
+    """Run ``call()``; a click usage error prints :func:`usage_line` and exits 2 (no panel)."""
+    try:
+        return call()
+    except NoArgsIsHelpError:
+        raise
+    except ClickUsageError as exc:
+        typer.echo(usage_line(exc), err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
 class DyncliCommand(TyperCommand):
-    """Typer's command plus deprecated flag spellings and registry-built help (see module doc)."""
+    """Typer's command plus deprecated flag spellings and registry-built help (see module doc).
+
+    Non-finite float values are refused here, once for every command (:func:`refuse_non_finite`).
+    """
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, rename_deprecated(self.name or "", list(args)))
+        rest = super().parse_args(ctx, rename_deprecated(self.name or "", list(args)))
+        refuse_non_finite(ctx, self.params)
+        return rest
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         for param in self.params:

@@ -30,16 +30,38 @@ from dyncli.cli.options import (
     TrainDataOpt,
     WarmupStepsOpt,
     WerBudgetOpt,
+    check_choice,
+    check_loss_weights,
     default_job_threads,
     fine_tune_config,
     parse_exits,
     parse_range,
+    refuse_inapplicable,
+    was_given,
 )
+from dyncli.errors import UsageError
 
 NAME = "convert"
 
+# Each method-specific option and the methods it applies to (the others apply to every method).
+APPLIES: dict[str, tuple[str, ...]] = {
+    "exits": ("early-exit", "layerdrop"),
+    "exit_weight": ("early-exit", "layerdrop"),
+    "freeze_backbone": ("early-exit",),
+    "skip_layer": ("early-exit",),
+    "skip_threshold_range": ("early-exit",),
+    "skip_neighbours": ("early-exit", "layerdrop"),
+    "drop_rate": ("layerdrop",),
+    "predictor": ("gates",),
+    "target_modules": ("gates",),
+    "gate_weight": ("gates",),
+    "gate_temperature": ("gates",),
+    "gate_lr_scale": ("gates",),
+}
+
 
 def run(
+    ctx: typer.Context,
     checkpoint: CheckpointArg,
     output: OutputOpt,
     train: TrainDataOpt,
@@ -162,15 +184,37 @@ def run(
 
     import torch
 
+    from dyncli.cli.paths import check_paths
     from dyncli.cli.render import TrainReporter, pct, report_choice
-    from dyncli.convert import GateTraining, convert, convert_defaults
-    from dyncli.fileio import check_output_path
+    from dyncli.convert import METHODS, GateTraining, convert, convert_defaults
     from dyncli.operating_point import default_policy
     from dyncli.training import ExitTraining
     from dyncli.training.config import SilentReporter
 
-    check_output_path(output, "--output")
+    check_paths(
+        inputs={"CHECKPOINT": checkpoint, "--train": train, "--dev": dev},
+        outputs={"--output": output},
+        run_dir=run_dir,
+        output_for_run_dir=output,
+    )
     skip_range = parse_range(skip_threshold_range, "--skip-threshold-range")
+    check_choice("--method", method, METHODS)
+    refuse_inapplicable(ctx, method, APPLIES)
+    if skip_layer is None and was_given(ctx, "skip_threshold_range"):
+        raise UsageError("--skip-threshold-range applies to skip-aware training: give --skip-layer")
+    exit_layers = parse_exits(exits)
+    weights = {
+        "--final-weight": (final_weight, "the final CTC head"),
+        "--exit-weight": (exit_weight, "the exit heads"),
+        "--gate-weight": (gate_weight, "the gates toward --target-modules"),
+    }
+    if freeze_backbone:  # only the exit heads learn
+        weights.pop("--final-weight")
+    if method != "gates":
+        weights.pop("--gate-weight")
+    if not exit_layers:
+        weights.pop("--exit-weight")
+    check_loss_weights(weights)
     torch.set_num_threads(threads or default_job_threads())
     base = convert_defaults()
     config = fine_tune_config(
@@ -198,7 +242,7 @@ def run(
             dev_manifest=dev,
             method=method,
             exits=ExitTraining(
-                exits=parse_exits(exits),
+                exits=exit_layers,
                 exit_weight=exit_weight,
                 final_weight=final_weight,
                 freeze_backbone=freeze_backbone,

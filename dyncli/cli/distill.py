@@ -30,14 +30,37 @@ from dyncli.cli.options import (
     TrainDataOpt,
     WarmupStepsOpt,
     WerBudgetOpt,
+    check_loss_weights,
     default_job_threads,
     fine_tune_config,
+    refuse_inapplicable,
 )
 
 NAME = "distill"
 
+# Each method-specific option and the methods it applies to (the others apply to every method);
+# exit-kd's KL term (--kd-kl) is the one place --temperature and --kd-weight enter exit-kd.
+KL = "exit-kd --kd-kl"
+APPLIES: dict[str, tuple[str, ...]] = {
+    "temperature": ("factorized-kd", "dld", KL),
+    "kd_weight": ("factorized-kd", "dld", KL),
+    "factorized_head": ("factorized-kd",),
+    "drop_rate": ("dld",),
+    "alpha": ("exit-kd", KL),
+    "kd_kl": ("exit-kd", KL),
+    "exit_weight": ("factorized-kd", "exit-kd", KL),
+}
+# What each loss weight trains, by method.
+WEIGHTS: dict[str, tuple[str, ...]] = {
+    "factorized-kd": ("final_weight", "exit_weight", "kd_weight"),
+    "dld": ("final_weight", "kd_weight"),
+    "exit-kd": ("final_weight", "exit_weight"),
+    KL: ("final_weight", "exit_weight", "kd_weight"),
+}
+
 
 def run(
+    ctx: typer.Context,
     checkpoint: CheckpointArg,
     output: OutputOpt,
     train: TrainDataOpt,
@@ -121,15 +144,20 @@ def run(
 
     import torch
 
+    from dyncli.cli.paths import check_paths
     from dyncli.cli.render import TrainReporter, pct, report_choice
     from dyncli.distill import DistillOptions, distill, distill_defaults
-    from dyncli.fileio import check_output_path
     from dyncli.operating_point import default_policy
     from dyncli.training import RunOptions
     from dyncli.training.config import SilentReporter
     from dyncli.training.distributed import is_main_process
 
-    check_output_path(output, "--output")
+    check_paths(
+        inputs={"CHECKPOINT": checkpoint, "--teacher": teacher, "--train": train, "--dev": dev},
+        outputs={"--output": output},
+        run_dir=run_dir,
+        output_for_run_dir=output,
+    )
     options = DistillOptions(
         method=method,
         temperature=temperature,
@@ -142,6 +170,14 @@ def run(
         kd_kl=kd_kl,
     )
     options.check()
+    chosen = KL if method == "exit-kd" and kd_kl else method
+    refuse_inapplicable(ctx, chosen, APPLIES)
+    terms = {
+        "final_weight": ("--final-weight", final_weight, "the final CTC head"),
+        "exit_weight": ("--exit-weight", exit_weight, "the exit heads on the reference"),
+        "kd_weight": ("--kd-weight", kd_weight, "the student toward the teacher"),
+    }
+    check_loss_weights({terms[n][0]: terms[n][1:] for n in WEIGHTS[chosen]})
     torch.set_num_threads(threads or default_job_threads())
     base = distill_defaults()
     config = fine_tune_config(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
@@ -23,20 +26,46 @@ def report(exc: DyncliError) -> None:
     typer.echo(f"error: {message}", err=True)
 
 
+def _raise_terminated(signum: int, _frame: Any) -> None:
+    from dyncli.fileio import Interrupted
+
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`~dyncli.fileio.Interrupted` (so ``finally`` blocks run and
+    temporary files go) instead of ending the process on the spot. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def guarded(fn: F) -> F:
-    """Wrap a command: a DyncliError prints one line and exits with its code (no traceback)."""
+    """Wrap a command: a DyncliError prints one line and exits with its code (no traceback).
+
+    An interrupt (Ctrl-C, SIGTERM) prints one line and exits with 128 + the signal number
+    (130, 143); outputs being written at that moment keep their old contents.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except DyncliError as exc:
             if debug_enabled():
                 raise
             report(exc)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
             typer.echo("interrupted; earlier outputs are left as they were", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(128 + int(signum)) from None
 
     return wrapper  # type: ignore[return-value]

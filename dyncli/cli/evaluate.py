@@ -49,28 +49,43 @@ def run(
     from rich.table import Table
 
     from dyncli import assets
-    from dyncli.cli.output import check_stdout, emit_machine, print_line, print_table
-    from dyncli.cli.render import pct, write_json
+    from dyncli.cli.output import (
+        check_stdout,
+        emit_machine,
+        print_line,
+        print_table,
+        warn_skipped,
+    )
+    from dyncli.cli.paths import check_paths
+    from dyncli.cli.render import WorkProgress, pct, write_json
     from dyncli.evaluation import evaluate
-    from dyncli.fileio import check_output_path
 
     check_stdout(output_format, json_path)
-    if json_path is not None:
-        check_output_path(json_path, "--json", allow_stdout=True)
     ckpt = checkpoint or assets.require(assets.DEMO_STATIC, "demo model")
     manifest = data or assets.require(assets.EVAL_MANIFEST, "evaluation set")
-    report = evaluate(
-        checkpoint=ckpt,
-        data=manifest,
-        threads=threads,
-        repeats=repeats,
-        device=device,
-        skip_bad=skip_bad,
-        policy=policy,
-        threshold=threshold,
-        overrides={"layer": skip_layer, "neighbours": skip_neighbours},
-        full_depth=full_depth,
+    check_paths(
+        inputs={"CHECKPOINT": ckpt, "--data": manifest},
+        outputs={"--json": json_path},
+        streams=["--json"],
     )
+    progress = WorkProgress()
+    try:
+        report = evaluate(
+            checkpoint=ckpt,
+            data=manifest,
+            threads=threads,
+            repeats=repeats,
+            device=device,
+            skip_bad=skip_bad,
+            policy=policy,
+            threshold=threshold,
+            overrides={"layer": skip_layer, "neighbours": skip_neighbours},
+            full_depth=full_depth,
+            on_skip=warn_skipped,
+            progress=progress,
+        )
+    finally:
+        progress.end()
     if json_path is not None:
         write_json(json_path, report.to_json())
     if emit_machine(output_format, report.to_json(), [record(report)]):

@@ -15,11 +15,12 @@ def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
 
     from dyncli.checkpoint import summarize
     from dyncli.cli.output import print_table
+    from dyncli.cli.paths import check_paths
     from dyncli.cli.render import write_json
-    from dyncli.fileio import check_output_path
 
-    if json_path is not None:
-        check_output_path(json_path, "--json", allow_stdout=True)
+    check_paths(
+        inputs={"CHECKPOINT": checkpoint}, outputs={"--json": json_path}, streams=["--json"]
+    )
     info = summarize(checkpoint)
     if json_path is not None:
         write_json(json_path, info)
@@ -31,6 +32,7 @@ def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
     table.add_column("value")
     rows = [
         ("backbone", info["backbone"]),
+        ("format version", "-" if info["format_version"] is None else str(info["format_version"])),
         ("parameters", f"{info['parameters'] / 1e6:.2f} M (stored as {info['stored_dtype']})"),
         ("layers", str(info["layers"])),
         (

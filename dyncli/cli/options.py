@@ -15,7 +15,10 @@ Renamed flags keep their old spelling for one release (see ``dyncli.cli.command.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -93,6 +96,23 @@ FormatOpt = Annotated[
     ),
 ]
 
+
+class TranscriptFormat(StrEnum):
+    tsv = "tsv"
+    jsonl = "jsonl"
+
+
+TranscriptFormatOpt = Annotated[
+    TranscriptFormat,
+    typer.Option(
+        "--format",
+        case_sensitive=False,
+        help="'tsv': one 'path<TAB>text' line per file, with backslash, tab, newline and "
+        "carriage return in either field written as \\\\, \\t, \\n and \\r; 'jsonl': one JSON "
+        'object {"audio": path, "text": transcript} per line.',
+    ),
+]
+
 ALL_CORES = "all cores"
 
 
@@ -143,8 +163,9 @@ SkipBadOpt = Annotated[
     bool,
     typer.Option(
         "--skip-bad",
-        help="Skip unreadable audio (NaN/inf samples included), missing files and empty "
-        "transcripts (counted and reported) instead of stopping at the first one.",
+        help="Skip unreadable audio (NaN/inf samples included), missing files, empty "
+        "transcripts and bad manifest lines (non-string text, extra TSV columns, utterance ids "
+        "given twice; counted and reported) instead of stopping at the first one.",
     ),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (data order, augmentation).")]
@@ -332,28 +353,125 @@ def parse_exits(text: str | None) -> list[int]:
     return exits
 
 
+@dataclass(frozen=True)
+class RangeDomain:
+    """Where a LOW:HIGH option's ends may lie: above ``above`` (exclusive), at most ``at_most``;
+    ``example`` is a value the option accepts (a test parses each one)."""
+
+    example: str
+    above: float | None = None
+    at_most: float | None = None
+
+    def describe(self) -> str:
+        low = f"{self.above:g} < LOW" if self.above is not None else "LOW"
+        high = f"HIGH <= {self.at_most:g}" if self.at_most is not None else "HIGH"
+        return f"{low} <= {high}"
+
+
+# Every LOW:HIGH option, by flag.
+RANGE_DOMAINS: dict[str, RangeDomain] = {
+    "--speed": RangeDomain("0.9:1.1", above=0.0),
+    "--vtlp": RangeDomain("0.9:1.1", above=0.0),
+    "--noise-snr": RangeDomain("10:40"),
+    "--skip-threshold-range": RangeDomain("0.5:0.99", above=0.0, at_most=1.0),
+}
+
+
 def parse_range(text: str, flag: str) -> tuple[float, float]:
-    """'LOW:HIGH' -> (LOW, HIGH): a closed range, LOW <= HIGH."""
+    """'LOW:HIGH' -> (LOW, HIGH): a closed range of finite numbers, LOW <= HIGH, inside the
+    flag's :data:`RANGE_DOMAINS` entry."""
     from dyncli.errors import UsageError
 
+    domain = RANGE_DOMAINS.get(flag, RangeDomain("0:1"))
     try:
         lo, hi = (float(v) for v in text.split(":"))
     except ValueError:
-        raise UsageError(f"{flag} expects a range LOW:HIGH (e.g. 0.9:1.1), got {text!r}") from None
+        raise UsageError(
+            f"{flag} expects a range LOW:HIGH (e.g. {domain.example}), got {text!r}"
+        ) from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise UsageError(f"{flag}: LOW and HIGH must be finite numbers, got {text!r}")
     if lo > hi:
         raise UsageError(f"{flag}: LOW must not exceed HIGH (got {text!r})")
+    if (domain.above is not None and lo <= domain.above) or (
+        domain.at_most is not None and hi > domain.at_most
+    ):
+        raise UsageError(f"{flag} must satisfy {domain.describe()}, got {text!r}")
     return lo, hi
+
+
+def check_choice(flag: str, value: str, choices: Sequence[str]) -> None:
+    """Refuse a ``value`` of ``flag`` that is not one of ``choices``."""
+    from dyncli.errors import UsageError
+
+    if value not in choices:
+        raise UsageError(f"unknown {flag} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def refuse_inapplicable(
+    ctx: typer.Context, chosen: str, applies: Mapping[str, Collection[str]], by: str = "--method"
+) -> None:
+    """Refuse each option the user gave that does not apply to ``by chosen`` (e.g. ``--method
+    gates``). ``applies`` maps a parameter name to the choices it applies to. An option counts
+    as given when it did not come from its default; a boolean flag only when it is on."""
+    from dyncli.cli.command import flag_name
+    from dyncli.errors import UsageError
+
+    params = {p.name: p for p in ctx.command.params}
+    for name, choices in applies.items():
+        if chosen in choices or not was_given(ctx, name):
+            continue
+        if ctx.params.get(name) is False:
+            continue
+        raise UsageError(
+            f"{flag_name(params[name])} does not apply to {by} {chosen} (only to "
+            f"{by} {', '.join(choices)})"
+        )
+
+
+def was_given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave parameter ``name`` (on the command line or in the environment)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def check_loss_weights(weights: Mapping[str, tuple[float, str]]) -> None:
+    """Refuse loss weights that are all 0 (nothing would be trained); warn once for each 0.
+
+    ``weights`` maps a flag to its value and what its loss term trains.
+    """
+    from dyncli.errors import UsageError
+
+    if all(w == 0 for w, _ in weights.values()):
+        flags = " and ".join(weights)
+        raise UsageError(
+            f"{flags} {'is' if len(weights) == 1 else 'are all'} 0: no loss term is left, so "
+            "nothing would be trained; give a positive weight"
+        )
+    for flag, (w, what) in weights.items():
+        if w == 0:
+            typer.echo(f"warning: {flag} 0 switches off the loss that trains {what}", err=True)
+
+
+MAX_THRESHOLDS = 1000  # --thresholds: more rows than any table or timing run can use
 
 
 def parse_thresholds(text: str | None) -> list[float] | None:
     """'0.5,0.7,0.9' (a list) or '0.5:0.99:10' (LOW:HIGH:COUNT: COUNT evenly spaced values over
-    the range LOW:HIGH, both ends included)."""
+    the range LOW:HIGH, both ends included). Refuses non-finite values, a value given twice
+    (after the 6-decimal rounding every threshold gets) and more than ``MAX_THRESHOLDS``."""
+    import math
+
     from dyncli.errors import UsageError
     from dyncli.operating_point import canonical_threshold
 
     if text is None or not text.strip():
         return None
     text = text.strip()
+    syntax = (
+        f"--thresholds expects a list 0.5,0.7,0.9 or LOW:HIGH:COUNT (e.g. 0.5:0.99:10), "
+        f"got {text!r}"
+    )
     if ":" in text:
         parts = text.split(":")
         try:
@@ -361,23 +479,39 @@ def parse_thresholds(text: str | None) -> list[float] | None:
                 raise ValueError
             start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
         except ValueError:
-            raise UsageError(
-                f"--thresholds expects a list 0.5,0.7,0.9 or LOW:HIGH:COUNT (e.g. 0.5:0.99:10), "
-                f"got {text!r}"
-            ) from None
+            raise UsageError(syntax) from None
         if count < 1:
             raise UsageError(f"--thresholds COUNT must be at least 1, got {count}")
-        if count == 1:
-            return [canonical_threshold(start)]
-        step = (stop - start) / (count - 1)
-        return [canonical_threshold(start + i * step) for i in range(count)]
-    try:
-        return [canonical_threshold(float(v)) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(
-            f"--thresholds expects a list 0.5,0.7,0.9 or LOW:HIGH:COUNT (e.g. 0.5:0.99:10), "
-            f"got {text!r}"
-        ) from None
+        if count > MAX_THRESHOLDS:
+            raise UsageError(f"--thresholds COUNT must be at most {MAX_THRESHOLDS}, got {count}")
+        raw = [start, stop]
+        step = (stop - start) / (count - 1) if count > 1 else 0.0
+        values = [start + i * step for i in range(count)]
+    else:
+        try:
+            values = [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise UsageError(syntax) from None
+        raw = values
+        if not values:
+            raise UsageError(f"--thresholds: no thresholds in {text!r}")
+        if len(values) > MAX_THRESHOLDS:
+            raise UsageError(
+                f"--thresholds: at most {MAX_THRESHOLDS} thresholds, got {len(values)}"
+            )
+    bad = [v for v in raw if not math.isfinite(v)]
+    if bad:
+        raise UsageError(f"--thresholds: {bad[0]} is not a finite number (in {text!r})")
+    out = [canonical_threshold(v) for v in values]
+    seen: set[float] = set()
+    for v in out:
+        if v in seen:
+            raise UsageError(
+                f"--thresholds gives {v:g} twice (thresholds are rounded to 6 decimals); "
+                "give each value once"
+            )
+        seen.add(v)
+    return out
 
 
 def fine_tune_config(
@@ -397,7 +531,9 @@ def fine_tune_config(
     (``convert``, ``distill`` and ``prune`` take the same ones)."""
     import dataclasses
 
-    return dataclasses.replace(
+    from dyncli.training.config import check_config
+
+    config = dataclasses.replace(
         base,
         epochs=epochs,
         max_steps=max_steps,
@@ -409,3 +545,5 @@ def fine_tune_config(
         save_every=save_every,
         augment=dataclasses.replace(base.augment, enabled=augment),
     )
+    check_config(config)  # up front, before any checkpoint or data is read
+    return config

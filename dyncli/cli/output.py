@@ -90,3 +90,33 @@ def check_stdout(fmt: OutputFormat, json_path: Any) -> None:
 
     if json_path is not None and str(json_path) == "-" and fmt is not OutputFormat.table:
         raise UsageError(f"--json - and --format {fmt.value} both write to stdout: pick one")
+
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _undecodable(text: str, template: str) -> str:
+    """``text`` with each undecodable byte of a file name (a lone surrogate U+DC80-U+DCFF, as
+    Python decodes such names) written out through ``template`` % byte, so stdout can take it."""
+    return "".join(template % (ord(c) - 0xDC00) if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
+
+
+def escape_field(text: str) -> str:
+    """A TSV field that cannot break a line: ``\\``, tab, newline and carriage return become
+    ``\\\\``, ``\\t``, ``\\n`` and ``\\r``; an undecodable file-name byte becomes ``\\xNN``."""
+    return _undecodable(text.translate(_ESCAPES), "\\x%02x")
+
+
+def transcript_line(path: str, text: str, fmt: str) -> str:
+    """One line of ``dyncli transcribe`` output: 'tsv' (escaped) or 'jsonl'."""
+    if fmt == "jsonl":
+        line = json.dumps({"audio": path, "text": text}, ensure_ascii=False)
+        return _undecodable(line, "\\udc%02x")
+    return f"{escape_field(path)}\t{escape_field(text)}"
+
+
+def warn_skipped(message: str) -> None:
+    """One stderr line for an entry --skip-bad left out."""
+    import typer
+
+    typer.echo(f"skipped: {message}", err=True)

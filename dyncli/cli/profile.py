@@ -90,9 +90,10 @@ def run(
         Path | None,
         typer.Option(
             "--plot",
-            help="Also draw WER against speedup and against executed FLOPs to this PNG: one "
-            "marker per method, the Pareto front joined, static and the stored operating point "
-            "labelled. Needs the plot extra (pip install 'dyncli[plot]').",
+            help="Also draw WER against speedup and against executed FLOPs to this file, in "
+            "the format its extension names (.png, .pdf, .svg, ...): one marker per method, the "
+            "Pareto front joined, static and the stored operating point labelled. Needs the "
+            "plot extra (pip install 'dyncli\\[plot]').",
             show_default=False,
         ),
     ] = None,
@@ -117,20 +118,26 @@ def run(
     """
     from dyncli import assets
     from dyncli.cli.output import check_stdout, emit_machine
+    from dyncli.cli.paths import check_paths
     from dyncli.cli.render import err_console, interactive, write_json
-    from dyncli.fileio import check_output_path
     from dyncli.profiling import GateConfig, profile
 
     check_stdout(output_format, json_path)
-    if json_path is not None:
-        check_output_path(json_path, "--json", allow_stdout=True)
-    if plot is not None:
-        from dyncli.plot import require_matplotlib
-
-        check_output_path(plot, "--plot")
-        require_matplotlib()
     ckpt = checkpoint or assets.require(assets.DEMO_DYNAMIC, "bundled dynamic model")
     manifest = data or assets.require(assets.EVAL_MANIFEST, "evaluation set")
+    check_paths(
+        inputs={
+            "CHECKPOINT": ckpt,
+            "--data": manifest,
+            "--models": [m.strip() for m in (models or "").split(",") if m.strip()],
+        },
+        outputs={"--json": json_path, "--plot": plot},
+        streams=["--json"],
+    )
+    if plot is not None:
+        from dyncli.plot import plot_format
+
+        plot_format(plot)  # matplotlib there, an extension it writes: before any work
     gate = GateConfig(
         max_wer=max_wer,
         max_wer_increase=max_wer_increase,
@@ -201,6 +208,8 @@ def render(report: Any) -> None:
     from dyncli.profiling import row_label
 
     op = report.gate["operating_point"]
+    # With no bar and no --at nothing chose a row: the fastest is named below, not marked.
+    gated = any(v is not None for v in report.gate["bars"].values())
     static = report.static
     table = Table(
         title=f"dyncli profile: {report.model['path']} ({report.policy['name']})",
@@ -218,6 +227,7 @@ def render(report: Any) -> None:
         mark = ""
         if (
             not is_static
+            and gated
             and op is not None
             and (row.get("model"), row["policy"], row["threshold"])
             == (op.get("model"), op["policy"], op["threshold"])

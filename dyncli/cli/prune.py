@@ -64,14 +64,19 @@ def run(
 
     import torch
 
+    from dyncli.cli.paths import check_paths
     from dyncli.cli.render import TrainReporter, pct
-    from dyncli.fileio import check_output_path
     from dyncli.prune import prune, prune_defaults
     from dyncli.training import RunOptions
     from dyncli.training.config import SilentReporter
     from dyncli.training.distributed import is_main_process
 
-    check_output_path(output, "--output")
+    check_paths(
+        inputs={"CHECKPOINT": checkpoint, "--train": train, "--dev": dev},
+        outputs={"--output": output},
+        run_dir=run_dir,
+        output_for_run_dir=output,
+    )
     torch.set_num_threads(threads or default_job_threads())
     base = prune_defaults()
     config = fine_tune_config(

@@ -284,10 +284,13 @@ def _with_registry(text: str | None) -> str:
 
 def _paragraphs(text: str | None) -> list[str]:
     """Help text as paragraphs, each on one line (Click's ``\\b`` markers dropped, and
-    nothing after its ``\\f``, as ``--help`` shows it)."""
+    nothing after its ``\\f``; rich markup rendered, ``\\[plot]`` as ``[plot]``: as ``--help``
+    shows it)."""
+    from rich.text import Text
+
     text = inspect.cleandoc(_with_registry(text).split("\f")[0])
     paragraphs = (" ".join(p.strip().removeprefix("\b").split()) for p in text.split("\n\n"))
-    return [p for p in paragraphs if p]
+    return [Text.from_markup(p).plain for p in paragraphs if p]
 
 
 def _summary(cmd: Any) -> str:

@@ -6,10 +6,18 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 # Off a terminal (CI logs, pipes) rich would wrap at 80 columns and cut table cells.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -73,6 +81,70 @@ class TrainReporter:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+LONG_AUDIO_SECONDS = 60.0  # decoding more audio than this is worth a progress display
+MANY_ITEMS = 100  # as is reading this many files
+
+
+def progress_wanted(audio_seconds: float, items: int, stream: IO[str] | None = None) -> bool:
+    """Show progress: the work is long (``LONG_AUDIO_SECONDS`` of audio or ``MANY_ITEMS`` files)
+    and ``stream`` (stderr by default) is a terminal outside CI. Never when piped."""
+    out = sys.stderr if stream is None else stream
+    tty = getattr(out, "isatty", None)
+    if not (callable(tty) and tty()) or os.environ.get("CI"):
+        return False
+    return audio_seconds >= LONG_AUDIO_SECONDS or items >= MANY_ITEMS
+
+
+class WorkProgress:
+    """A :class:`dyncli.progress.Progress` shown as a rich bar on stderr, for long work only
+    (see :func:`progress_wanted`); it never writes to stdout, and the bar is cleared at the end.
+    """
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        self.shown = False
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+        self._timed = False
+
+    def begin(self, audio_seconds: float, items: int) -> None:
+        self.shown = progress_wanted(audio_seconds, items, self.stream)
+
+    def stage(self, label: str, total: float, timed: bool = False) -> None:
+        self.end()
+        if not self.shown:
+            return
+        # A timed stage has no refresh thread (it would take CPU from the measurement): it is
+        # redrawn only when advanced, between measurements.
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}", markup=False),
+            console=Console(file=self.stream),
+            auto_refresh=not timed,
+            transient=True,
+            redirect_stdout=False,
+        )
+        self._timed = timed
+        self._task = self._bar.add_task(label, total=total, note="")
+        self._bar.start()
+
+    def advance(self, amount: float = 1.0, note: str = "") -> None:
+        if self._bar is None or self._task is None:
+            return
+        self._bar.update(self._task, advance=amount, note=note)
+        if self._timed:
+            self._bar.refresh()
+
+    def end(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        self._bar, self._task = None, None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -27,9 +27,13 @@ from dyncli.cli.options import (
     SkipBadOpt,
     TrainDataOpt,
     WarmupStepsOpt,
+    check_choice,
+    check_loss_weights,
     default_job_threads,
     parse_exits,
     parse_range,
+    refuse_inapplicable,
+    was_given,
 )
 from dyncli.errors import UsageError
 
@@ -37,6 +41,7 @@ NAME = "train"
 
 
 def run(
+    ctx: typer.Context,
     train: TrainDataOpt,
     dev: DevDataOpt,
     output: OutputOpt,
@@ -119,15 +124,20 @@ def run(
 
     import torch
 
+    from dyncli.cli.paths import check_paths
     from dyncli.cli.render import TrainReporter, pct
     from dyncli.features import AugmentConfig
-    from dyncli.fileio import check_output_path
     from dyncli.plugins import get_backbone
     from dyncli.training import ExitTraining, TrainConfig
     from dyncli.training import train as train_model
-    from dyncli.training.config import SilentReporter
+    from dyncli.training.config import SilentReporter, check_config
 
-    check_output_path(output, "--output")
+    check_paths(
+        inputs={"--train": train, "--dev": dev},
+        outputs={"--output": output},
+        run_dir=run_dir,
+        output_for_run_dir=output,
+    )
     torch.set_num_threads(threads or default_job_threads())
     spec = get_backbone(backbone)
     if preset not in spec.presets:
@@ -148,8 +158,15 @@ def run(
         flag = flags.get(key, "--" + key.replace("num_", "").replace("_", "-"))
         raise UsageError(f"{flag} does not apply to the {backbone} backbone (use --preset)")
     model_config = dataclasses.replace(spec.presets[preset], **given)
-    if tokenizer not in ("sentencepiece", "char"):
-        raise UsageError(f"--tokenizer must be 'sentencepiece' or 'char', got {tokenizer!r}")
+    check_choice("--tokenizer", tokenizer, ("sentencepiece", "char"))
+    refuse_inapplicable(ctx, tokenizer, {"vocab_size": ("sentencepiece",)}, by="--tokenizer")
+    exit_layers = parse_exits(exits)
+    if not exit_layers and was_given(ctx, "exit_weight"):
+        raise UsageError("--exit-weight weights the exit heads' losses: give --exits too")
+    check_loss_weights(
+        {"--final-weight": (final_weight, "the final CTC head")}
+        | ({"--exit-weight": (exit_weight, "the exit heads")} if exit_layers else {})
+    )
     aug = AugmentConfig(
         speed=parse_range(speed, "--speed"),
         vtlp=parse_range(vtlp, "--vtlp"),
@@ -176,6 +193,7 @@ def run(
         skip_bad=skip_bad,
         save_every=save_every,
     )
+    check_config(config)
     from dyncli.training import RunOptions
     from dyncli.training.distributed import is_main_process
 
@@ -190,7 +208,7 @@ def run(
             model_config=model_config,
             config=config,
             exits=ExitTraining(
-                exits=parse_exits(exits), exit_weight=exit_weight, final_weight=final_weight
+                exits=exit_layers, exit_weight=exit_weight, final_weight=final_weight
             ),
             reporter=reporter,
             run=RunOptions(run_dir=run_dir, resume=resume),

@@ -17,6 +17,8 @@ from dyncli.cli.options import (
     SkipLayerOpt,
     SkipNeighboursOpt,
     ThresholdOpt,
+    TranscriptFormat,
+    TranscriptFormatOpt,
     default_job_threads,
 )
 
@@ -34,30 +36,41 @@ def run(
     skip_neighbours: SkipNeighboursOpt = None,
     full_depth: FullDepthOpt = False,
     skip_bad: SkipBadOpt = False,
+    output_format: TranscriptFormatOpt = TranscriptFormat.tsv,
 ) -> None:
     """Transcribe audio files with greedy CTC decoding: one 'path<TAB>text' line per file.
 
     A dynamic checkpoint runs at its stored operating point (see 'dyncli convert
     --wer-budget') unless --full-depth or --policy/--threshold say otherwise; what ran is
-    said on stderr, so stdout stays one line per file.
+    said on stderr, so stdout stays one line per file. In the default tsv output a backslash,
+    tab, newline or carriage return in a path or transcript is written as \\\\, \\t, \\n or
+    \\r (an undecodable file-name byte as \\xNN); --format jsonl writes JSON objects instead.
+    Under torchrun only rank 0 works and prints; the other ranks exit at once.
     """
+    from dyncli.cli.output import transcript_line, warn_skipped
+    from dyncli.cli.render import WorkProgress
     from dyncli.evaluation import transcribe
+    from dyncli.training.distributed import is_main_process
 
-    def skipped(message: str) -> None:
-        typer.echo(f"skipped: {message}", err=True)
-
-    results, choice = transcribe(
-        checkpoint=checkpoint,
-        audio=audio,
-        threads=threads or default_job_threads(),
-        device=device,
-        policy=policy,
-        threshold=threshold,
-        overrides={"layer": skip_layer, "neighbours": skip_neighbours},
-        full_depth=full_depth,
-        skip_bad=skip_bad,
-        on_skip=skipped,
-    )
+    if not is_main_process():
+        return
+    progress = WorkProgress()
+    try:
+        results, choice = transcribe(
+            checkpoint=checkpoint,
+            audio=audio,
+            threads=threads or default_job_threads(),
+            device=device,
+            policy=policy,
+            threshold=threshold,
+            overrides={"layer": skip_layer, "neighbours": skip_neighbours},
+            full_depth=full_depth,
+            skip_bad=skip_bad,
+            on_skip=warn_skipped,
+            progress=progress,
+        )
+    finally:
+        progress.end()
     typer.echo(f"ran: {choice.describe()}", err=True)
     for path, text in results:
-        typer.echo(f"{path}\t{text}")
+        typer.echo(transcript_line(str(path), text, output_format.value))

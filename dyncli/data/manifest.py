@@ -11,18 +11,24 @@ Four formats are read, detected from the path:
 * LibriSpeech-style folder: ``*.trans.txt`` files (``UTT-ID transcript``) beside ``UTT-ID.flac``
   or ``UTT-ID.wav``.
 
-A bad entry (missing audio, empty transcript, a line that is not UTF-8 or not valid JSON) raises
-:class:`InputError` naming the file and line, unless ``skip_bad`` is set: then it is skipped,
-counted and described in :attr:`Manifest.skipped`.
+A bad entry raises :class:`InputError` naming the file and 1-based line, unless ``skip_bad`` is
+set: then it is skipped and described in :attr:`Manifest.skipped`. Bad means anything that would
+otherwise be read as something it is not: missing audio, an empty transcript, a line that is not
+UTF-8 or not valid JSON, a JSON ``text`` or ``audio_filepath`` that is not a string (``null``
+would be scored as "None"), a duplicated JSON key, a ``duration`` that is not a finite number
+>= 0, a TSV line with other than two columns, an utterance id given twice (both lines are bad:
+which one is right is unknown), and a Kaldi id in ``text`` or ``wav.scp`` but not in the other.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dyncli.errors import InputError
 from dyncli.text import normalize_text
@@ -112,7 +118,9 @@ def read_manifest(path: str | Path, skip_bad: bool = False) -> Manifest:
 
 
 def _lines(path: Path, reader: _Reader) -> Iterator[tuple[int, str]]:
-    """Yield (1-based line number, decoded line) for the non-blank lines of a text file."""
+    """Yield (1-based line number, decoded line) for the non-blank lines of a text file.
+
+    A UTF-8 byte-order mark at the start of the file is dropped."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -123,6 +131,8 @@ def _lines(path: Path, reader: _Reader) -> Iterator[tuple[int, str]]:
         except UnicodeDecodeError:
             reader.bad(f"{path}:{number}: line is not valid UTF-8")
             continue
+        if number == 1:
+            text = text.removeprefix("\ufeff")
         if text.strip():
             yield number, text.rstrip("\r")
 
@@ -132,33 +142,87 @@ def _resolve(base: Path, name: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` hook: a JSON object whose keys are unique (json keeps the last silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _json_kind(value: object) -> str:
+    """How JSON spells the type of ``value``: null, boolean, number, array, object."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else "string"
+
+
+def _check_entry(entry: object) -> str | None:
+    """What is wrong with one decoded JSONL line, or None."""
+    if not isinstance(entry, dict):
+        return f"expected a JSON object per line, got a JSON {_json_kind(entry)}"
+    missing = [k for k in ("audio_filepath", "text") if k not in entry]
+    if missing:
+        return f"each line needs 'audio_filepath' and 'text' (missing: {', '.join(missing)})"
+    for key in ("audio_filepath", "text"):
+        if not isinstance(entry[key], str):
+            return f"{key!r} must be a string, got a JSON {_json_kind(entry[key])}"
+    duration = entry.get("duration")
+    if duration is not None and (
+        isinstance(duration, bool)
+        or not isinstance(duration, int | float)
+        or not math.isfinite(duration)
+        or duration < 0
+    ):
+        return f"'duration' must be a number of seconds >= 0, got {json.dumps(duration)}"
+    return None
+
+
 def _read_jsonl(path: Path, reader: _Reader) -> Iterator[Item | None]:
     for number, line in _lines(path, reader):
         origin = f"{path}:{number}"
         try:
-            entry = json.loads(line)
+            entry = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             reader.bad(f"{origin}: not valid JSON ({exc.msg})")
             continue
-        if not isinstance(entry, dict) or "audio_filepath" not in entry or "text" not in entry:
-            reader.bad(f"{origin}: each line needs 'audio_filepath' and 'text'")
+        except _DuplicateKey as exc:
+            reader.bad(f"{origin}: key {exc.args[0]!r} appears twice in one object")
             continue
-        duration = entry.get("duration")
-        if duration is not None and not isinstance(duration, int | float):
-            reader.bad(f"{origin}: 'duration' must be a number of seconds")
+        problem = _check_entry(entry)
+        if problem is not None:
+            reader.bad(f"{origin}: {problem}")
             continue
-        audio = _resolve(path.parent, str(entry["audio_filepath"]))
-        yield reader.item(audio, str(entry["text"]), duration, origin)
+        audio = _resolve(path.parent, entry["audio_filepath"])
+        yield reader.item(audio, entry["text"], entry.get("duration"), origin)
 
 
 def _read_tsv(path: Path, reader: _Reader) -> Iterator[Item | None]:
+    first = True
     for number, line in _lines(path, reader):
         origin = f"{path}:{number}"
-        if "\t" not in line:
-            reader.bad(f"{origin}: expected 'path<TAB>text'")
+        header, first = first, False
+        columns = line.split("\t")
+        if len(columns) != 2:
+            reader.bad(
+                f"{origin}: expected 'path<TAB>text' (2 tab-separated columns), "
+                f"found {len(columns)}"
+            )
             continue
-        name, text = line.split("\t", 1)
-        if number == 1 and name.strip().lower() in ("path", "audio", "audio_filepath"):
+        name, text = columns
+        if header and name.strip().lower() in ("path", "audio", "audio_filepath"):
             continue
         yield reader.item(_resolve(path.parent, name.strip()), text, None, origin)
 
@@ -169,18 +233,14 @@ def _read_kaldi(path: Path, reader: _Reader) -> Iterator[Item | None]:
     text_file = path / "text"
     if not text_file.is_file():
         raise InputError(f"{path}: Kaldi data dir has wav.scp but no 'text' file")
-    texts: dict[str, str] = {}
-    for number, line in _lines(text_file, reader):
-        utt, _, transcript = line.strip().partition(" ")
-        if utt in texts:
-            reader.bad(f"{text_file}:{number}: duplicate utterance id {utt!r}")
-            continue
-        texts[utt] = transcript
+    texts, text_twice = _kaldi_table(text_file, reader)
     scp = path / "wav.scp"
-    for number, line in _lines(scp, reader):
+    locations, scp_twice = _kaldi_table(scp, reader)
+    for utt, (number, _) in texts.items():
+        if utt not in locations and utt not in scp_twice:
+            reader.bad(f"{text_file}:{number}: utterance {utt!r} has no line in {scp.name}")
+    for utt, (number, location) in locations.items():
         origin = f"{scp}:{number}"
-        utt, _, location = line.strip().partition(" ")
-        location = location.strip()
         if not location:
             reader.bad(f"{origin}: expected 'utterance-id path'")
             continue
@@ -191,16 +251,51 @@ def _read_kaldi(path: Path, reader: _Reader) -> Iterator[Item | None]:
             )
             continue
         if utt not in texts:
-            reader.bad(f"{origin}: utterance {utt!r} has no line in {text_file.name}")
+            if utt not in text_twice:  # else already said
+                reader.bad(f"{origin}: utterance {utt!r} has no line in {text_file.name}")
             continue
-        yield reader.item(_resolve(path, location), texts[utt], None, origin)
+        yield reader.item(_resolve(path, location), texts[utt][1], None, origin)
+
+
+def _split_id(line: str) -> tuple[str, str]:
+    """'utt-id rest of line' (any whitespace after the id) as (id, rest)."""
+    parts = line.strip().split(maxsplit=1)
+    return parts[0], parts[1] if len(parts) > 1 else ""
+
+
+def _kaldi_table(path: Path, reader: _Reader) -> tuple[dict[str, tuple[int, str]], set[str]]:
+    """utt-id -> (line number, rest of line) of a Kaldi table file, and the ids given twice.
+
+    An id on two lines is bad (which line is right is unknown): with ``skip_bad`` every line of
+    that id is left out of the table."""
+    table: dict[str, tuple[int, str]] = {}
+    first: dict[str, int] = {}
+    twice: set[str] = set()
+    for number, line in _lines(path, reader):
+        utt, rest = _split_id(line)
+        if utt in first:
+            table.pop(utt, None)
+            twice.add(utt)
+            reader.bad(
+                f"{path}:{number}: utterance id {utt!r} is also on line {first[utt]} "
+                "(ambiguous: no line of it is used)"
+            )
+            continue
+        first[utt] = number
+        table[utt] = (number, rest)
+    return table, twice
 
 
 def _read_ls(path: Path, reader: _Reader) -> Iterator[Item | None]:
+    seen: dict[str, str] = {}
     for trans in sorted(path.rglob("*.trans.txt")):
         for number, line in _lines(trans, reader):
             origin = f"{trans}:{number}"
-            utt, _, transcript = line.strip().partition(" ")
+            utt, transcript = _split_id(line)
+            if utt in seen:
+                reader.bad(f"{origin}: utterance id {utt!r} is also at {seen[utt]}")
+                continue
+            seen[utt] = origin
             audio = next(
                 (
                     trans.parent / f"{utt}{s}"

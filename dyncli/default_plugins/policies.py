@@ -3,7 +3,7 @@ gates."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dyncli.hookspecs import hookimpl
@@ -21,6 +21,18 @@ def _early_exit(config: EarlyExitConfig) -> Any:
     from dyncli.dynamic import EarlyExit
 
     return EarlyExit(config)
+
+
+def _exit_sweep(criterion: str) -> Callable[[Any, Sequence[Any]], tuple[float, ...]]:
+    """The data-derived early-exit sweep for ``criterion`` (see
+    ``dyncli.dynamic.early_exit_thresholds_from_data``)."""
+
+    def derive(model: Any, waves: Sequence[Any]) -> tuple[float, ...]:
+        from dyncli.dynamic import early_exit_thresholds_from_data
+
+        return early_exit_thresholds_from_data(model, waves, criterion)
+
+    return derive
 
 
 def _drop(config: DropConfig) -> Any:
@@ -62,6 +74,7 @@ def register_skip_policies(register: Callable[[Any], None]) -> None:
             defaults=(("criterion", "entropy"),),
             default_thresholds=(0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3),
             conservative_thresholds=(0.001, 0.005),
+            thresholds_from_data=_exit_sweep("entropy"),
         )
     )
     register(
@@ -73,6 +86,7 @@ def register_skip_policies(register: Callable[[Any], None]) -> None:
             defaults=(("criterion", "posterior"),),
             default_thresholds=(0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7),
             conservative_thresholds=(0.995, 0.999),
+            thresholds_from_data=_exit_sweep("posterior"),
         )
     )
     register(

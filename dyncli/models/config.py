@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ class FrontendConfig:
     n_mels: int = 40
     f_min: float = 20.0
     f_max: float | None = None
-    normalize: str = "utterance"  # per-utterance mean/variance over true frames, or "none"
+    # per-utterance mean/variance over true frames, or "none"
+    normalize: str = field(default="utterance", metadata={"choices": ("utterance", "none")})
 
 
 @dataclass
@@ -68,32 +70,62 @@ def sample_rate_of(config: Any) -> int:
     return int(frontend.sample_rate if frontend is not None else config.sample_rate)
 
 
-def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Rebuild a (possibly nested) config dataclass, refusing unknown keys."""
+def config_from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
+    """Rebuild a (possibly nested) config dataclass from a checkpoint, refusing unknown keys
+    and values of the wrong type or range (ints must be > 0, floats finite, dropouts in
+    [0, 1), strings one of a field's ``choices`` metadata). Errors name the field."""
+    where = prefix.rstrip(".") or "config"
     if not isinstance(data, dict):
-        raise CheckpointError(f"model config for {cls.__name__} is not a mapping")
+        raise CheckpointError(f"model {where} for {cls.__name__} is not a mapping")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(str(k) for k in set(data) - set(fields))
     if unknown:
         raise CheckpointError(f"model config has unknown keys for {cls.__name__}: {unknown}")
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         hint = hints[key]
         if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-            kwargs[key] = config_from_dict(hint, value)
-        elif isinstance(value, list) and _is_tuple(hint):
-            kwargs[key] = tuple(value)
+            kwargs[key] = config_from_dict(hint, value, f"{prefix}{key}.")
         else:
-            kwargs[key] = value
+            kwargs[key] = _checked(f"{prefix}{key}", hint, value, fields[key].metadata)
     return cls(**kwargs)
 
 
-def _is_tuple(hint: Any) -> bool:
+def _checked(name: str, hint: Any, value: Any, meta: Any) -> Any:
+    """``value`` as field ``name`` of type ``hint`` holds it, or a CheckpointError."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        return any(_is_tuple(a) for a in typing.get_args(hint))
-    return origin is tuple
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(hint)):
+            return None
+        if len(args) == 1:
+            return _checked(name, args[0], value, meta)
+        return value
+    if origin in (list, tuple) and typing.get_args(hint):
+        if not isinstance(value, list | tuple):
+            raise CheckpointError(f"model config {name}={value!r} is not a list")
+        item = typing.get_args(hint)[0]
+        items = [_checked(f"{name}[{i}]", item, v, meta) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if hint is bool and not isinstance(value, bool):
+        raise CheckpointError(f"model config {name}={value!r} is not true or false")
+    if hint is int and (type(value) is not int or value < meta.get("min", 1)):
+        raise CheckpointError(
+            f"model config {name}={value!r} is not an integer >= {meta.get('min', 1)}"
+        )
+    if hint is float:
+        if type(value) not in (int, float) or not math.isfinite(value):
+            raise CheckpointError(f"model config {name}={value!r} is not a finite number")
+        if name.endswith("dropout") and not 0 <= value < 1:
+            raise CheckpointError(f"model config {name}={value!r} is not in [0, 1)")
+        return float(value)
+    if hint is str:
+        choices = meta.get("choices")
+        if not isinstance(value, str) or (choices and value not in choices):
+            also = f" (one of: {', '.join(choices)})" if choices else ""
+            raise CheckpointError(f"model config {name}={value!r} is not a valid string{also}")
+    return value
 
 
 @dataclass
@@ -123,7 +155,9 @@ class Wav2Vec2Config:
     the input rate and whether waveforms are normalised per utterance (Hugging Face's
     ``do_normalize``)."""
 
-    extractor_mode: str = "group_norm"
+    extractor_mode: str = field(
+        default="group_norm", metadata={"choices": ("group_norm", "layer_norm")}
+    )
     extractor_conv_layer_config: list[list[int]] | None = None  # None: the 7-layer wav2vec2 stack
     extractor_conv_bias: bool = False
     encoder_embed_dim: int = 768

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,12 +95,20 @@ class ExitTraining:
 
 
 def check_config(cfg: TrainConfig) -> None:
+    """Refuse a schedule that cannot train: counts below 1, a learning rate that is not a
+    positive finite number, a negative or non-finite weight decay or batch length."""
     if cfg.epochs < 1:
         raise UsageError("--epochs must be at least 1")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise UsageError("--max-steps must be at least 1")
-    if cfg.lr <= 0:
-        raise UsageError("--lr must be positive")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise UsageError(f"--lr must be a positive finite number, got {cfg.lr}")
+    if cfg.warmup_steps < 1:
+        raise UsageError(f"--warmup-steps must be at least 1, got {cfg.warmup_steps}")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise UsageError(f"--weight-decay must be >= 0 and finite, got {cfg.weight_decay}")
+    if not (math.isfinite(cfg.batch_seconds) and cfg.batch_seconds > 0):
+        raise UsageError(f"--batch-seconds must be positive and finite, got {cfg.batch_seconds}")
     if cfg.save_every < 1:
         raise UsageError("--save-every must be at least 1")
 

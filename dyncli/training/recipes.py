@@ -44,6 +44,7 @@ from dyncli.training.objectives import (
     SkipAware,
     StudentPath,
 )
+from dyncli.training.rundir import claim_run_dir
 from dyncli.training.trainer import Trainer, default_run_dir, publish
 
 
@@ -57,18 +58,32 @@ class RunOptions:
     def directory(self, output: str | Path) -> Path:
         return Path(self.run_dir) if self.run_dir is not None else default_run_dir(output)
 
+    def claim(self, output: str | Path, world: World) -> Path:
+        """Create and lock the run directory on rank 0 (see :mod:`dyncli.training.rundir`)."""
+        directory = self.directory(output)
+        if world.main:
+            claim_run_dir(directory, output)
+        distributed.barrier(world)
+        return directory
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
 
 
-def start(cfg: TrainConfig) -> tuple[torch.device, World]:
-    """The device and the process group (a world of one outside torchrun)."""
+def start(
+    cfg: TrainConfig, run: RunOptions | None = None, output: str | Path | None = None
+) -> tuple[torch.device, World]:
+    """The device and the process group (a world of one outside torchrun); with ``run`` and
+    ``output``, the run directory is claimed (created, marked and locked) before any work."""
     check_config(cfg)
     requested = distributed.device_for(cfg.device, World())
     device = pick_device(requested)
-    return device, distributed.setup(device)
+    world = distributed.setup(device)
+    if run is not None and output is not None:
+        run.claim(output, world)
+    return device, world
 
 
 def ctc_objectives(exits: ExitTraining) -> list[tuple[Objective, float]]:
@@ -183,7 +198,7 @@ def train(
     write the checkpoint with the best dev WER to ``output`` when the run ends."""
     cfg = config or TrainConfig()
     run = run or RunOptions()
-    device, world = start(cfg)
+    device, world = start(cfg, run, output)
     reporter = reporter if world.main else SilentReporter()
     spec = get_backbone(backbone)
     model_config = model_config or spec.presets.get("demo") or next(iter(spec.presets.values()))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import shutil
 import signal
 import statistics
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 import torch
 
-from dyncli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from dyncli.checkpoint import Checkpoint, NonFiniteWeights, load_checkpoint, save_checkpoint
 from dyncli.data.dataset import Utterance, bucket_batches, pad_waves
 from dyncli.decoding import greedy_ctc
 from dyncli.errors import CheckpointError, JobFailed, UsageError
@@ -48,6 +47,7 @@ from dyncli.training.data import TrainData, epoch_batches, shard
 from dyncli.training.distributed import World
 from dyncli.training.module import TrainingModule
 from dyncli.training.objectives import Batch
+from dyncli.training.rundir import remove_run_dir
 
 STATE_FORMAT = "dyncli-train-state"
 STATE_VERSION = 1
@@ -366,7 +366,14 @@ class Trainer:
             if exits:
                 metrics["dev_exit_wer"] = summary["dev_exit_wer"]
             if self.world.main:
-                save_checkpoint(self.best_path, self.make_checkpoint(self.model, metrics))
+                try:
+                    save_checkpoint(self.best_path, self.make_checkpoint(self.model, metrics))
+                except NonFiniteWeights as exc:
+                    raise JobFailed(
+                        f"training diverged at epoch {p.epoch}: {exc.count} weight tensors "
+                        f"hold NaN or Inf (first: {exc.tensor}); nothing was saved; "
+                        "lower --lr or raise --warmup-steps"
+                    ) from None
         else:
             p.stale += 1
         self.reporter.epoch(summary)
@@ -407,7 +414,7 @@ def publish(
             os.replace(best, output)  # same directory: an atomic rename
         else:
             save_checkpoint(output, transform(load_checkpoint(best)))
-        shutil.rmtree(run_dir, ignore_errors=True)
+        remove_run_dir(run_dir)
     distributed.barrier(world)
 
 

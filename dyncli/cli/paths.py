@@ -1,0 +1,47 @@
+"""One check of a command's files before it does any work.
+
+Every command states its inputs and outputs here; :func:`check_paths` refuses, with one line,
+an output that cannot be written (:func:`dyncli.fileio.check_output_path`), an output that is
+an input or another output (:func:`dyncli.fileio.check_io`), and a run directory dyncli may not
+use (:func:`dyncli.training.rundir.check_run_dir`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+PathOrNone = str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None
+
+
+def check_paths(
+    *,
+    inputs: Mapping[str, PathOrNone],
+    outputs: Mapping[str, str | os.PathLike[str] | None],
+    streams: Iterable[str] = (),
+    run_dir: str | os.PathLike[str] | None = None,
+    output_for_run_dir: str | os.PathLike[str] | None = None,
+) -> None:
+    """Check ``outputs`` (flag -> path) against ``inputs`` and each other, before any work.
+
+    Flags in ``streams`` may name stdout (``-``, ``/dev/stdout``) or another special file.
+    With ``output_for_run_dir`` (a training command's ``--output``), the run directory
+    (``run_dir``, or the default ``OUTPUT.run``) is checked too.
+    """
+    from dyncli.fileio import check_io, check_output_path
+
+    stream_flags = set(streams)
+    for flag, path in outputs.items():
+        if path is not None:
+            check_output_path(path, flag, allow_stdout=flag in stream_flags)
+    check_io(inputs=inputs, outputs=outputs)
+    if output_for_run_dir is not None:
+        from dyncli.training.rundir import check_run_dir
+        from dyncli.training.trainer import default_run_dir
+
+        directory = (
+            Path(run_dir) if run_dir is not None else default_run_dir(os.fspath(output_for_run_dir))
+        )
+        check_run_dir(directory, output=output_for_run_dir)
+        check_io(inputs=inputs, outputs={"--run-dir": directory})
