@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from dyncli.errors import InputError, UsageError
+from dyncli.errors import InputError, JobFailed, UsageError
 
 PathLike = str | os.PathLike[str]
 # Pseudo file systems: nothing written under them is a file a user can keep.
@@ -280,7 +280,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         remove_stale_temporaries(target)
         tmp_dir, prefix = target.parent, f".{target.name}.{os.getpid()}."
     with deferred_signals() as received:
-        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=tmp_dir)
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=tmp_dir)
+        except OSError as exc:
+            raise _write_failed(path, exc) from None
         os.close(fd)
         tmp = Path(tmp_name)
         try:
@@ -294,11 +297,18 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
                     os.fsync(fh.fileno())
                 _copy_mode(target, tmp)
                 os.replace(tmp, target)
+        except OSError as exc:  # a full disk, a closed pipe, a vanished directory
+            raise _write_failed(path, exc) from None
         finally:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 tmp.unlink()
     if received:
         raise Interrupted(received[0])
+
+
+def _write_failed(path: PathLike, exc: OSError) -> JobFailed:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return JobFailed(f"cannot write {os.fspath(path)}: {reason}; the old file is left as it was")
 
 
 def _copy_mode(target: Path, tmp: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dyncli.checkpoint import Checkpoint, load_checkpoint, read_payload, save_checkpoint
-from dyncli.errors import CheckpointError
+from dyncli.errors import CheckpointError, JobFailed
 from dyncli.features import LogMelFrontend
 from dyncli.models.config import CONFORMER_PRESETS, FrontendConfig
 from dyncli.models.conformer import Conv2dSubsampling, build_conformer_ctc
@@ -240,7 +240,7 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path: Path, monkeypatch) -> N
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(JobFailed, match="cannot write .*disk full; the old file is left"):
         _save_tiny(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.ckpt"]

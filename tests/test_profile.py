@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -374,8 +375,10 @@ def test_other_models_join_the_same_timed_rounds(setup, tmp_path) -> None:
     """--models: another checkpoint's full depth (and the policies it can run) timed against
     the same static row; ratios are against that row."""
     out = tmp_path / "models.json"
+    other = tmp_path / "dyn2.ckpt"  # a copy: CHECKPOINT itself in --models is refused
+    shutil.copy(setup["ckpt"], other)
     result = _profile(
-        setup, "--policy", "blank-skip", "--models", f"{setup['static']},{setup['ckpt']}",
+        setup, "--policy", "blank-skip", "--models", f"{setup['static']},{other}",
         "--json", out,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -385,7 +388,7 @@ def test_other_models_join_the_same_timed_rounds(setup, tmp_path) -> None:
     by_model: dict[str, list[dict]] = {}
     for row in report["rows"]:
         by_model.setdefault(row["model"], []).append(row)
-    assert set(by_model) == {"dyn.ckpt", "tiny.ckpt"}
+    assert set(by_model) == {"dyn.ckpt", "tiny.ckpt", "dyn2.ckpt"}
     tiny = by_model["tiny.ckpt"]  # static: its full depth only (no exits for blank-skip)
     assert [(r["policy"], r["threshold"]) for r in tiny] == [("static", None)]
     # The same weights as the main model without exits: the same WER, the same FLOPs bar the
@@ -393,7 +396,7 @@ def test_other_models_join_the_same_timed_rounds(setup, tmp_path) -> None:
     assert tiny[0]["wer"] == static["wer"]
     assert tiny[0]["flops_ratio"] == pytest.approx(1.0)
     assert "speedup" in tiny[0] and tiny[0]["speedup"] > 0
-    again = by_model["dyn.ckpt"]
-    assert sum(1 for r in again if r["policy"] == "static") == 1  # the dyn model given twice
+    again = by_model["dyn2.ckpt"]
+    assert sum(1 for r in again if r["policy"] == "static") == 1  # its full depth, once
     table = _profile(setup, "--policy", "blank-skip", "--models", setup["static"])
     assert table.exit_code == 0 and "tiny.ckpt" in table.output

@@ -172,7 +172,10 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (data order, a
 RepeatsOpt = Annotated[
     int,
     typer.Option(
-        "--repeats", min=1, help="Timed passes over the data (median reported, with min and max)."
+        "--repeats",
+        min=1,
+        max=1000,
+        help="Timed passes over the data (median reported, with min and max).",
     ),
 ]
 
@@ -266,8 +269,10 @@ RunDirOpt = Annotated[
     typer.Option(
         "--run-dir",
         help="Where the run keeps its in-progress state (last resumable state and best epoch "
-        "so far). Default: OUTPUT.run beside the output. The output itself is written once, "
-        "when the run ends, and the run directory is then removed.",
+        "so far). Default: OUTPUT.run beside the output. It must be new, empty or one dyncli "
+        "made (marker file .dyncli-run), and one run at a time uses it (locked). The output is "
+        "written once, when the run ends; dyncli then deletes the files it wrote there (and the "
+        "directory, if it made it), nothing else.",
         show_default=False,
     ),
 ]

@@ -166,6 +166,13 @@ def test_item16a_cli_one_line(setup, args) -> None:
     _one_error_line(_profile(setup["ckpt"], setup["data"], *args), "--thresholds")
 
 
+@pytest.mark.parametrize("flag", ["--max-wer", "--at"])
+def test_item16a_non_finite_gate_values_refused(setup, flag) -> None:
+    """--max-wer nan used to pass every row (no comparison with nan is true)."""
+    result = _profile(setup["ckpt"], setup["data"], "--thresholds", "0.9", flag, "nan")
+    _one_error_line(result, flag)
+
+
 def test_item16a_drop_config_non_finite_is_a_usage_error() -> None:
     from dyncli.policy_config import DropConfig
 
