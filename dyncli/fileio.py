@@ -128,52 +128,74 @@ def _entries(paths: IOPaths) -> list[tuple[str, str]]:
     return out
 
 
-def _same(a: str, b: str) -> bool:
-    if stream_fd(a) is not None or stream_fd(b) is not None:
-        return a == b
-    try:
-        if os.path.exists(a) and os.path.exists(b):
-            return os.path.samefile(a, b)
-        return resolve(a) == resolve(b)
-    except (OSError, InputError):
-        return os.path.abspath(a) == os.path.abspath(b)
+class _Identity:
+    """How one path is compared: the file it is (device, inode) where it exists, else where it
+    resolves to; a stream by its spelling."""
 
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.inode: tuple[int, int] | None = None
+        self.stream = stream_fd(text) is not None
+        self.real: Path | None = None
+        if self.stream:
+            return
+        try:
+            st = os.stat(text)
+            self.inode = (st.st_dev, st.st_ino)
+        except OSError:
+            pass
+        try:
+            self.real = resolve(text)
+        except InputError:
+            self.real = Path(os.path.abspath(text))
 
-def _inside(output: str, directory: str) -> bool:
-    """``output`` is an existing file inside the input directory ``directory``."""
-    try:
-        out, root = resolve(output), resolve(directory)
-    except InputError:
-        return False
-    return root.is_dir() and out.is_file() and root in out.parents
+    def same(self, other: _Identity) -> bool:
+        if self.stream or other.stream:
+            return self.text == other.text
+        if self.inode is not None and other.inode is not None:
+            return self.inode == other.inode
+        return self.real == other.real
 
 
 def check_io(*, inputs: IOPaths, outputs: IOPaths) -> None:
     """Refuse, before any work, an output that would overwrite an input or another output.
 
-    ``inputs`` and ``outputs`` map a flag (``--train``, ``CHECKPOINT``) to a path, a list of
-    paths, or ``None``. Two paths are the same when they resolve to the same file (symlinks
-    followed; ``os.path.samefile`` where both exist, so hard links count). An output that is
-    an existing file inside an input directory (a Hugging Face model folder, a Kaldi data dir)
-    is refused too. Raises :class:`UsageError` naming both flags.
+    ``inputs`` and ``outputs`` map a flag (``--train``, ``CHECKPOINT``, ``--data audio``) to a
+    path, a list of paths, or ``None``. Two paths are the same when they are the same file
+    (device and inode where both exist, so symlinks and hard links count; resolved paths
+    otherwise). An output that is an existing file inside an input directory (a Hugging Face
+    model folder, a Kaldi data dir) is refused too. Raises :class:`UsageError` naming both.
     """
-    outs = _entries(outputs)
-    ins = _entries(inputs)
-    for i, (oflag, opath) in enumerate(outs):
-        for iflag, ipath in ins:
-            if _same(opath, ipath):
+    outs = [(flag, _Identity(path)) for flag, path in _entries(outputs)]
+    ins = [(flag, _Identity(path)) for flag, path in _entries(inputs)]
+    by_inode = {ident.inode: (flag, ident) for flag, ident in ins if ident.inode is not None}
+    by_real = {ident.real: (flag, ident) for flag, ident in ins if ident.real is not None}
+    dirs = [(flag, ident) for flag, ident in ins if ident.real is not None and ident.real.is_dir()]
+    for i, (oflag, out) in enumerate(outs):
+        hit = None
+        if out.stream:
+            hit = next(((f, d) for f, d in ins if d.same(out)), None)
+        elif out.inode is not None:
+            hit = by_inode.get(out.inode)
+        if hit is None and not out.stream and out.real is not None:
+            hit = by_real.get(out.real)
+        if hit is not None:
+            raise UsageError(
+                f"{oflag} {out.text}: is the input {hit[0]} {hit[1].text}; writing it would "
+                "destroy the input, give another path"
+            )
+        if out.inode is not None and out.real is not None:
+            for iflag, d in dirs:
+                if d.real is not None and d.real in out.real.parents:
+                    raise UsageError(
+                        f"{oflag} {out.text}: is a file inside the input {iflag} {d.text}; "
+                        "writing it would change the input, give another path"
+                    )
+        for oflag2, out2 in outs[i + 1 :]:
+            if out.same(out2):
                 raise UsageError(
-                    f"{oflag} {opath}: is the input {iflag}; writing it would destroy the "
-                    "input, give another path"
+                    f"{oflag} and {oflag2} name the same file {out.text}; give two paths"
                 )
-            if _inside(opath, ipath):
-                raise UsageError(
-                    f"{oflag} {opath}: is a file inside the input {iflag} {ipath}; writing it "
-                    "would change the input, give another path"
-                )
-        for oflag2, opath2 in outs[i + 1 :]:
-            if _same(opath, opath2):
-                raise UsageError(f"{oflag} and {oflag2} name the same file {opath}; give two paths")
 
 
 # --- interrupts ---------------------------------------------------------------------------

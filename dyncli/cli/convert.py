@@ -196,6 +196,7 @@ def run(
         outputs={"--output": output},
         run_dir=run_dir,
         output_for_run_dir=output,
+        manifests=["--train", "--dev"],
     )
     skip_range = parse_range(skip_threshold_range, "--skip-threshold-range")
     check_choice("--method", method, METHODS)

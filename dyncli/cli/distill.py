@@ -157,6 +157,7 @@ def run(
         outputs={"--output": output},
         run_dir=run_dir,
         output_for_run_dir=output,
+        manifests=["--train", "--dev"],
     )
     options = DistillOptions(
         method=method,

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -46,6 +47,14 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _release_run_dirs() -> None:
+    """Unlock the run directories the command claimed (only if it loaded that module: the
+    CLI's start-up must not import torch)."""
+    rundir = sys.modules.get("dyncli.training.rundir")
+    if rundir is not None:
+        rundir.release_all()
+
+
 def guarded(fn: F) -> F:
     """Wrap a command: a DyncliError prints one line and exits with its code (no traceback).
 
@@ -57,7 +66,10 @@ def guarded(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             with sigterm_as_interrupt():
-                return fn(*args, **kwargs)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    _release_run_dirs()
         except DyncliError as exc:
             if debug_enabled():
                 raise

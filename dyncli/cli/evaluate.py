@@ -67,6 +67,7 @@ def run(
         inputs={"CHECKPOINT": ckpt, "--data": manifest},
         outputs={"--json": json_path},
         streams=["--json"],
+        manifests=["--data"],
     )
     progress = WorkProgress()
     try:

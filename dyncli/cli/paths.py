@@ -22,19 +22,24 @@ def check_paths(
     streams: Iterable[str] = (),
     run_dir: str | os.PathLike[str] | None = None,
     output_for_run_dir: str | os.PathLike[str] | None = None,
+    manifests: Iterable[str] = (),
 ) -> None:
     """Check ``outputs`` (flag -> path) against ``inputs`` and each other, before any work.
 
     Flags in ``streams`` may name stdout (``-``, ``/dev/stdout``) or another special file.
     With ``output_for_run_dir`` (a training command's ``--output``), the run directory
-    (``run_dir``, or the default ``OUTPUT.run``) is checked too.
+    (``run_dir``, or the default ``OUTPUT.run``) is checked too. The inputs named in
+    ``manifests`` are manifests: the audio files they list are inputs as well.
     """
-    from dyncli.fileio import check_io, check_output_path
+    from dyncli.errors import UsageError
+    from dyncli.fileio import check_io, check_output_path, resolve
 
     stream_flags = set(streams)
     for flag, path in outputs.items():
         if path is not None:
             check_output_path(path, flag, allow_stdout=flag in stream_flags)
+    if any(path is not None for path in outputs.values()):
+        inputs = {**inputs, **_listed_audio(inputs, manifests)}
     check_io(inputs=inputs, outputs=outputs)
     if output_for_run_dir is not None:
         from dyncli.training.rundir import check_run_dir
@@ -43,5 +48,31 @@ def check_paths(
         directory = (
             Path(run_dir) if run_dir is not None else default_run_dir(os.fspath(output_for_run_dir))
         )
+        if resolve(directory) == resolve(output_for_run_dir):
+            raise UsageError(
+                f"--run-dir {directory}: is the --output path; give the run directory its own "
+                "path (default: OUTPUT.run)"
+            )
         check_run_dir(directory, output=output_for_run_dir)
         check_io(inputs=inputs, outputs={"--run-dir": directory})
+
+
+def _listed_audio(
+    inputs: Mapping[str, PathOrNone], manifests: Iterable[str]
+) -> dict[str, list[Path]]:
+    """The audio files each manifest in ``inputs`` lists, keyed ``FLAG audio``. A manifest that
+    cannot be read adds nothing here: reading it for the job reports the problem."""
+    from dyncli.data.manifest import read_manifest
+    from dyncli.errors import DyncliError
+
+    out: dict[str, list[Path]] = {}
+    for flag in manifests:
+        path = inputs.get(flag)
+        if path is None or not isinstance(path, str | os.PathLike):
+            continue
+        try:
+            manifest = read_manifest(os.fspath(path), skip_bad=True)
+        except DyncliError:
+            continue
+        out[f"{flag} audio"] = [item.audio for item in manifest.items]
+    return out

@@ -133,6 +133,7 @@ def run(
         },
         outputs={"--json": json_path, "--plot": plot},
         streams=["--json"],
+        manifests=["--data"],
     )
     if plot is not None:
         from dyncli.plot import plot_format

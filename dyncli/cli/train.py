@@ -137,6 +137,7 @@ def run(
         outputs={"--output": output},
         run_dir=run_dir,
         output_for_run_dir=output,
+        manifests=["--train", "--dev"],
     )
     torch.set_num_threads(threads or default_job_threads())
     spec = get_backbone(backbone)

@@ -92,6 +92,8 @@ def detect_format(path: Path) -> str:
             f"{path}: a directory must be a Kaldi data dir (wav.scp + text) "
             "or a LibriSpeech-style folder (*.trans.txt + audio)"
         )
+    if path.exists() and not path.is_file():
+        raise InputError(f"{path}: not a regular file, so not a manifest (give a file path)")
     if not path.is_file():
         raise InputError(f"{path}: manifest not found")
     suffix = path.suffix.lower()

@@ -17,6 +17,7 @@ if it is empty; any other file is left where it is.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -37,6 +38,23 @@ _DIRS = re.compile(r"^round-\d+\.run$")
 
 # Locks held by this process: directory -> open marker file (the lock lives as long as it).
 _HELD: dict[Path, IO[str]] = {}
+
+
+@atexit.register
+def release_all() -> None:
+    """Release every run directory this process holds (a command ends, or the process exits).
+
+    One that holds nothing but the marker (the run failed before it saved any state) is
+    removed; one with state stays for ``--resume``."""
+    for directory in list(_HELD):
+        try:
+            names = {e.name for e in os.scandir(directory)}
+        except OSError:
+            continue
+        if names <= {MARKER}:
+            remove_run_dir(directory)
+        else:
+            release_run_dir(directory)
 
 
 def is_dyncli_name(name: str, is_dir: bool) -> bool:

@@ -495,3 +495,42 @@ def test_item15_sigint_exits_130() -> None:
     with pytest.raises(typer.Exit) as info:
         guarded(job)()
     assert info.value.exit_code == 130
+
+
+# --- found while probing: run directory edge cases ------------------------------------------------
+
+
+def test_item1_run_dir_equal_to_the_output_is_refused(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x.ckpt"
+    result = train(data, out, "--run-dir", out)
+    assert result.exit_code == 2
+    assert "is the --output path" in one_line_error(result)
+    assert not out.exists()
+
+
+def test_item1_a_run_that_fails_before_saving_leaves_no_run_dir(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x.ckpt"
+    # --exits 3 on a 3-layer model fails after the run directory was claimed, before training.
+    result = train(data, out, "--exits", "3")
+    assert result.exit_code == 2
+    assert not (tmp_path / "x.ckpt.run").exists()
+    again = train(data, out)  # and the next run is not blocked by a stale lock or marker
+    assert again.exit_code == 0, again.output
+
+
+def test_item11_a_device_is_not_a_manifest(tiny_ckpt: Path) -> None:
+    result = invoke_cli("evaluate", tiny_ckpt, "--data", "/dev/null")
+    assert result.exit_code == 2
+    assert "not a regular file" in one_line_error(result)
+
+
+def test_item2_report_onto_an_audio_file_the_manifest_lists(
+    tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    manifest = tone_manifest(tmp_path)
+    wav = tmp_path / "u0.wav"
+    before = wav.read_bytes()
+    result = invoke_cli("evaluate", tiny_ckpt, "--data", manifest, "--json", wav)
+    assert result.exit_code == 2
+    assert "is the input --data audio" in one_line_error(result)
+    assert wav.read_bytes() == before
