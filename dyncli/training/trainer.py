@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import signal
 import statistics
 import time
@@ -411,7 +412,10 @@ def publish(
     if world.main:
         best = run_dir / "best.ckpt"
         if transform is None:
-            os.replace(best, output)  # same directory: an atomic rename
+            # Copied through the atomic writer, not renamed: the run directory may be on
+            # another file system, and the output may be a symlink (followed) or keep a mode.
+            with open(best, "rb") as src:
+                atomic_write(output, lambda fh: shutil.copyfileobj(src, fh, 1 << 20))
         else:
             save_checkpoint(output, transform(load_checkpoint(best)))
         remove_run_dir(run_dir)

@@ -534,3 +534,16 @@ def test_item2_report_onto_an_audio_file_the_manifest_lists(
     assert result.exit_code == 2
     assert "is the input --data audio" in one_line_error(result)
     assert wav.read_bytes() == before
+
+
+def test_item3_training_output_through_a_symlink_stays_a_link(data: Path, tmp_path: Path) -> None:
+    real = tmp_path / "store" / "model.ckpt"
+    real.parent.mkdir()
+    real.write_bytes(b"old")
+    real.chmod(0o640)
+    link = tmp_path / "model.ckpt"
+    link.symlink_to(real)
+    result = train(data, link)
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and real.stat().st_size > 1000
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
