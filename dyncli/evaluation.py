@@ -265,6 +265,8 @@ def transcribe(
             out.append((p, _decode_one(ckpt, runner, wave)))
             shown.advance(length)
     shown.end()
+    if audio and not out:  # --skip-bad skipped every file: nothing was transcribed
+        raise InputError(f"none of the {len(audio)} audio files could be read (each said above)")
     return out, choice
 
 

@@ -73,6 +73,46 @@ def _under_pseudo(path: Path) -> bool:
     return any(path == root or root in path.parents for root in PSEUDO_ROOTS)
 
 
+# What the atomic writer adds to a name for its temporary: '.' NAME '.' PID '.' XXXXXXXX '.tmp'
+# (PIDs up to 7 digits on Linux, 8 random characters from mkstemp).
+TEMP_NAME_EXTRA = len("..1234567.abcdefgh.tmp")
+
+
+def check_name_length(
+    path: PathLike, flag: str, *, extra: int = TEMP_NAME_EXTRA, shown: str | None = None
+) -> None:
+    """Refuse a path the file system cannot hold, before any work: a component longer than the
+    longest name there (``extra`` bytes are kept free in the last one, for the temporary file
+    written beside it), or a path longer than the longest path. Raises :class:`UsageError`."""
+    text = os.fspath(path)
+    base = next((p for p in Path(os.path.abspath(text)).parents if os.path.isdir(p)), Path("/"))
+    try:
+        name_max = os.pathconf(base, "PC_NAME_MAX")
+        path_max = os.pathconf(base, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max, path_max = 255, 4096
+    shown = shown if shown is not None else text
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    parts = Path(text).parts
+    for i, part in enumerate(parts):
+        size = len(os.fsencode(part))
+        last = i == len(parts) - 1
+        room = name_max - (extra if last else 0)
+        if size > room:
+            why = ", and dyncli writes a temporary file beside it" if last and extra else ""
+            raise UsageError(
+                f"{flag} {shown}: the name {part[:20]}... is {size} bytes; at most {room} fit "
+                f"here (the file system allows {name_max}{why})"
+            )
+    total = len(os.fsencode(os.path.abspath(text))) + extra
+    if total >= path_max:
+        raise UsageError(
+            f"{flag} {shown}: the path is too long ({total} bytes"
+            + (" with the temporary file's name" if extra else "")
+            + f"; at most {path_max - 1})"
+        )
+
+
 def check_output_path(path: PathLike, flag: str, *, allow_stdout: bool = False) -> None:
     """Refuse an output path that could not be written, before any work starts.
 
@@ -88,6 +128,7 @@ def check_output_path(path: PathLike, flag: str, *, allow_stdout: bool = False) 
         raise UsageError(f"{flag} {text}: this option cannot write to a stream; give a file path")
     if not text:
         raise UsageError(f"{flag}: empty path; give a file path")
+    check_name_length(text, flag, extra=0)
     target = Path(text)
     if target.is_symlink() or target.exists():
         real = resolve(target, flag)
@@ -99,6 +140,7 @@ def check_output_path(path: PathLike, flag: str, *, allow_stdout: bool = False) 
         real = resolve(target, flag)
     if real.is_dir():
         raise UsageError(f"{flag} {text}: is a directory; give a file path")
+    check_name_length(real, flag, shown=text)  # room for the temporary file beside the file written
     if _under_pseudo(real):
         raise UsageError(f"{flag} {text}: {real.parent} is a kernel file system; give a file path")
     parent = real.parent
@@ -225,7 +267,12 @@ def deferred_signals() -> Iterator[list[int]]:
     def hold(signum: int, _frame: Any) -> None:
         received.append(signum)
 
-    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    # A signal the process was told to ignore (a background job's SIGINT, nohup) stays ignored.
+    previous = {
+        s: signal.signal(s, hold)
+        for s in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(s) is not signal.SIG_IGN
+    }
     try:
         yield received
     finally:

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dyncli.errors import UsageError
+from dyncli.errors import CheckpointError, UsageError
 
 if TYPE_CHECKING:
     from dyncli.checkpoint import Checkpoint
@@ -71,6 +71,27 @@ def stored_point(method: dict[str, Any] | None) -> tuple[str, float, dict[str, A
     return str(point["policy"]), canonical_threshold(point["threshold"]), settings
 
 
+def check_stored_point(ckpt: Checkpoint, remedy: str) -> None:
+    """Refuse, naming the checkpoint, a stored operating point its model cannot run (an unknown
+    policy, a threshold out of range, a trigger layer without a CTC head, ...): the record is
+    inconsistent with the model. ``remedy``: the flags that run something else."""
+    from dyncli.dynamic import build_policy
+
+    stored = stored_point(ckpt.method)
+    if stored is None:
+        return
+    name, threshold, settings = stored
+    try:
+        build_policy(name, threshold, **{k: v for k, v in settings.items() if v is not None}).check(
+            ckpt.model
+        )
+    except UsageError as exc:
+        raise CheckpointError(
+            f"{ckpt.path}: the stored operating point ({name} @ {threshold:g}) does not fit "
+            f"this model: {exc}; {remedy}"
+        ) from None
+
+
 def policy_settings(ckpt: Checkpoint, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Config settings for policy ``name`` on ``ckpt``: the stored operating point's (when it is
     the same policy), then the user's ``overrides`` (None = not given), then model defaults."""
@@ -116,6 +137,11 @@ def check_budget(wer_budget: float | None, policy: str | None) -> None:
     if not (math.isfinite(wer_budget) and wer_budget >= 0):
         raise UsageError(
             f"--wer-budget must be >= 0 (absolute WER, 0.01 = 1 point), got {wer_budget}"
+        )
+    if wer_budget > 1:  # a budget in points or percent: every threshold would pass
+        raise UsageError(
+            f"--wer-budget {wer_budget:g} would allow {wer_budget * 100:g} points of WER: it is "
+            f"absolute (0.01 = 1 point); for {wer_budget:g} points give {wer_budget / 100:g}"
         )
     if policy is not None:
         from dyncli.plugins import get_skip_policy
@@ -192,6 +218,7 @@ def resolve_run(
         if stored and stored[0] != name:
             source = "given on the command line"
     elif stored is not None:
+        check_stored_point(ckpt, "run with --full-depth, or give --policy and --threshold")
         name, threshold, source = stored[0], stored[1], "stored operating point"
     else:
         return StaticPolicy(), RunChoice(

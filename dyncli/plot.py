@@ -58,6 +58,12 @@ def method_of(row: dict[str, Any]) -> str:
     return f"{name} ({model})" if model else name
 
 
+def _literal(text: str) -> str:
+    """``text`` as matplotlib draws it literally: a ``$`` pair in a file name (``x$\\frac$.ckpt``)
+    is otherwise parsed as math, and a bad formula fails the plot after the whole profile ran."""
+    return text.replace("$", r"\$")
+
+
 def _front(rows: Sequence[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     """Rows no other row beats on WER and on ``key`` (speedup: higher is better; FLOPs: lower)."""
     sign = -1.0 if key == "speedup" else 1.0
@@ -97,7 +103,7 @@ def plot_report(report: Any, path: str | Path) -> None:
                 [100 * r["wer"] for r in found],
                 marker=MARKERS[i % len(MARKERS)],
                 color=colors(i % 20),  # 20 colours x 10 markers: no two methods look alike
-                label=name,
+                label=_literal(name),
                 alpha=0.8,
             )
         front = sorted(_front([static, *rows], key), key=lambda r: r[key])
@@ -116,7 +122,7 @@ def plot_report(report: Any, path: str | Path) -> None:
         for row in rows:
             if row.get("stored_operating_point"):
                 ax.annotate(
-                    f"stored point ({row['policy']} @ {row['threshold']:g})",
+                    _literal(f"stored point ({row['policy']} @ {row['threshold']:g})"),
                     (row[key], 100 * row["wer"]),
                     xytext=(5, -12),
                     textcoords="offset points",
@@ -128,8 +134,10 @@ def plot_report(report: Any, path: str | Path) -> None:
     axes[0].legend(fontsize=8, loc="best")
     env = report.environment
     fig.suptitle(
-        f"{Path(report.model['path']).name} on {Path(report.data['path']).name}: "
-        f"{env['threads']} thread(s), batch size {report.timing['batch_size']}",
+        _literal(
+            f"{Path(report.model['path']).name} on {Path(report.data['path']).name}: "
+            f"{env['threads']} thread(s), batch size {report.timing['batch_size']}"
+        ),
         fontsize=10,
     )
     fig.tight_layout()

@@ -46,6 +46,7 @@ from dyncli.metrics import error_rates
 from dyncli.models.base import CTCEncoder
 from dyncli.operating_point import (
     canonical_threshold,
+    check_stored_point,
     default_policy,
     policy_settings,
     stored_point,
@@ -520,6 +521,14 @@ def judge(
         else:  # report the closest miss: fewest violated bars, then fastest
             row = min(rows, key=lambda r: (len(violations(r, static, gate)), r["rtf"]))
             found = violations(row, static, gate)
+    if gate.at is not None:
+        selection = "row at --at"
+    elif not gate.bars:
+        selection = "fastest row (no gate bars given: not an operating point)"
+    elif found:  # no row meets every bar: never call the closest miss one that does
+        selection = "closest miss: no row meets every bar (fewest bars failed, then fastest)"
+    else:
+        selection = "fastest row meeting every bar"
     bars = {
         "max_wer": gate.max_wer,
         "max_wer_increase": gate.max_wer_increase,
@@ -532,11 +541,7 @@ def judge(
         "operating_point": dict(row),
         "violations": found,
         "bars": bars,
-        "selection": "row at --at"
-        if gate.at is not None
-        else "fastest row meeting every bar"
-        if gate.bars
-        else "fastest row (no gate bars given: not an operating point)",
+        "selection": selection,
     }
 
 
@@ -696,6 +701,8 @@ def profile(
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.model.to(dev)
     stored = stored_point(ckpt.method)
+    if policy is None:  # the stored point's policy, settings and threshold are profiled
+        check_stored_point(ckpt, "give --policy to profile another")
     names = requested_policies(ckpt, policy, bool(models))
     multi = len(names) > 1
     if multi and thresholds:

@@ -26,8 +26,9 @@ def test_jsonl_relative_paths_and_duration(tmp_path: Path) -> None:
 
 def test_tsv_with_header(tmp_path: Path) -> None:
     wav = write_wav(tmp_path / "x.wav")
+    write_wav(tmp_path / "y.wav")  # another file: one audio with two transcripts is refused
     m = tmp_path / "m.tsv"
-    m.write_text(f"path\ttext\n{wav}\tone two\nx.wav\tthree\n")
+    m.write_text(f"path\ttext\n{wav}\tone two\ny.wav\tthree\n")
     man = read_manifest(m)
     assert man.format == "tsv"
     assert [it.text for it in man.items] == ["one two", "three"]

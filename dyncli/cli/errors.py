@@ -37,7 +37,10 @@ def _raise_terminated(signum: int, _frame: Any) -> None:
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM raises :class:`~dyncli.fileio.Interrupted` (so ``finally`` blocks run and
     temporary files go) instead of ending the process on the spot. Main thread only."""
-    if threading.current_thread() is not threading.main_thread():
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # told to ignore it: it stays so
+    ):
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_terminated)

@@ -46,6 +46,7 @@ def run(
     --full-depth or --policy/--threshold say otherwise; the report says which ran.
     RTF = processing seconds / audio seconds (features + encoder + decoding, batch size 1).
     """
+    from rich.markup import escape
     from rich.table import Table
 
     from dyncli import assets
@@ -94,7 +95,8 @@ def run(
     if json_path is not None and str(json_path) == "-":
         return
     env = report.environment
-    table = Table(title=f"dyncli evaluate: {report.model['path']}")
+    # escape(): a '[/b]' in a path is text, not rich markup (it raised MarkupError)
+    table = Table(title=escape(f"dyncli evaluate: {report.model['path']}"))
     for col in ("ran", "utterances", "audio", "WER", "CER", "RTF (median)", "RTF min-max", "RTFx"):
         table.add_column(col, justify="right")
     run_cell = (
@@ -103,7 +105,7 @@ def run(
         else (f"{report.run.policy} @ {report.run.threshold:g}")
     )
     table.add_row(
-        run_cell,
+        escape(run_cell),
         str(report.data["utterances"]),
         f"{report.data['audio_seconds']:.1f} s",
         pct(report.wer),

@@ -11,6 +11,7 @@ NAME = "inspect"
 
 def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
     """Print a checkpoint's architecture, size, tokenizer, method and provenance."""
+    from rich.markup import escape
     from rich.table import Table
 
     from dyncli.checkpoint import summarize
@@ -27,7 +28,8 @@ def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
         if str(json_path) == "-":
             return
     cfg = info["config"]
-    table = Table(title=f"dyncli inspect: {checkpoint}", show_header=False)
+    # escape(): a '[/b]' or '[red]' in a path or a stored string is text, not rich markup
+    table = Table(title=escape(f"dyncli inspect: {checkpoint}"), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     rows = [
@@ -72,7 +74,7 @@ def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
         ("sha256", info["sha256"]),
     ]
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(k, escape(v))
     print_table(table)
 
 

@@ -91,7 +91,8 @@ FormatOpt = Annotated[
         "--format",
         case_sensitive=False,
         help="What stdout gets: 'table' (rich; full width, never cut, when piped), 'tsv' (one "
-        "header line, then one line per row with every figure at full precision: for shell "
+        "header line, then one line per row with every figure at full precision, a tab, "
+        "newline or backslash in a label written as \\t, \\n or \\\\: for shell "
         "scripts and spreadsheets) or 'json' (the --json report).",
     ),
 ]

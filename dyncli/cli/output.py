@@ -42,7 +42,9 @@ def print_line(text: str) -> None:
 
 
 def tsv_value(value: Any) -> str:
-    """A TSV cell: floats at full precision (repr round-trips), None empty, bools true/false."""
+    """A TSV cell: floats at full precision (repr round-trips), None empty, bools true/false,
+    text escaped as ``transcribe`` escapes it (:func:`escape_field`: a tab, newline or
+    backslash in a label or path is kept, written as ``\\t``, ``\\n``, ``\\\\``)."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -53,7 +55,7 @@ def tsv_value(value: Any) -> str:
         return ",".join(tsv_value(v) for v in value)
     if isinstance(value, Mapping):
         return json.dumps(value, sort_keys=True)
-    return " ".join(str(value).split())  # no tabs or newlines inside a cell
+    return escape_field(str(value))  # no tab or newline breaks a cell; nothing is lost
 
 
 def tsv_columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -84,12 +86,32 @@ def emit_machine(fmt: OutputFormat, report: dict[str, Any], records: list[dict[s
     return False
 
 
+def _is_stdout(path: Any) -> bool:
+    """``path`` is ``-`` or the file or pipe stdout writes to (``/dev/stdout``, ``/dev/fd/1``,
+    the file stdout is redirected to). A terminal or ``/dev/null`` does not count: two writes
+    there harm nothing."""
+    import os
+    import stat
+
+    if str(path) == "-":
+        return True
+    try:
+        target, out = os.stat(path), os.fstat(1)
+    except (OSError, ValueError):
+        return False
+    same = (target.st_dev, target.st_ino) == (out.st_dev, out.st_ino)
+    return same and not stat.S_ISCHR(out.st_mode)
+
+
 def check_stdout(fmt: OutputFormat, json_path: Any) -> None:
-    """Refuse two things writing to stdout at once (--json - with --format tsv/json)."""
+    """Refuse two things writing to stdout at once (--json - with --format tsv/json): the JSON
+    report would be followed by another document on the same stream."""
     from dyncli.errors import UsageError
 
-    if json_path is not None and str(json_path) == "-" and fmt is not OutputFormat.table:
-        raise UsageError(f"--json - and --format {fmt.value} both write to stdout: pick one")
+    if json_path is not None and fmt is not OutputFormat.table and _is_stdout(json_path):
+        raise UsageError(
+            f"--json {json_path} and --format {fmt.value} both write to stdout: pick one"
+        )
 
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})

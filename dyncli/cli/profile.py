@@ -77,12 +77,12 @@ def run(
         typer.Option("--min-speedup", min=0.0, help="Gate: speedup vs static at least."),
     ] = None,
     models: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--models",
-            help="Other checkpoints, comma-separated (a pruned model, another distilled "
-            "variant), timed in the same rounds against the same static row: their full depth "
-            "and the --policy policies each can run, rows labelled by model.",
+            help="Other checkpoints, comma-separated or the flag repeated (a pruned model, "
+            "another distilled variant), timed in the same rounds against the same static row: "
+            "their full depth and the --policy policies each can run, rows labelled by model.",
             show_default=False,
         ),
     ] = None,
@@ -123,13 +123,15 @@ def run(
     from dyncli.profiling import GateConfig, profile
 
     check_stdout(output_format, json_path)
+    # --models a --models b,c: every one (click alone would keep the last flag's value only)
+    other = [m.strip() for given in models or [] for m in given.split(",") if m.strip()]
     ckpt = checkpoint or assets.require(assets.DEMO_DYNAMIC, "bundled dynamic model")
     manifest = data or assets.require(assets.EVAL_MANIFEST, "evaluation set")
     check_paths(
         inputs={
             "CHECKPOINT": ckpt,
             "--data": manifest,
-            "--models": [m.strip() for m in (models or "").split(",") if m.strip()],
+            "--models": other,
         },
         outputs={"--json": json_path, "--plot": plot},
         streams=["--json"],
@@ -164,7 +166,7 @@ def run(
         gate=gate,
         batch_size=batch_size,
         progress=progress,
-        models=[m.strip() for m in (models or "").split(",") if m.strip()],
+        models=other,
     )
     if json_path is not None:
         write_json(json_path, report.to_json())
@@ -202,6 +204,7 @@ COLUMNS = (
 
 
 def render(report: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from dyncli.cli.output import print_line, print_table
@@ -213,7 +216,8 @@ def render(report: Any) -> None:
     gated = any(v is not None for v in report.gate["bars"].values())
     static = report.static
     table = Table(
-        title=f"dyncli profile: {report.model['path']} ({report.policy['name']})",
+        # escape(): a '[/b]' in a path or label is text, not rich markup (it raised MarkupError)
+        title=escape(f"dyncli profile: {report.model['path']} ({report.policy['name']})"),
         caption="> = operating point; * = checkpoint's stored operating point; Pareto = no "
         "other row has both lower WER and lower RTF (bold green on a terminal)",
     )
@@ -238,8 +242,8 @@ def render(report: Any) -> None:
             mark += "*"
         table.add_row(
             mark,
-            *((row["model"],) if models else ()),
-            *((row["policy"],) if multi or models else ()),
+            *((escape(row["model"]),) if models else ()),
+            *((escape(row["policy"]),) if multi or models else ()),
             "static" if full else f"{row['threshold']:.6g}",
             pct(row["wer"]),
             "" if is_static else f"{100 * (row['wer'] - static['wer']):+.2f}",

@@ -30,9 +30,14 @@ def load_utterances(
     skip_bad: bool = False,
     on_item: Callable[[], None] | None = None,
 ) -> tuple[list[Utterance], list[str]]:
-    """Read every item's audio. Returns the utterances and the messages for skipped items."""
+    """Read every item's audio. Returns the utterances and the messages for skipped items.
+
+    Audio whose length differs from the manifest's ``duration`` by more than 10% (and 0.1 s) is
+    said on stderr: a truncated file or a header lying about its length reads as a short clip
+    that would be scored without a word."""
     out: list[Utterance] = []
     skipped = list(manifest.skipped)
+    mismatched: list[str] = []
     for item in manifest.items:
         try:
             wave = load_audio(item.audio, sample_rate)
@@ -44,10 +49,35 @@ def load_utterances(
         finally:
             if on_item is not None:
                 on_item()
+        seconds = wave.shape[0] / sample_rate
+        if item.duration is not None and abs(seconds - item.duration) > max(
+            0.1, 0.1 * item.duration
+        ):
+            mismatched.append(
+                f"{item.origin}: {item.audio} holds {seconds:.3g} s of audio, the manifest says "
+                f"duration {item.duration:g} s (truncated file or wrong header?)"
+            )
         out.append(Utterance(wave=wave, text=item.text, origin=item.origin))
-    if not out:
-        raise InputError(f"{manifest.path}: no utterance could be read")
+    if not out:  # --skip-bad left nothing: say why, or the reasons are never shown
+        first = f"; the first: {skipped[0]}" if skipped else ""
+        raise InputError(
+            f"{manifest.path}: no utterance could be read ({len(skipped)} skipped{first})"
+        )
+    _warn_lengths(mismatched)
     return out, skipped
+
+
+def _warn_lengths(messages: list[str], show: int = 5) -> None:
+    import logging
+
+    log = logging.getLogger("dyncli")
+    for message in messages[:show]:
+        log.warning("%s", message)
+    if len(messages) > show:
+        log.warning(
+            "... and %d more utterances whose length differs from the manifest's duration",
+            len(messages) - show,
+        )
 
 
 def bucket_batches(

@@ -17,7 +17,8 @@ otherwise be read as something it is not: missing audio, an empty transcript, a 
 UTF-8 or not valid JSON, a JSON ``text`` or ``audio_filepath`` that is not a string (``null``
 would be scored as "None"), a duplicated JSON key, a ``duration`` that is not a finite number
 >= 0, a TSV line with other than two columns, an utterance id given twice (both lines are bad:
-which one is right is unknown), and a Kaldi id in ``text`` or ``wav.scp`` but not in the other.
+which one is right is unknown), one audio file listed with two different transcripts (likewise),
+and a Kaldi id in ``text`` or ``wav.scp`` but not in the other.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class _Reader:
             self.bad(f"{origin}: empty transcript")
             return None
         if not audio.is_file():
-            self.bad(f"{origin}: audio file not found: {audio}")
+            why = "not a regular file" if audio.exists() else "audio file not found"
+            self.bad(f"{origin}: {why}: {audio}")
             return None
         return Item(audio=audio, text=text, duration=duration, origin=origin)
 
@@ -113,10 +115,28 @@ def read_manifest(path: str | Path, skip_bad: bool = False) -> Manifest:
     fmt = detect_format(p)
     reader = _Reader(skip_bad)
     parse = {"jsonl": _read_jsonl, "tsv": _read_tsv, "kaldi": _read_kaldi, "librispeech": _read_ls}
-    items = [it for it in parse[fmt](p, reader) if it is not None]
+    items = _drop_conflicts([it for it in parse[fmt](p, reader) if it is not None], reader)
     if not items:
         raise InputError(f"{p}: the manifest has no usable utterances")
     return Manifest(path=p, format=fmt, items=items, skipped=reader.skipped)
+
+
+def _drop_conflicts(items: list[Item], reader: _Reader) -> list[Item]:
+    """``items`` less those whose audio file (symlinks resolved) is listed again with another
+    transcript: which one is right is unknown, so no line of that audio is used. The same audio
+    with the same transcript twice is kept (a training manifest may repeat an utterance)."""
+    first: dict[Path, Item] = {}
+    bad: set[Path] = set()
+    for it in items:
+        key = it.audio.resolve()
+        seen = first.setdefault(key, it)
+        if seen is not it and normalize_text(seen.text) != normalize_text(it.text):
+            bad.add(key)
+            reader.bad(
+                f"{it.origin}: audio {it.audio} is also at {seen.origin} with another "
+                "transcript (ambiguous: no line of it is used)"
+            )
+    return [it for it in items if it.audio.resolve() not in bad] if bad else items
 
 
 def _lines(path: Path, reader: _Reader) -> Iterator[tuple[int, str]]:

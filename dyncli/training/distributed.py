@@ -40,15 +40,52 @@ def launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def setup(device: torch.device) -> World:
-    """Join the process group torchrun described (gloo on CPU, nccl on CUDA)."""
+def _env_int(name: str, default: str | None = None) -> int:
+    text = os.environ.get(name, default)
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise UsageError(
+            f"{name}={text!r} in the environment is not an integer (set by torchrun; unset it "
+            "to run one process)"
+        ) from None
+
+
+def env_world() -> World:
+    """The world torchrun described in the environment (a world of one outside torchrun).
+
+    Values torchrun would never set (a non-integer, ``RANK`` outside ``0..WORLD_SIZE-1``) are
+    one :class:`UsageError`, before any work, instead of a traceback or a run in which no rank
+    writes. :func:`setup` also needs the rendezvous address of a group of several."""
     if not launched():
         return World()
-    size = int(os.environ["WORLD_SIZE"])
-    rank = int(os.environ["RANK"])
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if size == 1:
-        return World(rank, size, local)
+    size = _env_int("WORLD_SIZE")
+    rank = _env_int("RANK")
+    local = _env_int("LOCAL_RANK", "0")
+    if size < 1:
+        raise UsageError(f"WORLD_SIZE={size} in the environment: must be at least 1")
+    if not 0 <= rank < size:
+        raise UsageError(
+            f"RANK={rank} in the environment is outside 0..{size - 1} (WORLD_SIZE={size})"
+        )
+    if local < 0:
+        raise UsageError(f"LOCAL_RANK={local} in the environment: must be at least 0")
+    return World(rank, size, local)
+
+
+def setup(device: torch.device) -> World:
+    """Join the process group torchrun described (gloo on CPU, nccl on CUDA)."""
+    world = env_world()
+    if not world.distributed:
+        return world
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise UsageError(
+            f"WORLD_SIZE={world.size} but {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not set: start several processes with "
+            "torchrun, or unset RANK and WORLD_SIZE to run one"
+        )
+    _env_int("MASTER_PORT")
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if backend == "nccl":
@@ -56,13 +93,13 @@ def setup(device: torch.device) -> World:
         dist.init_process_group(backend=backend)
         # Leave the group when the command ends (torch warns about a group never destroyed).
         atexit.register(teardown)
-    return World(rank, size, local)
+    return world
 
 
 def device_for(requested: str, world: World) -> str:
     """Under torchrun on GPUs each process takes the GPU of its local rank."""
     if launched() and requested in ("auto", "cuda") and torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = env_world().local_rank
         if local >= torch.cuda.device_count():
             raise UsageError(
                 f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPUs are visible"
@@ -113,5 +150,6 @@ def barrier(world: World) -> None:
 
 
 def is_main_process() -> bool:
-    """Rank 0, or not under torchrun: the process that prints and writes."""
-    return os.environ.get("RANK", "0") == "0"
+    """Rank 0, or not under torchrun: the process that prints and writes (the environment
+    is checked here, so a command that asks fails on bad torchrun variables before work)."""
+    return env_world().main

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from dyncli.errors import UsageError
-from dyncli.fileio import PSEUDO_ROOTS, pid_alive, resolve
+from dyncli.fileio import PSEUDO_ROOTS, check_name_length, pid_alive, resolve
 
 MARKER = ".dyncli-run"
 MARKER_FORMAT = "dyncli-run-dir"
@@ -72,6 +72,7 @@ def check_run_dir(
     """Refuse, before any work, a run directory dyncli may not use (see the module doc), or one
     where ``output`` would be a file dyncli deletes when the run ends."""
     text = os.fspath(path)
+    check_name_length(text, flag, extra=0)
     target = resolve(text, flag)
     if output is not None:
         out = resolve(output)
@@ -128,7 +129,7 @@ def claim_run_dir(path: str | os.PathLike[str], output: str | os.PathLike[str]) 
         created = _read_marker(marker.read_text(encoding="utf-8")).get("created", True) is True
     else:
         created = not directory.exists()
-    directory.mkdir(parents=True, exist_ok=True)
+    key.mkdir(parents=True, exist_ok=True)  # a dangling symlink: the directory it names
     fh = open(marker, "a+", encoding="utf-8")  # noqa: SIM115 - held open: it is the lock
     try:
         import fcntl
@@ -185,7 +186,9 @@ def remove_run_dir(path: str | os.PathLike[str]) -> list[Path]:
     """Delete what dyncli wrote in ``path`` (nested round directories included), then ``path``
     itself if nothing else is left. Returns what was kept (files dyncli did not write)."""
     directory = Path(path)
-    if not directory.is_dir() or directory.is_symlink():
+    if directory.is_symlink():  # a link the user gave: empty the directory it names, keep both
+        directory = resolve(directory)
+    if not directory.is_dir():
         return []
     kept: list[Path] = []
     marker = directory / MARKER
@@ -195,7 +198,9 @@ def remove_run_dir(path: str | os.PathLike[str]) -> list[Path]:
             info = _read_marker(marker.read_text(encoding="utf-8"))
             created = info.get("created", True) is True
     release_run_dir(directory)
-    for entry in list(os.scandir(directory)):
+    # state.pt first: a removal cut short never leaves a run state without the files it needs.
+    entries = sorted(os.scandir(directory), key=lambda e: e.name != "state.pt")
+    for entry in entries:
         is_dir = entry.is_dir(follow_symlinks=False)
         if not is_dyncli_name(entry.name, is_dir):
             kept.append(Path(entry.path))

@@ -411,6 +411,12 @@ def publish(
     """
     if world.main:
         best = run_dir / "best.ckpt"
+        if not best.is_file():
+            raise JobFailed(
+                f"{run_dir}: the run finished but its best checkpoint {best.name} is gone "
+                "(the run directory was cleaned up in part); remove the run directory and "
+                "train again"
+            )
         if transform is None:
             # Copied through the atomic writer, not renamed: the run directory may be on
             # another file system, and the output may be a symlink (followed) or keep a mode.

@@ -73,7 +73,7 @@ def test_item5_jsonl_bad_lines_refused(tmp_path: Path, row: object, expected: st
 
 
 def test_item5_jsonl_good_duration_kept(tmp_path: Path) -> None:
-    m = jsonl(tmp_path, {"audio_filepath": "ok.wav", "text": "two", "duration": 0.6})
+    m = jsonl(tmp_path, {"audio_filepath": "ok.wav", "text": "one", "duration": 0.6})
     assert [it.duration for it in read_manifest(m).items] == [None, 0.6]
 
 
