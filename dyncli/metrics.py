@@ -39,3 +39,26 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorRa
         chars=n_chars,
         char_errors=c_err,
     )
+
+
+def utterance_word_errors(
+    references: Sequence[str], hypotheses: Sequence[str]
+) -> tuple[list[int], list[int]]:
+    """Word errors (substitutions + deletions + insertions) and reference words per utterance,
+    on the same normalised text and alignment as :func:`error_rates` (their sums equal its
+    ``word_errors`` and ``words``). The input of a paired bootstrap over utterances."""
+    import jiwer
+
+    refs = [normalize_text(r) for r in references]
+    hyps = [normalize_text(h) for h in hypotheses]
+    out = jiwer.process_words(refs, hyps)
+    errors: list[int] = []
+    for chunks in out.alignments:
+        count = 0
+        for c in chunks:
+            if c.type in ("substitute", "delete"):
+                count += c.ref_end_idx - c.ref_start_idx
+            elif c.type == "insert":
+                count += c.hyp_end_idx - c.hyp_start_idx
+        errors.append(count)
+    return errors, [len(r.split()) for r in refs]

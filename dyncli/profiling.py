@@ -138,6 +138,12 @@ class ProfileReport:
                 "avg_layers": "encoder layers per frame, averaged over all frames",
                 "skipped_frame_fraction": "frames that did not run the last encoder layer",
                 "wer": "word error rate as a fraction (0.05 = 5%)",
+                "dwer": "row WER minus its model's full-depth WER (fractions); dwer_low and "
+                "dwer_high: the 95% paired bootstrap interval over utterances (BCa, 9999 "
+                "resamples, seed 0); dwer_prob_improvement: share of resamples where the row "
+                "makes fewer errors; dwer_differing: utterances whose error counts differ; "
+                "dwer_resolution: the smallest difference the set tells from zero (interval "
+                "half-width, at least one word)",
             },
             "timing": self.timing,
             "static": self.static,
@@ -270,6 +276,7 @@ def _row(
         "wer": rates.wer,
         "cer": rates.cer,
         "words": rates.words,
+        **_wer_delta(refs, static.hyps, stats.hyps),
         "flops_ratio": stats.flops / static.flops if static.flops else 1.0,
         "encoder_flops_ratio": stats.encoder_flops / static.encoder_flops
         if static.encoder_flops
@@ -281,6 +288,25 @@ def _row(
         "encoder_gflops_per_audio_second": stats.encoder_flops / 1e9 / audio_seconds,
         "avg_layers": stats.frame_layers / stats.frames if stats.frames else float(depth),
         "skipped_frame_fraction": stats.skipped_frames / stats.frames if stats.frames else 0.0,
+    }
+
+
+def _wer_delta(refs: list[str], full: list[str], row: list[str]) -> dict[str, Any]:
+    """The row's WER minus its model's full-depth WER, with the paired bootstrap interval over
+    utterances (:func:`dyncli.measure.stats.paired_wer_delta`), as flat ``dwer_*`` keys."""
+    from dyncli.measure.stats import paired_wer_delta
+    from dyncli.metrics import utterance_word_errors
+
+    full_errors, words = utterance_word_errors(refs, full)
+    row_errors, _ = utterance_word_errors(refs, row)
+    d = paired_wer_delta(full_errors, row_errors, words)
+    return {
+        "dwer": d.delta,
+        "dwer_low": d.low,
+        "dwer_high": d.high,
+        "dwer_prob_improvement": d.prob_improvement,
+        "dwer_differing": d.differing,
+        "dwer_resolution": d.resolution,
     }
 
 

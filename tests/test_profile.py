@@ -29,6 +29,12 @@ ROW_KEYS = {
     "avg_layers",
     "skipped_frame_fraction",
     "pareto",
+    "dwer",
+    "dwer_low",
+    "dwer_high",
+    "dwer_prob_improvement",
+    "dwer_differing",
+    "dwer_resolution",
 }
 
 
@@ -86,7 +92,10 @@ def test_json_schema(setup, tmp_path) -> None:
         assert 0 <= row["wer"] and 0 <= row["skipped_frame_fraction"] <= 1
         assert 1 <= row["avg_layers"] <= 3
         assert row["rtf_min"] <= row["rtf"] <= row["rtf_max"]
+        assert row["dwer"] == pytest.approx(row["wer"] - report["static"]["wer"])
+        assert row["dwer_low"] <= row["dwer"] <= row["dwer_high"]
     static = report["static"]
+    assert (static["dwer"], static["dwer_low"], static["dwer_high"]) == (0.0, 0.0, 0.0)
     assert static["flops_ratio"] == 1.0 and static["avg_layers"] == 3.0
     assert static["skipped_frame_fraction"] == 0.0
     # a lower threshold skips at least as many frames and executes at most as many FLOPs
