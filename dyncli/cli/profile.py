@@ -190,6 +190,7 @@ COLUMNS = (
     "threshold",
     "WER",
     "dWER",
+    "vs full depth [95%]",
     "CER",
     "RTF",
     "RTF min-max",
@@ -201,6 +202,13 @@ COLUMNS = (
     "skipped",
     "Pareto",
 )
+
+
+def dwer_interval(row: dict[str, Any]) -> str:
+    """``+0.4 [-0.6, +1.4]``: a row's WER against its model's full depth, in points."""
+    if row.get("dwer") is None:
+        return ""
+    return f"{100 * row['dwer']:+.1f} [{100 * row['dwer_low']:+.1f}, {100 * row['dwer_high']:+.1f}]"
 
 
 def render(report: Any) -> None:
@@ -219,7 +227,9 @@ def render(report: Any) -> None:
         # escape(): a '[/b]' in a path or label is text, not rich markup (it raised MarkupError)
         title=escape(f"dyncli profile: {report.model['path']} ({report.policy['name']})"),
         caption="> = operating point; * = checkpoint's stored operating point; Pareto = no "
-        "other row has both lower WER and lower RTF (bold green on a terminal)",
+        "other row has both lower WER and lower RTF (bold green on a terminal); vs full depth: "
+        "WER points against the row's own model at full depth, with the 95% paired bootstrap "
+        "interval over utterances",
     )
     multi = "," in report.policy["name"]
     models = "model" in static
@@ -247,6 +257,7 @@ def render(report: Any) -> None:
             "static" if full else f"{row['threshold']:.6g}",
             pct(row["wer"]),
             "" if is_static else f"{100 * (row['wer'] - static['wer']):+.2f}",
+            "" if full else dwer_interval(row),
             pct(row["cer"]),
             f"{row['rtf']:.4f}",
             f"{row['rtf_min']:.4f}-{row['rtf_max']:.4f}",
