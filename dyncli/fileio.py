@@ -69,7 +69,8 @@ def is_special(path: PathLike) -> bool:
     return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
-def _under_pseudo(path: Path) -> bool:
+def under_pseudo(path: Path) -> bool:
+    """``path`` (resolved) lies under ``/proc`` or ``/sys``."""
     return any(path == root or root in path.parents for root in PSEUDO_ROOTS)
 
 
@@ -141,7 +142,7 @@ def check_output_path(path: PathLike, flag: str, *, allow_stdout: bool = False) 
     if real.is_dir():
         raise UsageError(f"{flag} {text}: is a directory; give a file path")
     check_name_length(real, flag, shown=text)  # room for the temporary file beside the file written
-    if _under_pseudo(real):
+    if under_pseudo(real):
         raise UsageError(f"{flag} {text}: {real.parent} is a kernel file system; give a file path")
     parent = real.parent
     blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)

@@ -184,19 +184,15 @@ def run(
 
     import torch
 
-    from dyncli.cli.paths import check_paths
+    from dyncli.cli.paths import check_training_paths
     from dyncli.cli.render import TrainReporter, pct, report_choice
     from dyncli.convert import METHODS, GateTraining, convert, convert_defaults
     from dyncli.operating_point import default_policy
     from dyncli.training import ExitTraining
     from dyncli.training.config import SilentReporter
 
-    check_paths(
-        inputs={"CHECKPOINT": checkpoint, "--train": train, "--dev": dev},
-        outputs={"--output": output},
-        run_dir=run_dir,
-        output_for_run_dir=output,
-        manifests=["--train", "--dev"],
+    check_training_paths(
+        CHECKPOINT=checkpoint, output=output, run_dir=run_dir, train=train, dev=dev
     )
     skip_range = parse_range(skip_threshold_range, "--skip-threshold-range")
     check_choice("--method", method, METHODS)

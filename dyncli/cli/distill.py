@@ -144,7 +144,7 @@ def run(
 
     import torch
 
-    from dyncli.cli.paths import check_paths
+    from dyncli.cli.paths import check_training_paths
     from dyncli.cli.render import TrainReporter, pct, report_choice
     from dyncli.distill import DistillOptions, distill, distill_defaults
     from dyncli.operating_point import default_policy
@@ -152,12 +152,8 @@ def run(
     from dyncli.training.config import SilentReporter
     from dyncli.training.distributed import is_main_process
 
-    check_paths(
-        inputs={"CHECKPOINT": checkpoint, "--teacher": teacher, "--train": train, "--dev": dev},
-        outputs={"--output": output},
-        run_dir=run_dir,
-        output_for_run_dir=output,
-        manifests=["--train", "--dev"],
+    check_training_paths(
+        CHECKPOINT=checkpoint, teacher=teacher, output=output, run_dir=run_dir, train=train, dev=dev
     )
     options = DistillOptions(
         method=method,

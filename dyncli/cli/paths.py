@@ -76,3 +76,26 @@ def _listed_audio(
             continue
         out[f"{flag} audio"] = [item.audio for item in manifest.items]
     return out
+
+
+def check_training_paths(
+    *,
+    output: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str] | None,
+    train: str | os.PathLike[str],
+    dev: str | os.PathLike[str],
+    **checkpoints: str | os.PathLike[str] | None,
+) -> None:
+    """:func:`check_paths` for a training command: ``--output`` and the run directory against
+    the manifests (and the audio they list) and the checkpoints it reads (keyword = flag:
+    ``CHECKPOINT=...``, ``teacher=...`` for ``--teacher``)."""
+    inputs: dict[str, PathOrNone] = {
+        (name if name.isupper() else f"--{name}"): path for name, path in checkpoints.items()
+    }
+    check_paths(
+        inputs={**inputs, "--train": train, "--dev": dev},
+        outputs={"--output": output},
+        run_dir=run_dir,
+        output_for_run_dir=output,
+        manifests=["--train", "--dev"],
+    )

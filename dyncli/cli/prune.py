@@ -64,19 +64,15 @@ def run(
 
     import torch
 
-    from dyncli.cli.paths import check_paths
+    from dyncli.cli.paths import check_training_paths
     from dyncli.cli.render import TrainReporter, pct
     from dyncli.prune import prune, prune_defaults
     from dyncli.training import RunOptions
     from dyncli.training.config import SilentReporter
     from dyncli.training.distributed import is_main_process
 
-    check_paths(
-        inputs={"CHECKPOINT": checkpoint, "--train": train, "--dev": dev},
-        outputs={"--output": output},
-        run_dir=run_dir,
-        output_for_run_dir=output,
-        manifests=["--train", "--dev"],
+    check_training_paths(
+        CHECKPOINT=checkpoint, output=output, run_dir=run_dir, train=train, dev=dev
     )
     torch.set_num_threads(threads or default_job_threads())
     base = prune_defaults()

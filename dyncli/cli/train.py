@@ -124,7 +124,7 @@ def run(
 
     import torch
 
-    from dyncli.cli.paths import check_paths
+    from dyncli.cli.paths import check_training_paths
     from dyncli.cli.render import TrainReporter, pct
     from dyncli.features import AugmentConfig
     from dyncli.plugins import get_backbone
@@ -132,13 +132,7 @@ def run(
     from dyncli.training import train as train_model
     from dyncli.training.config import SilentReporter, check_config
 
-    check_paths(
-        inputs={"--train": train, "--dev": dev},
-        outputs={"--output": output},
-        run_dir=run_dir,
-        output_for_run_dir=output,
-        manifests=["--train", "--dev"],
-    )
+    check_training_paths(output=output, run_dir=run_dir, train=train, dev=dev)
     torch.set_num_threads(threads or default_job_threads())
     spec = get_backbone(backbone)
     if preset not in spec.presets:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from dyncli.errors import UsageError
-from dyncli.fileio import PSEUDO_ROOTS, check_name_length, pid_alive, resolve
+from dyncli.fileio import check_name_length, pid_alive, resolve, under_pseudo
 
 MARKER = ".dyncli-run"
 MARKER_FORMAT = "dyncli-run-dir"
@@ -81,7 +81,7 @@ def check_run_dir(
                 f"--output {os.fspath(output)}: {out.name} in the run directory {text} is a "
                 "file dyncli deletes when the run ends; give another name or --run-dir"
             )
-    if any(target == root or root in target.parents for root in PSEUDO_ROOTS):
+    if under_pseudo(target):
         raise UsageError(f"{flag} {text}: {target} is on a kernel file system; give a directory")
     if target.exists() and not target.is_dir():
         raise UsageError(f"{flag} {text}: exists and is not a directory")
