@@ -42,6 +42,9 @@ from dyncli.environment import describe
 from dyncli.errors import UsageError
 from dyncli.evaluation import import_benchmark, model_summary
 from dyncli.inference import pick_device
+from dyncli.measure.gate import GateConfig, judge, resolution_warnings, row_label
+from dyncli.measure.stats import paired_wer_delta, wer_interval
+from dyncli.measure.timing import Arm, TimingRun, dispersion, speedup, time_interleaved
 from dyncli.metrics import error_rates
 from dyncli.models.base import CTCEncoder
 from dyncli.operating_point import (
@@ -54,45 +57,13 @@ from dyncli.operating_point import (
 from dyncli.plugins import get_skip_policy
 from dyncli.text import Tokenizer
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RTF_DEFINITION = (
     "processing seconds / audio seconds, end to end (log-mel features + subsampling + encoder "
     "+ greedy CTC decoding), audio in memory, batch size as in timing.batch_size; median over "
     "timed rounds"
 )
 FLOP_UNIT = "fvcore FLOPs: one multiply-add counts as one FLOP"
-
-
-@dataclass
-class GateConfig:
-    """Release bars. All one-sided: an improvement never fails a bar."""
-
-    max_wer: float | None = None
-    max_wer_increase: float | None = None  # absolute, vs the static row of the same run
-    max_rtf: float | None = None
-    min_speedup: float | None = None
-    at: float | None = None  # judge the row at this threshold instead of the fastest passing
-
-    def __post_init__(self) -> None:
-        if self.at is not None:
-            self.at = canonical_threshold(self.at)  # the sweep stores this same rounding
-
-    def validate(self) -> None:
-        for name in ("max_wer", "max_wer_increase", "max_rtf", "min_speedup"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
-        for name in ("max_wer", "max_wer_increase", "max_rtf", "min_speedup", "at"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):  # nan passes every bar
-                raise UsageError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
-
-    @property
-    def bars(self) -> bool:
-        return any(
-            v is not None
-            for v in (self.max_wer, self.max_wer_increase, self.max_rtf, self.min_speedup)
-        )
 
 
 @dataclass
@@ -269,14 +240,21 @@ def _row(
     audio_seconds: float,
     depth: int,
 ) -> dict[str, Any]:
+    from dyncli.metrics import utterance_word_errors
+
     rates = error_rates(refs, stats.hyps)
+    errors, words = utterance_word_errors(refs, stats.hyps)
+    full_errors, _ = utterance_word_errors(refs, static.hyps)
+    wer = wer_interval(errors, words)
     return {
         "policy": name,
         "threshold": threshold,
         "wer": rates.wer,
+        "wer_low": wer.low,
+        "wer_high": wer.high,
         "cer": rates.cer,
         "words": rates.words,
-        **_wer_delta(refs, static.hyps, stats.hyps),
+        **wer_delta(full_errors, errors, words),
         "flops_ratio": stats.flops / static.flops if static.flops else 1.0,
         "encoder_flops_ratio": stats.encoder_flops / static.encoder_flops
         if static.encoder_flops
@@ -288,35 +266,42 @@ def _row(
         "encoder_gflops_per_audio_second": stats.encoder_flops / 1e9 / audio_seconds,
         "avg_layers": stats.frame_layers / stats.frames if stats.frames else float(depth),
         "skipped_frame_fraction": stats.skipped_frames / stats.frames if stats.frames else 0.0,
+        PRIVATE_ERRORS: errors,
+        PRIVATE_WORDS: words,
     }
 
 
-def _wer_delta(refs: list[str], full: list[str], row: list[str]) -> dict[str, Any]:
-    """The row's WER minus its model's full-depth WER, with the paired bootstrap interval over
-    utterances (:func:`dyncli.measure.stats.paired_wer_delta`), as flat ``dwer_*`` keys."""
-    from dyncli.measure.stats import paired_wer_delta
-    from dyncli.metrics import utterance_word_errors
+PRIVATE_ERRORS = "_errors"  # per-utterance word errors: for paired comparisons, never output
+PRIVATE_WORDS = "_words"
 
-    full_errors, words = utterance_word_errors(refs, full)
-    row_errors, _ = utterance_word_errors(refs, row)
-    d = paired_wer_delta(full_errors, row_errors, words)
+
+def public(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` without its private per-utterance lists (what JSON, TSV and plots get)."""
+    return {k: v for k, v in row.items() if not k.startswith("_")}
+
+
+def wer_delta(
+    reference_errors: Sequence[int],
+    errors: Sequence[int],
+    words: Sequence[int],
+    prefix: str = "dwer",
+) -> dict[str, Any]:
+    """WER minus the reference's on the same utterances, with the paired bootstrap interval
+    (:func:`dyncli.measure.stats.paired_wer_delta`), as flat ``PREFIX_*`` keys."""
+    d = paired_wer_delta(reference_errors, errors, words)
     return {
-        "dwer": d.delta,
-        "dwer_low": d.low,
-        "dwer_high": d.high,
-        "dwer_prob_improvement": d.prob_improvement,
-        "dwer_differing": d.differing,
-        "dwer_resolution": d.resolution,
+        prefix: d.delta,
+        f"{prefix}_low": d.low,
+        f"{prefix}_high": d.high,
+        f"{prefix}_prob_improvement": d.prob_improvement,
+        f"{prefix}_differing": d.differing,
+        f"{prefix}_resolution": d.resolution,
     }
 
 
 class _Stepper:
-    """One batch per call, cycling through the set; records each call's encoder seconds.
-
-    ``torch.utils.benchmark.Timer.timeit(n)`` runs its statement twice as a warm-up before the
-    ``n`` timed runs; with one batch (one utterance at batch size 1) per statement and ``n`` =
-    the number of batches, the timed runs are exactly one full pass (the warm-up costs two
-    batches, not two passes)."""
+    """One unit of work (a batch: one utterance at batch size 1) under one configuration:
+    features, encoder (timed inside, between synchronisations) and greedy decoding."""
 
     def __init__(
         self,
@@ -333,13 +318,10 @@ class _Stepper:
             policy,
             sync,
         )
-        self.next = 0
-        self.encoder: list[float] = []  # encoder seconds of every call, in order
 
     @torch.inference_mode()
-    def __call__(self) -> None:
-        wave, n = self.pairs[self.next]
-        self.next = (self.next + 1) % len(self.pairs)
+    def __call__(self, unit: int) -> float:
+        wave, n = self.pairs[unit]
         model = self.model
         feats, frames = model.features(wave, n)
         x, out_n = model.embed(feats, frames)
@@ -347,9 +329,10 @@ class _Stepper:
         start = time.perf_counter()
         out = self.policy.encode(model, x, out_n)
         self.sync()
-        self.encoder.append(time.perf_counter() - start)
+        encoder = time.perf_counter() - start
         for ids in greedy_ctc(out.log_probs, out.lengths, model.blank_id):
             self.tokenizer.decode(ids)
+        return encoder
 
 
 def make_batches(
@@ -357,9 +340,7 @@ def make_batches(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Padded (B, N) batches and lengths (B,); with B > 1, utterances sorted by length first
     (as a server would bucket them) so padding stays small."""
-    order = list(range(len(waves)))
-    if batch_size > 1:
-        order.sort(key=lambda i: int(waves[i].shape[0]))
+    order = _batch_order(waves, batch_size)
     out = []
     for start in range(0, len(order), batch_size):
         wave, lens = pad_waves([waves[i] for i in order[start : start + batch_size]])
@@ -394,42 +375,81 @@ def batched_flops(
 def _time_configs(
     model: CTCEncoder,
     tokenizer: Tokenizer,
-    waves: Sequence[torch.Tensor],
+    pairs: list[tuple[torch.Tensor, torch.Tensor]],
     policies: Sequence[Any],
     threads: int,
-    repeats: int,
+    rounds: int | None,
     device: torch.device,
-    batch_size: int = 1,
-) -> list[dict[str, list[float]]]:
-    """Interleaved end-to-end timing of each policy: pass seconds and encoder seconds per round.
+    precision: float,
+    time_budget: float,
+    progress: Callable[[int, float | None], None] | None = None,
+) -> TimingRun:
+    """End-to-end timing of each policy on every batch, back to back in alternating order
+    (:func:`dyncli.measure.timing.time_interleaved`).
 
     A policy may be given as ``(model, tokenizer, policy)`` to time another model in the same
     rounds (``profile --models``)."""
-    benchmark = import_benchmark()
-    pairs = make_batches(waves, batch_size, device)
+    import_benchmark()  # torch.utils.benchmark: its IQR check reads the rounds
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    steppers = [
-        _Stepper(p[0], p[1], pairs, p[2], sync)
+    arms = [
+        Arm(f"config {i}", _Stepper(p[0], p[1], pairs, p[2], sync))
         if isinstance(p, tuple)
-        else _Stepper(model, tokenizer, pairs, p, sync)
-        for p in policies
+        else Arm(f"config {i}", _Stepper(model, tokenizer, pairs, p, sync))
+        for i, p in enumerate(policies)
     ]
-    for stepper in steppers:  # warm-up: a few utterances through every configuration
-        for _ in range(min(8, len(pairs))):
-            stepper()
-    results: list[dict[str, list[float]]] = [{"total": [], "encoder": []} for _ in policies]
-    for r in range(repeats):
-        order = list(range(len(policies)))
-        shift = r % len(order)
-        order = order[shift:] + order[:shift]
-        for c in order:
-            stepper = steppers[c]
-            timer = benchmark.Timer(stmt="step()", globals={"step": stepper}, num_threads=threads)
-            measurement = timer.timeit(len(pairs))
-            # The Timer's own warm-up calls come first: the last len(pairs) calls are timed.
-            results[c]["total"].append(measurement.median * len(pairs))
-            results[c]["encoder"].append(sum(stepper.encoder[-len(pairs) :]))
-    return results
+    return time_interleaved(
+        arms,
+        len(pairs),
+        threads=threads,
+        rounds=rounds,
+        precision=precision,
+        time_budget=time_budget,
+        sync=sync,
+        progress=progress,
+    )
+
+
+def _interval_fields(prefix: str, run: TimingRun, arm: int, clock: str) -> dict[str, Any]:
+    """``PREFIX``, ``PREFIX_low``, ``PREFIX_high``: arm 0's time over ``arm``'s, paired."""
+    if run.pairs < 2:  # one utterance, one round: a ratio, no interval
+        base, other = getattr(run.arms[0], clock), getattr(run.arms[arm], clock)
+        return {prefix: sum(base) / sum(other), f"{prefix}_low": None, f"{prefix}_high": None}
+    interval = speedup(run, arm, clock)
+    return {prefix: interval.value, f"{prefix}_low": interval.low, f"{prefix}_high": interval.high}
+
+
+def timing_fields(
+    run: TimingRun, arm: int, unit_audio: Sequence[float], audio_seconds: float
+) -> dict[str, Any]:
+    """A row's timing figures: RTF (median over rounds, min, max, interval over visits), the
+    speedup against arm 0 with intervals (wall and CPU), encoder speedup and share, the
+    number of pairs and the rounds' dispersion."""
+    from dyncli.measure.stats import paired_speedup
+
+    times = run.arms[arm]
+    rtfs = [t / audio_seconds for t in times.round_wall]
+    rtf_low: float | None = None
+    rtf_high: float | None = None
+    if run.pairs >= 2:
+        audio = [unit_audio[i % run.units] for i in range(len(times.wall))]
+        rtf = paired_speedup(times.wall, audio)  # sum(wall) / sum(audio), paired per visit
+        rtf_low, rtf_high = rtf.low, rtf.high
+    iqr, warning = dispersion(times.round_wall)
+    return {
+        "rtf": statistics.median(rtfs),
+        "rtf_min": min(rtfs),
+        "rtf_max": max(rtfs),
+        "rtf_low": rtf_low,
+        "rtf_high": rtf_high,
+        "rtfx": 1.0 / statistics.median(rtfs),
+        **_interval_fields("speedup", run, arm, "wall"),
+        **_interval_fields("cpu_speedup", run, arm, "cpu"),
+        "encoder_speedup": sum(run.arms[0].encoder) / sum(times.encoder),
+        "encoder_share": sum(times.encoder) / sum(times.wall),
+        "timing_pairs": run.pairs,
+        "timing_iqr_median": iqr,
+        "timing_warning": warning,
+    }
 
 
 def pareto_flags(rows: Sequence[dict[str, Any]]) -> list[bool]:
@@ -445,16 +465,6 @@ def pareto_flags(rows: Sequence[dict[str, Any]]) -> list[bool]:
         )
         flags.append(not dominated)
     return flags
-
-
-def row_label(row: dict[str, Any]) -> str:
-    """``policy @ threshold`` (``full depth`` for a static row), with ``on MODEL`` for a row of
-    another model (``--models``)."""
-    if row["threshold"] is None:
-        text = "full depth"
-    else:
-        text = f"{row['policy']} @ {row['threshold']:.6g}"
-    return f"{text} on {row['model']}" if row.get("model") else text
 
 
 def model_labels(paths: Sequence[str | Path]) -> list[str]:
@@ -502,73 +512,6 @@ def sweep_origin(name: str, given: bool) -> str:
             "plus the stored operating point, if any"
         )
     return "the policy's default sweep, plus the stored operating point, if any"
-
-
-def violations(row: dict[str, Any], static: dict[str, Any], gate: GateConfig) -> list[str]:
-    """One line per bar ``row`` fails (small float tolerance, one-sided)."""
-    eps = 1e-9
-    at = row_label(row)
-    out = []
-    if gate.max_wer is not None and row["wer"] > gate.max_wer + eps:
-        out.append(f"WER {100 * row['wer']:.2f}% > --max-wer {100 * gate.max_wer:.2f}% ({at})")
-    if gate.max_wer_increase is not None:
-        inc = row["wer"] - static["wer"]
-        if inc > gate.max_wer_increase + eps:
-            out.append(
-                f"WER increase {100 * inc:+.2f} points (static {100 * static['wer']:.2f}% -> "
-                f"{100 * row['wer']:.2f}%) > --max-wer-increase "
-                f"{100 * gate.max_wer_increase:.2f} points ({at})"
-            )
-    if gate.max_rtf is not None and row["rtf"] > gate.max_rtf + eps:
-        out.append(f"RTF {row['rtf']:.4f} > --max-rtf {gate.max_rtf:g} ({at})")
-    if gate.min_speedup is not None and row["speedup"] < gate.min_speedup - eps:
-        out.append(f"speedup {row['speedup']:.3f}x < --min-speedup {gate.min_speedup:g}x ({at})")
-    return out
-
-
-def judge(
-    rows: Sequence[dict[str, Any]], static: dict[str, Any], gate: GateConfig
-) -> dict[str, Any]:
-    """Pick the operating point and say whether it passes every bar."""
-    if not rows:
-        raise UsageError("nothing to judge: no thresholds")
-    if gate.at is not None:
-        at = canonical_threshold(gate.at)
-        matches = [r for r in rows if r["threshold"] == at]
-        if not matches:
-            swept = ", ".join(f"{r['threshold']:g}" for r in rows if r["threshold"] is not None)
-            raise UsageError(f"--at {gate.at:g} is not among the swept thresholds ({swept})")
-        row = matches[0]
-        found = violations(row, static, gate)
-    else:
-        passing = [r for r in rows if not violations(r, static, gate)]
-        if passing:
-            row, found = min(passing, key=lambda r: r["rtf"]), []
-        else:  # report the closest miss: fewest violated bars, then fastest
-            row = min(rows, key=lambda r: (len(violations(r, static, gate)), r["rtf"]))
-            found = violations(row, static, gate)
-    if gate.at is not None:
-        selection = "row at --at"
-    elif not gate.bars:
-        selection = "fastest row (no gate bars given: not an operating point)"
-    elif found:  # no row meets every bar: never call the closest miss one that does
-        selection = "closest miss: no row meets every bar (fewest bars failed, then fastest)"
-    else:
-        selection = "fastest row meeting every bar"
-    bars = {
-        "max_wer": gate.max_wer,
-        "max_wer_increase": gate.max_wer_increase,
-        "max_rtf": gate.max_rtf,
-        "min_speedup": gate.min_speedup,
-        "at": gate.at,
-    }
-    return {
-        "passed": not found,
-        "operating_point": dict(row),
-        "violations": found,
-        "bars": bars,
-        "selection": selection,
-    }
 
 
 def resolve_policy(
@@ -638,6 +581,7 @@ def _other_model(
     waves: Sequence[torch.Tensor],
     device: torch.device,
     label: str,
+    flag: str = "--models",
 ) -> tuple[list[dict[str, Any]], list[tuple[CTCEncoder, Tokenizer, Any]]]:
     """Rows and timed configurations of another checkpoint (``--models``): its full depth, and
     each requested policy it can run (at its default thresholds with several policies)."""
@@ -646,7 +590,7 @@ def _other_model(
     other = load_checkpoint(path)
     if other.model.sample_rate != main.model.sample_rate:
         raise UsageError(
-            f"--models {path}: {other.model.sample_rate} Hz, but {main.path} runs at "
+            f"{flag} {path}: {other.model.sample_rate} Hz, but {main.path} runs at "
             f"{main.model.sample_rate} Hz"
         )
     model = other.model.to(device)
@@ -691,6 +635,58 @@ def _runs(model: CTCEncoder, name: str, threshold: float, settings: dict[str, An
     return True
 
 
+DEFAULT_PRECISION = 0.03
+DEFAULT_TIME_BUDGET = 120.0
+
+
+def _batch_order(waves: Sequence[torch.Tensor], batch_size: int) -> list[int]:
+    order = list(range(len(waves)))
+    if batch_size > 1:
+        order.sort(key=lambda i: int(waves[i].shape[0]))
+    return order
+
+
+def _gate_delta(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """``gate_dwer`` (and ``_low``, ``_high``): ``row``'s WER minus the reference's, paired."""
+    d = paired_wer_delta(reference[PRIVATE_ERRORS], row[PRIVATE_ERRORS], row[PRIVATE_WORDS])
+    return {"gate_dwer": d.delta, "gate_dwer_low": d.low, "gate_dwer_high": d.high}
+
+
+def _rebased(run: TimingRun, arm: int) -> TimingRun:
+    """``run`` with arm ``arm`` moved to the front (speedups against it)."""
+    arms = [run.arms[arm], *run.arms]
+    return dataclasses.replace(run, arms=arms)
+
+
+def _gate_speedup(run: TimingRun, base_arm: int, arm: int) -> dict[str, Any]:
+    """``gate_speedup`` (and ``_low``, ``_high``): the reference's time over ``arm``'s."""
+    shifted = _rebased(run, base_arm) if base_arm else run
+    fields = _interval_fields("gate_speedup", shifted, arm + (1 if base_arm else 0), "wall")
+    return fields
+
+
+def _noise_floor(run: TimingRun, arm: int) -> dict[str, Any]:
+    """Full depth against itself (``--calibrate``): its speedup interval is the run's noise."""
+    if run.pairs < 2:
+        return {
+            "speedup": 1.0,
+            "low": None,
+            "high": None,
+            "half_width": None,
+            "reliable": False,
+            "why": "one timed pair: no interval",
+        }
+    interval = speedup(run, arm)
+    return {
+        "speedup": interval.value,
+        "low": interval.low,
+        "high": interval.high,
+        "half_width": interval.half_width,
+        "pairs": interval.n,
+        "reliable": interval.contains(1.0),
+    }
+
+
 def profile(
     *,
     checkpoint: str | Path,
@@ -699,29 +695,46 @@ def profile(
     thresholds: Sequence[float] | None = None,
     overrides: dict[str, Any] | None = None,
     threads: int = 1,
-    repeats: int = 3,
+    repeats: int | None = None,
     device: str = "cpu",
     skip_bad: bool = False,
     gate: GateConfig | None = None,
     batch_size: int = 1,
     progress: Callable[[str], None] | None = None,
     models: Sequence[str | Path] = (),
+    baseline: str | Path | None = None,
+    precision: float = DEFAULT_PRECISION,
+    time_budget: float = DEFAULT_TIME_BUDGET,
+    calibrate: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> ProfileReport:
     """Sweep skip policies over thresholds against full depth; see the module docstring.
 
     ``models``: other checkpoints timed in the same rounds against the same static row (their
-    full depth, and the requested policies each can run), rows labelled with ``model``."""
+    full depth, and the requested policies each can run), rows labelled with ``model``.
+    ``baseline``: a static checkpoint whose full depth is timed and scored in the same run;
+    every row is then also compared with it, and the gate's WER-increase and speedup bars are
+    judged against it. ``repeats``: timed rounds; None times until every speedup interval's
+    half-width is at most ``precision`` or ``time_budget`` seconds are spent. ``calibrate``
+    times full depth against itself in the same rounds: the run's noise floor."""
     started = time.perf_counter()
     gate = gate or GateConfig()
     gate.validate()
-    if models and batch_size > 1:
-        raise UsageError("--models times whole utterances one at a time: drop --batch-size")
-    if repeats < 1:
+    warn = warn or (lambda _msg: None)
+    if (models or baseline is not None) and batch_size > 1:
+        flag = "--models" if models else "--baseline"
+        raise UsageError(f"{flag} times whole utterances one at a time: drop --batch-size")
+    if repeats is not None and repeats < 1:
         raise UsageError("--repeats must be at least 1")
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    check_models(checkpoint, models)
-    main_label, *labels = model_labels([checkpoint, *models])
+    if not 0 < precision < 1:
+        raise UsageError(f"--precision must be between 0 and 1 (0.03 = 3%), got {precision}")
+    if not time_budget > 0 or not math.isfinite(time_budget):
+        raise UsageError(f"--time-budget must be a positive number of seconds, got {time_budget}")
+    everything = [*models, *([baseline] if baseline is not None else [])]
+    check_models(checkpoint, everything)
+    main_label, *labels = model_labels([checkpoint, *everything])
     torch.set_num_threads(threads)
     dev = pick_device(device)
     ckpt = load_checkpoint(checkpoint)
@@ -790,65 +803,136 @@ def profile(
         build_policy(name, th, **merged) for name, values, merged in plans for th in values
     ]
     extra_rows: list[dict[str, Any]] = []
-    for path, label in zip(models, labels, strict=True):
+    base_row: dict[str, Any] | None = None
+    for i, (path, label) in enumerate(zip(everything, labels, strict=True)):
+        is_baseline = baseline is not None and i == len(everything) - 1
         found, configs = _other_model(
-            path, ckpt, names, multi, thresholds, overrides, utts, waves, dev, label
+            path,
+            ckpt,
+            [] if is_baseline else names,
+            multi,
+            thresholds,
+            overrides,
+            utts,
+            waves,
+            dev,
+            label,
+            "--baseline" if is_baseline else "--models",
         )
         for row in found:  # ratios against this run's static row, not the other model's own
             row["flops_ratio"] = row["gflops_per_audio_second"] / static["gflops_per_audio_second"]
             enc = row["encoder_gflops_per_audio_second"] / static["encoder_gflops_per_audio_second"]
             row["encoder_flops_ratio"] = enc
             row["predicted_encoder_speedup"] = 1.0 / enc if enc else None
+        if is_baseline:
+            base_row = found[0]
+            base_row["baseline"] = True
         extra_rows += found
         policies += configs
-    if models:
+    if everything:
         static["model"] = main_label
         for row in rows:
             row["model"] = main_label
     rows += extra_rows
     phases["accuracy_and_flops_seconds"] = time.perf_counter() - phase
-    say(f"timing: {repeats} interleaved rounds of {len(policies)} configurations")
+    all_rows = [static, *rows]
+    reference = static if base_row is None else base_row
+    reference_name = (
+        "full depth" if base_row is None else f"the --baseline model ({base_row['model']})"
+    )
+    for row in all_rows:  # the gate's WER increase: paired, against the reference
+        row.update(_gate_delta(row, reference))
+        if base_row is not None:
+            row.update(
+                wer_delta(
+                    base_row[PRIVATE_ERRORS],
+                    row[PRIVATE_ERRORS],
+                    row[PRIVATE_WORDS],
+                    "dwer_baseline",
+                )
+            )
+    for line in resolution_warnings(
+        gate, int(static["words"]), max((r["dwer_resolution"] for r in rows), default=None)
+    ):
+        warn(line)
+    if calibrate:  # full depth once more, in the same rounds: the noise floor
+        policies.append(StaticPolicy())
+    pairs = make_batches(waves, batch_size, dev)
+    rate = model.sample_rate
+    order = _batch_order(waves, batch_size)
+    unit_audio = [
+        sum(int(waves[i].shape[0]) for i in chunk) / rate
+        for chunk in (order[j : j + batch_size] for j in range(0, len(order), batch_size))
+    ]
+    how = "--repeats auto" if repeats is None else f"{repeats} rounds"
+    say(
+        f"timing: {len(policies)} configurations, back to back per "
+        f"{'utterance' if batch_size == 1 else 'batch'}, {how}"
+        + (
+            f" (until every speedup is within +-{100 * precision:g}% or {time_budget:g} s)"
+            if repeats is None
+            else ""
+        )
+    )
+
+    def on_round(done: int, widest: float | None) -> None:
+        if widest is not None:
+            say(f"  round {done}: widest speedup interval +-{100 * widest:.1f}%")
+
     phase = time.perf_counter()
-    timings = _time_configs(
-        model, ckpt.tokenizer, waves, policies, threads, repeats, dev, batch_size
+    run = _time_configs(
+        model,
+        ckpt.tokenizer,
+        pairs,
+        policies,
+        threads,
+        repeats,
+        dev,
+        precision,
+        time_budget,
+        on_round,
     )
     phases["timing_seconds"] = time.perf_counter() - phase
     if batch_size > 1:
         # What the timed batches executed, padding included, replaces the per-utterance counts.
-        batches = make_batches(waves, batch_size, dev)
-        counts = [batched_flops(model, table, batches, p) for p in policies]
+        counts = [batched_flops(model, table, pairs, p) for p in policies[: len(all_rows)]]
         base_total, base_encoder = counts[0]
-        for row, (total, encoder) in zip([static, *rows], counts, strict=True):
+        for row, (total, encoder) in zip(all_rows, counts, strict=True):
             row["flops_ratio"] = total / base_total
             row["encoder_flops_ratio"] = encoder / base_encoder
             row["predicted_encoder_speedup"] = base_encoder / encoder if encoder else None
             row["gflops_per_audio_second"] = total / 1e9 / audio_seconds
-    base = timings[0]
-    for row, t in zip([static, *rows], timings, strict=True):
-        row["rtf"] = statistics.median(t["total"]) / audio_seconds
-        row["rtf_min"] = min(t["total"]) / audio_seconds
-        row["rtf_max"] = max(t["total"]) / audio_seconds
-        row["rtfx"] = 1.0 / row["rtf"]
-        row["speedup"] = statistics.median(
-            s / x for s, x in zip(base["total"], t["total"], strict=True)
+    for k, row in enumerate(all_rows):
+        row.update(timing_fields(run, k, unit_audio, audio_seconds))
+    base_arm = all_rows.index(reference)
+    for k, row in enumerate(all_rows):
+        row.update(_gate_speedup(run, base_arm, k))
+        if base_row is not None:
+            row.update(_interval_fields("speedup_baseline", _rebased(run, base_arm), k + 1, "wall"))
+    noise_floor = _noise_floor(run, len(all_rows)) if calibrate else None
+    if noise_floor is not None and noise_floor["low"] is not None and not noise_floor["reliable"]:
+        warn(
+            f"unreliable environment: full depth timed against itself reads "
+            f"{noise_floor['speedup']:.3f}x [{noise_floor['low']:.3f}, {noise_floor['high']:.3f}]"
+            ", which excludes 1.00; no speed figure of this run can pass a gate"
         )
-        row["encoder_speedup"] = statistics.median(
-            s / x for s, x in zip(base["encoder"], t["encoder"], strict=True)
-        )
-        row["encoder_share"] = statistics.median(
-            e / x for e, x in zip(t["encoder"], t["total"], strict=True)
-        )
-    for row, flag in zip([static, *rows], pareto_flags([static, *rows]), strict=True):
-        row["pareto"] = flag
+    for row, front in zip(all_rows, pareto_flags(all_rows), strict=True):
+        row["pareto"] = front
     for row in rows:
         row["stored_operating_point"] = (
             stored is not None
             and row.get("model", main_label) == main_label
             and (row["policy"], row["threshold"]) == (stored[0], canonical_threshold(stored[1]))
         )
-    if multi or models:  # one table of every method: static, then the rows by executed FLOPs
+    if multi or everything:  # one table of every method: static, then the rows by executed FLOPs
         rows.sort(key=lambda r: r["flops_ratio"])
-    verdict = judge(rows, static, gate)
+    judged = [r for r in rows if r is not base_row]
+    verdict = judge(
+        [public(r) for r in judged] or [public(static)],
+        gate,
+        reference=reference_name,
+        environment_reliable=None if noise_floor is None else noise_floor["reliable"],
+    )
     summary = model_summary(ckpt, Path(checkpoint))
     summary["exits"] = model.exits
     summary["operating_point"] = (ckpt.method or {}).get("operating_point")
@@ -879,16 +963,31 @@ def profile(
         data={"path": str(data), "utterances": len(utts), "audio_seconds": audio_seconds},
         environment=describe(dev),
         policy=policy_info,
-        static=static,
-        rows=rows,
+        static=public(static),
+        rows=[public(r) for r in rows],
         gate=verdict,
         timing={
-            "repeats": repeats,
+            "repeats": run.rounds,
+            "rounds": run.rounds,
+            "requested": "auto" if repeats is None else repeats,
+            "pairs": run.pairs,
+            "unit": "utterance" if batch_size == 1 else f"padded batch of {batch_size}",
+            "order": "every configuration on each unit back to back, the order reversed from "
+            "one unit to the next (ABBA)",
+            "stopped": run.stopped,
+            "precision": run.precision,
+            "time_budget": run.time_budget,
+            "interval": "95% paired bootstrap over timed pairs (percentile, 9999 resamples, "
+            "seed 0) of the ratio of summed times",
+            "noise_floor": noise_floor,
+            "warnings": [
+                f"{row_label(r)}: {r['timing_warning']}" for r in all_rows if r["timing_warning"]
+            ],
             "batch_size": batch_size,
             "flops_basis": "per utterance (batch size 1)"
             if batch_size == 1
             else f"padded batches of {batch_size}, utterances sorted by length, padding counted",
-            "warmup": "8 utterances per configuration",
+            "warmup": "8 units per configuration",
             "sync": (
                 "torch.utils.benchmark synchronises the device at each timer reading; encoder "
                 "time is read between torch.cuda.synchronize() calls"

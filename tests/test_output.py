@@ -37,7 +37,8 @@ def test_piped_profile_table_keeps_every_header_and_figure(setup, tmp_path) -> N
         assert header in header_line, header  # every header whole, on one line
     report = json.loads(out.read_text())
     for row in report["rows"]:
-        assert f"{row['rtf_min']:.4f}-{row['rtf_max']:.4f}" in text
+        lo, hi = row["speedup_low"], row["speedup_high"]
+        assert f"{row['speedup']:.2f}x [{lo:.2f}, {hi:.2f}]" in text
         assert f"{row['gflops_per_audio_second']:.3f}" in text
         low, high = 100 * row["dwer_low"], 100 * row["dwer_high"]
         assert f"{100 * row['dwer']:+.1f} [{low:+.1f}, {high:+.1f}]" in text

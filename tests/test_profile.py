@@ -1,4 +1,4 @@
-"""dyncli profile: JSON schema, gate exit codes 0/1/2, threshold parsing and refusals."""
+"""dyncli profile: JSON schema, gate exit codes 0/1/2/3, threshold parsing and refusals."""
 
 from __future__ import annotations
 
@@ -35,6 +35,25 @@ ROW_KEYS = {
     "dwer_prob_improvement",
     "dwer_differing",
     "dwer_resolution",
+    "wer_low",
+    "wer_high",
+    "rtf_low",
+    "rtf_high",
+    "speedup_low",
+    "speedup_high",
+    "cpu_speedup",
+    "cpu_speedup_low",
+    "cpu_speedup_high",
+    "encoder_speedup",
+    "timing_pairs",
+    "timing_iqr_median",
+    "timing_warning",
+    "gate_dwer",
+    "gate_dwer_low",
+    "gate_dwer_high",
+    "gate_speedup",
+    "gate_speedup_low",
+    "gate_speedup_high",
 }
 
 
@@ -78,7 +97,7 @@ def test_json_schema(setup, tmp_path) -> None:
     result = _profile(setup, "--thresholds", "0.5,0.9", "--skip-layer", "1", "--json", out)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2
     assert {"path", "sha256", "backbone", "layers", "method"} <= set(report["model"])
     assert report["model"]["layers"] == 3 and report["model"]["method"] == "early-exit"
     assert report["data"]["utterances"] == 3 and report["data"]["audio_seconds"] > 0
@@ -94,6 +113,10 @@ def test_json_schema(setup, tmp_path) -> None:
         assert row["rtf_min"] <= row["rtf"] <= row["rtf_max"]
         assert row["dwer"] == pytest.approx(row["wer"] - report["static"]["wer"])
         assert row["dwer_low"] <= row["dwer"] <= row["dwer_high"]
+        assert row["wer_low"] <= row["wer"] <= row["wer_high"]
+        assert row["speedup_low"] <= row["speedup"] <= row["speedup_high"]
+        assert row["timing_pairs"] == 3  # 3 utterances x 1 round
+        assert not any(k.startswith("_") for k in row)  # per-utterance lists stay private
     static = report["static"]
     assert (static["dwer"], static["dwer_low"], static["dwer_high"]) == (0.0, 0.0, 0.0)
     assert static["flops_ratio"] == 1.0 and static["avg_layers"] == 3.0
@@ -102,8 +125,13 @@ def test_json_schema(setup, tmp_path) -> None:
     low, high = report["rows"]
     assert low["skipped_frame_fraction"] >= high["skipped_frame_fraction"]
     assert low["flops_ratio"] <= high["flops_ratio"] + 1e-12
-    assert {"passed", "operating_point", "violations"} <= set(report["gate"])
-    assert report["gate"]["passed"] is True
+    assert {"verdict", "passed", "operating_point", "violations", "inconclusive"} <= set(
+        report["gate"]
+    )
+    assert report["gate"]["passed"] is True and report["gate"]["verdict"] == "PASS"
+    timing = report["timing"]
+    assert (timing["rounds"], timing["pairs"], timing["requested"]) == (1, 3, 1)
+    assert timing["stopped"].startswith("--repeats 1")
     assert report["timing"]["sync"].startswith("none needed")  # CPU: says how it was timed
     assert "dyncli profile" in result.output  # the rich table was printed too
 
@@ -118,7 +146,7 @@ def test_json_to_stdout_is_pure_json(setup) -> None:
 def test_gate_passes_exit_0(setup) -> None:
     result = _profile(setup, "--thresholds", "0.9", "--max-wer", "1.0", "--min-speedup", "0")
     assert result.exit_code == 0, result.output
-    assert "gate passed" in result.output
+    assert "gate PASS" in result.output
 
 
 def test_gate_fails_exit_1_one_line_per_bar(setup, tmp_path) -> None:
@@ -145,10 +173,10 @@ def test_gate_at_an_unrounded_threshold(setup, tmp_path) -> None:
 
 
 def test_judge_refuses_an_at_outside_the_sweep() -> None:
-    from dyncli.profiling import GateConfig, judge
+    from dyncli.measure.gate import GateConfig, judge
 
     with pytest.raises(UsageError, match="not among the swept thresholds"):
-        judge([_row(0.5, 0.1, 0.01, 1.0)], _row(0, 0.1, 0.01, 1.0), GateConfig(at=0.7))
+        judge([_row(0.5, 0.1, 0.01, 1.0)], GateConfig(at=0.7))
 
 
 def test_gate_at_picks_that_row(setup, tmp_path) -> None:
@@ -221,8 +249,37 @@ def test_profile_uses_stored_operating_point(setup, tmp_path) -> None:
     assert dyn.exit_code == 0 and full.exit_code == 0
 
 
-def _row(th: float, wer: float, rtf: float, speedup: float) -> dict:
-    return {"policy": "blank-skip", "threshold": th, "wer": wer, "rtf": rtf, "speedup": speedup}
+def _row(
+    th: float,
+    wer: float,
+    rtf: float,
+    speedup: float,
+    *,
+    static_wer: float = 0.10,
+    wer_width: float = 0.0,
+    speed_width: float = 0.0,
+) -> dict:
+    """A row as the gate sees it, with doctored intervals around its figures."""
+    dwer = wer - static_wer
+    return {
+        "policy": "blank-skip",
+        "threshold": th,
+        "wer": wer,
+        "wer_low": wer - wer_width,
+        "wer_high": wer + wer_width,
+        "words": 500,
+        "rtf": rtf,
+        "rtf_low": rtf,
+        "rtf_high": rtf,
+        "speedup": speedup,
+        "gate_dwer": dwer,
+        "gate_dwer_low": dwer - wer_width,
+        "gate_dwer_high": dwer + wer_width,
+        "gate_speedup": speedup,
+        "gate_speedup_low": speedup * (1 - speed_width),
+        "gate_speedup_high": speedup * (1 + speed_width),
+        "timing_pairs": 400,
+    }
 
 
 def test_pareto_flags() -> None:
@@ -238,22 +295,21 @@ def test_pareto_flags() -> None:
 
 
 def test_judge_picks_fastest_passing_row_and_bars_are_one_sided() -> None:
-    from dyncli.profiling import GateConfig, judge
+    from dyncli.measure.gate import GateConfig, judge
 
-    static = _row(0, 0.10, 0.010, 1.0)
     rows = [
         _row(0.5, 0.125, 0.006, 1.6),
         _row(0.9, 0.105, 0.007, 1.4),
         _row(0.99, 0.09, 0.009, 1.1),
     ]
-    verdict = judge(rows, static, GateConfig(max_wer_increase=0.01))
+    verdict = judge(rows, GateConfig(max_wer_increase=0.01))
     assert verdict["passed"] and verdict["operating_point"]["threshold"] == 0.9
     # an improvement (lower WER than static) never violates --max-wer-increase
-    verdict = judge(rows, static, GateConfig(max_wer_increase=0.0, at=0.99))
+    verdict = judge(rows, GateConfig(max_wer_increase=0.0, at=0.99))
     assert verdict["passed"] and verdict["violations"] == []
     # nothing passes: the closest miss is reported with one line per violated bar
-    verdict = judge(rows, static, GateConfig(max_wer=0.05, min_speedup=2.0))
-    assert not verdict["passed"]
+    verdict = judge(rows, GateConfig(max_wer=0.05, min_speedup=2.0))
+    assert not verdict["passed"] and verdict["verdict"] == "FAIL"
     assert len(verdict["violations"]) == 2
     assert any("--max-wer" in v for v in verdict["violations"])
     assert any("--min-speedup" in v for v in verdict["violations"])
@@ -273,7 +329,7 @@ def test_release_gate_example_script(setup, tmp_path, min_speedup, status) -> No
         "REPORT": str(tmp_path / "report.json"),
         "MIN_SPEEDUP": min_speedup,
         "MAX_WER_INCREASE": "1.0",
-        "EXTRA_ARGS": "--repeats 1 --thresholds 0.9 --skip-layer 1",
+        "EXTRA_ARGS": "--repeats 2 --thresholds 0.9 --skip-layer 1",
     }
     done = subprocess.run(
         ["bash", str(script), str(setup["ckpt"]), str(setup["data"])],
@@ -283,9 +339,10 @@ def test_release_gate_example_script(setup, tmp_path, min_speedup, status) -> No
         timeout=300,
     )
     assert done.returncode == status, done.stderr
-    verdict = "passed" if status == 0 else "FAILED"
+    verdict = "PASS" if status == 0 else "FAIL"
     assert f"release gate {verdict}" in done.stdout
-    assert json.loads((tmp_path / "report.json").read_text())["gate"]["passed"] is (status == 0)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["gate"]["verdict"] == verdict
 
 
 def test_batched_profile_and_flop_accounting(setup, tmp_path) -> None:

@@ -14,7 +14,6 @@ from dyncli.cli.options import (
     OptionalDynamicCheckpointArg,
     OutputFormat,
     ProfilePolicyOpt,
-    RepeatsOpt,
     SkipBadOpt,
     SkipLayerOpt,
     SkipNeighboursOpt,
@@ -43,7 +42,49 @@ def run(
     skip_layer: SkipLayerOpt = None,
     skip_neighbours: SkipNeighboursOpt = None,
     threads: TimingThreadsOpt = 1,
-    repeats: RepeatsOpt = 3,
+    repeats: Annotated[
+        str,
+        typer.Option(
+            "--repeats",
+            help="Timed rounds (passes over the data): N (1-1000), or auto: time until every "
+            "speedup's 95% interval is within --precision, or --time-budget runs out.",
+        ),
+    ] = "auto",
+    precision: Annotated[
+        float,
+        typer.Option(
+            "--precision",
+            help="With --repeats auto: stop when every speedup interval's half-width is at "
+            "most this fraction of the speedup (0.03 = +-3%).",
+        ),
+    ] = 0.03,
+    time_budget: Annotated[
+        float,
+        typer.Option(
+            "--time-budget",
+            help="With --repeats auto: seconds of timing at most (warm-up not counted).",
+        ),
+    ] = 120.0,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate",
+            help="Also time full depth against itself in the same rounds: its speedup "
+            "interval is the run's noise floor, printed; when it excludes 1.00 the environment "
+            "is unreliable and the gate cannot pass.",
+        ),
+    ] = False,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline",
+            help="A static checkpoint (the model deployed today) scored and timed in the same "
+            "run: every row is also compared with it (WER difference with its interval, "
+            "speedup), and --max-wer-increase and --min-speedup are judged against it instead "
+            "of CHECKPOINT's full depth.",
+            show_default=False,
+        ),
+    ] = None,
     batch_size: Annotated[
         int,
         typer.Option(
@@ -59,22 +100,39 @@ def run(
     json_path: JsonOpt = None,
     skip_bad: SkipBadOpt = False,
     max_wer: Annotated[
-        float | None, typer.Option("--max-wer", min=0.0, help="Gate: WER at most (0.05 = 5%).")
+        float | None,
+        typer.Option(
+            "--max-wer",
+            min=0.0,
+            help="Gate: WER at most (0.05 = 5%), judged on its 95% interval over utterances.",
+        ),
     ] = None,
     max_wer_increase: Annotated[
         float | None,
         typer.Option(
             "--max-wer-increase",
             min=0.0,
-            help="Gate: WER minus the static row's WER at most (absolute, 0.01 = 1 point).",
+            help="Gate: WER minus full depth's (or --baseline's) at most (absolute, 0.01 = 1 "
+            "point): PASS when the paired interval's upper bound is within it, FAIL when its "
+            "lower bound is above it.",
         ),
     ] = None,
     max_rtf: Annotated[
-        float | None, typer.Option("--max-rtf", min=0.0, help="Gate: end-to-end RTF at most.")
+        float | None,
+        typer.Option(
+            "--max-rtf",
+            min=0.0,
+            help="Gate: end-to-end RTF at most, judged on its 95% interval.",
+        ),
     ] = None,
     min_speedup: Annotated[
         float | None,
-        typer.Option("--min-speedup", min=0.0, help="Gate: speedup vs static at least."),
+        typer.Option(
+            "--min-speedup",
+            min=0.0,
+            help="Gate: end-to-end speedup vs full depth (or --baseline) at least: PASS when "
+            "the interval's lower bound reaches it, FAIL when its upper bound is below it.",
+        ),
     ] = None,
     models: Annotated[
         list[str] | None,
@@ -97,6 +155,16 @@ def run(
             show_default=False,
         ),
     ] = None,
+    on_inconclusive: Annotated[
+        str | None,
+        typer.Option(
+            "--on-inconclusive",
+            help="fail or pass: the exit code an INCONCLUSIVE gate gives (1 or 0) for "
+            "pipelines that need two outcomes; the report still says INCONCLUSIVE. Default: "
+            "exit 3.",
+            show_default=False,
+        ),
+    ] = None,
     at: Annotated[
         float | None,
         typer.Option(
@@ -113,8 +181,11 @@ def run(
     held-out-speaker set. RTF = processing seconds / audio seconds, end to end (features +
     encoder + decoding, batch size 1); static and dynamic are timed interleaved in one run.
     FLOPs: fvcore, one multiply-add = one FLOP, on the path each utterance executed.
-    Exit codes: 0 gate passed (or no gate), 1 a gate bar failed (one line per bar on stderr),
-    2 usage or input error.
+    Every figure comes with its 95% interval: WER differences by the paired bootstrap over
+    utterances, speedups by the paired bootstrap over utterances timed back to back.
+    Exit codes: 0 gate PASS (or no gate), 1 FAIL (a bar's whole interval misses it; one line
+    per bar on stderr), 2 usage or input error, 3 INCONCLUSIVE (a bar lies inside an interval:
+    this run cannot tell; see --on-inconclusive).
     """
     from dyncli import assets
     from dyncli.cli.output import check_stdout, emit_machine
@@ -127,11 +198,13 @@ def run(
     other = [m.strip() for given in models or [] for m in given.split(",") if m.strip()]
     ckpt = checkpoint or assets.require(assets.DEMO_DYNAMIC, "bundled dynamic model")
     manifest = data or assets.require(assets.EVAL_MANIFEST, "evaluation set")
+    rounds = parse_repeats(repeats)
     check_paths(
         inputs={
             "CHECKPOINT": ckpt,
             "--data": manifest,
             "--models": other,
+            "--baseline": baseline,
         },
         outputs={"--json": json_path, "--plot": plot},
         streams=["--json"],
@@ -147,7 +220,9 @@ def run(
         max_rtf=max_rtf,
         min_speedup=min_speedup,
         at=at,
+        on_inconclusive=on_inconclusive,
     )
+    gate.validate()  # before any work
 
     def progress(message: str) -> None:
         if interactive():
@@ -160,7 +235,12 @@ def run(
         thresholds=parse_thresholds(thresholds),
         overrides={"layer": skip_layer, "neighbours": skip_neighbours},
         threads=threads,
-        repeats=repeats,
+        repeats=rounds,
+        precision=precision,
+        time_budget=time_budget,
+        calibrate=calibrate,
+        baseline=baseline,
+        warn=lambda line: typer.echo(f"warning: {line}", err=True),
         device=device,
         skip_bad=skip_bad,
         gate=gate,
@@ -179,10 +259,29 @@ def run(
         json_path is None or str(json_path) != "-"
     ):
         render(report)
-    if not report.gate["passed"]:
-        for line in report.gate["violations"]:
-            typer.echo(f"gate failed: {line}", err=True)
-        raise typer.Exit(1)
+    gate_result = report.gate
+    for line in gate_result["violations"]:
+        typer.echo(f"gate failed: {line}", err=True)
+    for line in gate_result["inconclusive"]:
+        typer.echo(f"gate inconclusive: {line}", err=True)
+    if gate_result["exit_code"]:
+        raise typer.Exit(gate_result["exit_code"])
+
+
+def parse_repeats(value: str) -> int | None:
+    """``auto`` (None) or a round count 1-1000."""
+    from dyncli.errors import UsageError
+
+    text = value.strip().lower()
+    if text == "auto":
+        return None
+    try:
+        rounds = int(text)
+    except ValueError:
+        raise UsageError(f"--repeats must be auto or a whole number, got {value!r}") from None
+    if not 1 <= rounds <= 1000:
+        raise UsageError(f"--repeats must be between 1 and 1000 (or auto), got {rounds}")
+    return rounds
 
 
 COLUMNS = (
@@ -193,8 +292,7 @@ COLUMNS = (
     "vs full depth [95%]",
     "CER",
     "RTF",
-    "RTF min-max",
-    "speedup",
+    "speedup [95%]",
     "enc. speedup",
     "FLOPs",
     "GFLOP/audio s",
@@ -209,6 +307,13 @@ def dwer_interval(row: dict[str, Any]) -> str:
     if row.get("dwer") is None:
         return ""
     return f"{100 * row['dwer']:+.1f} [{100 * row['dwer_low']:+.1f}, {100 * row['dwer_high']:+.1f}]"
+
+
+def speedup_interval(row: dict[str, Any]) -> str:
+    """``1.52x [1.48, 1.56]``: end-to-end speedup against full depth with its interval."""
+    if row.get("speedup_low") is None:
+        return f"{row['speedup']:.2f}x"
+    return f"{row['speedup']:.2f}x [{row['speedup_low']:.2f}, {row['speedup_high']:.2f}]"
 
 
 def render(report: Any) -> None:
@@ -260,8 +365,7 @@ def render(report: Any) -> None:
             "" if full else dwer_interval(row),
             pct(row["cer"]),
             f"{row['rtf']:.4f}",
-            f"{row['rtf_min']:.4f}-{row['rtf_max']:.4f}",
-            f"{row['speedup']:.2f}x",
+            speedup_interval(row),
             f"{row['encoder_speedup']:.2f}x",
             f"{row['flops_ratio']:.2f}",
             f"{row['gflops_per_audio_second']:.3f}",
@@ -272,6 +376,7 @@ def render(report: Any) -> None:
         )
     print_table(table)
     env = report.environment
+    t = report.timing
     cfg = ", ".join(
         f"{k}={v}" for k, v in report.policy["config"].items() if not isinstance(v, dict)
     )
@@ -284,10 +389,21 @@ def render(report: Any) -> None:
     print_line(
         f"timing: {env['device_name']} ({env['cpu']}), {env['threads']} thread(s), torch "
         f"{env['torch']}; batch size {report.timing['batch_size']}; "
-        f"{report.timing['repeats']} interleaved rounds after warm-up; "
+        f"{t['pairs']} timed pairs ({t['rounds']} rounds, each configuration back to back per "
+        f"{t['unit']}, ABBA order); {t['stopped']}; "
         "RTF = processing s / audio s end to end (RTFx = 1/RTF); FLOPs: fvcore, "
-        "1 multiply-add = 1 FLOP; dWER in points"
+        "1 multiply-add = 1 FLOP; dWER in points; intervals are 95%"
     )
+    floor = t.get("noise_floor")
+    if floor is not None and floor.get("low") is not None:
+        state = "reliable" if floor["reliable"] else "UNRELIABLE: excludes 1.00, no gate can pass"
+        print_line(
+            f"noise floor (--calibrate, full depth against itself): {floor['speedup']:.3f}x "
+            f"[{floor['low']:.3f}, {floor['high']:.3f}], +-{100 * floor['half_width']:.1f}%: "
+            f"{state}"
+        )
+    for line in t.get("warnings", []):
+        print_line(f"timing warning: {line}")
     gate = report.gate
     stored = [r for r in report.rows if r.get("stored_operating_point")]
     if stored:
@@ -295,7 +411,7 @@ def render(report: Any) -> None:
         print_line(
             f"stored operating point ({row_label(r)}): WER {pct(r['wer'])} "
             f"({100 * (r['wer'] - static['wer']):+.2f} points vs full depth), "
-            f"{r['speedup']:.2f}x end to end, {r['skipped_frame_fraction']:.0%} of frames skipped"
+            f"{speedup_interval(r)} end to end, {r['skipped_frame_fraction']:.0%} of frames skipped"
         )
     bars = [k for k, v in gate["bars"].items() if v is not None and k != "at"]
     if op is not None and not bars and gate["bars"]["at"] is None:
@@ -304,15 +420,13 @@ def render(report: Any) -> None:
             f"fastest row: {row_label(op)}"
         )
     elif op is not None:
-        verdict = "passed" if gate["passed"] else "FAILED"
         print_line(
-            f"gate {verdict}: operating point {row_label(op)} "
+            f"gate {gate['verdict']}: operating point {row_label(op)} "
             f"({gate['selection']}): WER {pct(op['wer'])}, RTF {op['rtf']:.4f} "
-            f"(RTFx {op['rtfx']:.0f}), {op['speedup']:.2f}x end to end, "
+            f"(RTFx {op['rtfx']:.0f}), {speedup_interval(op)} end to end, "
             f"{op['encoder_speedup']:.2f}x encoder (FLOPs predict "
             f"{op['predicted_encoder_speedup'] or 0:.2f}x)"
         )
-    t = report.timing
     print_line(
         f"profiled in {report.seconds:.1f} s (accuracy + FLOPs "
         f"{t['accuracy_and_flops_seconds']:.1f} s, timing {t['timing_seconds']:.1f} s)"

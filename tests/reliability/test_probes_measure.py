@@ -218,22 +218,29 @@ def test_audio_shorter_than_the_manifest_duration_is_said(
 def test_gate_selection_does_not_call_a_closest_miss_a_row_meeting_every_bar() -> None:
     """With no row meeting the bars, the failed gate said 'operating point blank-skip @ 0.98
     (fastest row meeting every bar)'."""
-    from dyncli.profiling import GateConfig, judge
+    from dyncli.measure.gate import GateConfig, judge
 
     def row(threshold: float, wer: float, speedup: float) -> dict[str, Any]:
         return {
             "policy": "blank-skip",
             "threshold": threshold,
             "wer": wer,
+            "words": 500,
             "rtf": 0.01 / speedup,
             "speedup": speedup,
+            "gate_dwer": wer - 0.1,
+            "gate_dwer_low": wer - 0.1,
+            "gate_dwer_high": wer - 0.1,
+            "gate_speedup": speedup,
+            "gate_speedup_low": speedup,
+            "gate_speedup_high": speedup,
+            "timing_pairs": 100,
         }
 
-    static = row(0, 0.1, 1.0)
     rows = [row(0.5, 0.2, 1.6), row(0.9, 0.1, 1.2)]
-    verdict = judge(rows, static, GateConfig(max_wer_increase=0.0, min_speedup=100.0))
+    verdict = judge(rows, GateConfig(max_wer_increase=0.0, min_speedup=100.0))
     assert not verdict["passed"] and verdict["selection"].startswith("closest miss")
-    verdict = judge(rows, static, GateConfig(max_wer_increase=0.0))
+    verdict = judge(rows, GateConfig(max_wer_increase=0.0))
     assert verdict["passed"] and verdict["selection"] == "fastest row meeting every bar"
 
 
