@@ -38,8 +38,8 @@ def layer_scaling(checkpoint: Path, report: dict, skipped: float, threads: int) 
     import torch
 
     from dyncli.checkpoint import load_checkpoint
-    from dyncli.evaluation import import_benchmark
-    from dyncli.flops import FlopTable
+    from dyncli.measure.flops import FlopTable
+    from dyncli.measure.timing import import_benchmark
 
     torch.set_num_threads(threads)
     model = load_checkpoint(checkpoint).model

@@ -23,7 +23,7 @@ from dyncli.data.dataset import load_utterances
 from dyncli.data.manifest import read_manifest
 from dyncli.decoding import greedy_ctc
 from dyncli.environment import describe
-from dyncli.evaluation import import_benchmark
+from dyncli.measure.timing import import_benchmark
 
 HERE = Path(__file__).resolve().parent
 

@@ -32,8 +32,9 @@ dynamic policy on the same unit back to back with ``time.perf_counter``, the ord
 * measured encoder speedup: sum(static seconds) / sum(dynamic seconds) over the pairs, with the
   paired bootstrap interval of :func:`dyncli.measure.stats.paired_speedup`;
 * predicted: static encoder FLOPs / dynamic encoder FLOPs of exactly the units timed, counted
-  from each policy's trace as :func:`dyncli.profiling.batched_flops` counts them (every step on
-  rows x the longest of them, padding included; fvcore FLOPs via :class:`dyncli.flops.FlopTable`);
+  from each policy's trace as :func:`dyncli.measure.sweep.batched_flops` counts them (every
+  step on rows x the longest of them, padding included; fvcore FLOPs via
+  :class:`dyncli.measure.flops.FlopTable`);
 * realization = measured / predicted (interval: the measured interval's bounds / predicted).
   The target is >= 0.9 at batch 1 and batch 8.
 
@@ -63,7 +64,7 @@ from dyncli.data.dataset import pad_waves
 from dyncli.dynamic import BlankSkip, DynamicOutput, EarlyExit, StaticPolicy
 from dyncli.environment import describe
 from dyncli.fileio import atomic_write_text
-from dyncli.flops import FlopTable
+from dyncli.measure.flops import FlopTable
 from dyncli.measure.stats import Interval, paired_speedup
 from dyncli.models.config import WAV2VEC2_PRESETS, config_to_dict
 from dyncli.models.wav2vec2 import build_wav2vec2_ctc
@@ -115,7 +116,7 @@ def make_units(
     waves: Sequence[torch.Tensor], batch_size: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Padded (B, N) batches and sample counts (B,), sorted by length when B > 1, as
-    ``dyncli.profiling.make_batches`` batches for ``dyncli profile``."""
+    ``dyncli.measure.sweep.make_batches`` batches for ``dyncli profile``."""
     order = sorted(range(len(waves)), key=lambda i: int(waves[i].shape[0]) if batch_size > 1 else i)
     return [
         pad_waves([waves[i] for i in order[s : s + batch_size]])
@@ -124,7 +125,7 @@ def make_units(
 
 
 def trace_flops(table: FlopTable, out: DynamicOutput) -> int:
-    """Encoder FLOPs of one padded unit, as ``dyncli.profiling.batched_flops`` counts them:
+    """Encoder FLOPs of one padded unit, as ``dyncli.measure.sweep.batched_flops`` counts them:
     each traced step on (rows x the longest of them)."""
     total = 0
     for kind, index, rows in out.trace:

@@ -18,10 +18,11 @@ the loop; the result runs the ``gates`` policy, and its checkpoint records the p
 target and each block's gate-open rate on the dev set.
 
 With ``wer_budget`` the converted model is swept on the dev set and the operating point (policy
-and threshold) with the fewest executed FLOPs whose dev WER is within ``wer_budget`` (absolute)
-of the full-depth dev WER, or within one word error when that is more on a small dev set, is
-stored in the checkpoint (``dyncli.profiling.choose_operating_point``); ``transcribe``,
-``evaluate`` and ``profile`` use it by default.
+and threshold) with the fewest executed FLOPs whose dev WER increase over full depth is within
+``wer_budget`` (absolute) at the upper end of its 95% paired bootstrap interval is stored in the
+checkpoint, with that interval and the dev set's size
+(:func:`dyncli.operating_point.choose_operating_point`; a budget the dev set cannot resolve is
+said, with the one it can); ``transcribe``, ``evaluate`` and ``profile`` use it by default.
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from dyncli.errors import UsageError
 from dyncli.features import AugmentConfig
 from dyncli.models.base import CTCEncoder
-from dyncli.operating_point import check_budget, check_policy_fits
-from dyncli.profiling import PointChoice, choose_operating_point
+from dyncli.operating_point import (
+    PointChoice,
+    check_budget,
+    check_policy_fits,
+    choose_operating_point,
+)
 from dyncli.training.config import (
     ExitTraining,
     Reporter,

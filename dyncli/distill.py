@@ -46,8 +46,13 @@ from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from dyncli.errors import UsageError
 from dyncli.features import AugmentConfig
 from dyncli.models.base import CTCEncoder
-from dyncli.operating_point import check_budget, check_policy_fits, default_policy
-from dyncli.profiling import PointChoice, choose_operating_point
+from dyncli.operating_point import (
+    PointChoice,
+    check_budget,
+    check_policy_fits,
+    choose_operating_point,
+    default_policy,
+)
 from dyncli.training.config import Reporter, SilentReporter, TrainConfig, TrainResult
 from dyncli.training.data import load_data, provenance
 from dyncli.training.objectives import (

@@ -4,7 +4,7 @@ A policy's ``encode(model, x, lengths)`` takes the embedded input (B, T, D) (aft
 end and subsampling, which always run) and returns a :class:`DynamicOutput`: CTC log-probs
 (B, T, V) for every frame, how many layers each frame went through, and the trace of what was
 executed (which layers and heads ran on how many frames of each utterance), from which
-``dyncli.flops`` counts the FLOPs of the path actually taken.
+``dyncli.measure.flops`` counts the FLOPs of the path actually taken.
 
 * ``blank-skip``: layers 1..K run on every frame; frames whose blank posterior at the exit after
   layer K is >= threshold (and are not within ``neighbours`` of a kept frame) are gathered out

@@ -9,7 +9,6 @@ min and max.
 
 from __future__ import annotations
 
-import logging
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -73,14 +72,6 @@ class EvalReport:
         }
 
 
-def import_benchmark() -> Any:
-    """``torch.utils.benchmark``, without the CUDA_HOME warning its import logs on CPU hosts."""
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils import benchmark
-
-    return benchmark
-
-
 def model_summary(ckpt: Checkpoint, path: Path) -> dict[str, Any]:
     return {
         "path": str(path),
@@ -142,8 +133,6 @@ def evaluate(
     With ``skip_bad`` each bad entry is reported through ``on_skip`` (before any decoding) and
     left out. ``progress`` hears about reading, decoding and timing (only between timed passes).
     """
-    benchmark = import_benchmark()
-
     if repeats < 1:
         raise UsageError("--repeats must be at least 1")
     torch.set_num_threads(threads)
@@ -178,22 +167,25 @@ def evaluate(
         return out
 
     hyps = run_all()  # warm-up pass; its transcripts are the ones scored
-    cursor = [0]
 
     @torch.inference_mode()
-    def step() -> None:  # one utterance per statement, cycling through the set
-        _decode_one(ckpt, runner, waves[cursor[0]])
-        cursor[0] = (cursor[0] + 1) % len(waves)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+    def unit(i: int) -> None:  # one utterance: features, encoder, decoding
+        _decode_one(ckpt, runner, waves[i])
 
-    # Timer.timeit(n) warms up with two statements, then times n: one full pass.
-    timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=threads)
+    from dyncli.measure.timing import Arm, time_interleaved
+
+    sync: Callable[[], None] = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     shown.stage("timing", repeats, timed=True)
-    times = []
-    for _ in range(repeats):
-        times.append(timer.timeit(len(waves)).median * len(waves))
-        shown.advance(1)
+    run = time_interleaved(
+        [Arm("evaluate", unit)],
+        len(waves),
+        threads=threads,
+        rounds=repeats,
+        sync=sync,
+        warmup=0,  # the scored pass above warmed every utterance
+        progress=lambda _done, _widest: shown.advance(1),
+    )
+    times = run.arms[0].round_wall
     shown.end()
     rates = error_rates([u.text for u in utts], hyps)
     rtfs = [t / audio_seconds for t in times]

@@ -8,6 +8,10 @@
 3. otherwise the checkpoint's stored operating point (``dyncli convert --wer-budget``) runs;
 4. a dynamic checkpoint with no stored operating point runs at full depth, and says so.
 
+With ``--wer-budget`` (``convert``, ``distill``), :func:`choose_operating_point` picks the point to
+store: the cheapest threshold whose dev WER increase over full depth is within the budget at
+the upper end of its 95% paired bootstrap interval, not just on average.
+
 Thresholds are compared after one rounding (:func:`canonical_threshold`), done once where a
 threshold enters, so a value the user typed matches the row a sweep made for it.
 """
@@ -15,6 +19,7 @@ threshold enters, so a value the user typed matches the row a sweep made for it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +27,7 @@ from dyncli.errors import CheckpointError, UsageError
 
 if TYPE_CHECKING:
     from dyncli.checkpoint import Checkpoint
+    from dyncli.data.dataset import Utterance
     from dyncli.dynamic import SkipPolicy
 
 THRESHOLD_DIGITS = 6
@@ -229,3 +235,155 @@ def resolve_run(
     runner = build_policy(name, threshold, **settings)
     runner.check(ckpt.model)
     return runner, RunChoice(name, threshold, settings, source)
+
+
+# --- Choosing the operating point on a dev set (``--wer-budget``) ---------------------------
+
+
+@dataclass
+class PointChoice:
+    """The outcome of :func:`choose_operating_point`.
+
+    ``point`` is what the checkpoint stores (None when no threshold qualified); ``rule`` says
+    what decided; ``resolvable`` is the smallest budget the dev set resolves
+    (:func:`resolvable_budget`) and ``warning`` the one line saying so when ``budget`` is below
+    it (None otherwise); ``closest`` is, when nothing qualified, the row whose dev ΔWER upper
+    bound came nearest the budget, with ``excess`` (that upper bound minus the budget, as a
+    fraction).
+    """
+
+    point: dict[str, Any] | None
+    rows: list[dict[str, Any]]
+    static: dict[str, Any]
+    budget: float
+    rule: str
+    resolvable: float
+    utterances: int
+    warning: str | None = None
+    closest: dict[str, Any] | None = None
+    excess: float | None = None
+
+
+def bootstrap_method() -> str:
+    """How the ``dwer`` intervals of a sweep were made (``profiling.sweep_rows`` calls
+    :func:`dyncli.measure.stats.paired_wer_delta` with its defaults)."""
+    from dyncli.measure.stats import RESAMPLES, SEED
+
+    return (
+        f"paired bootstrap over utterances (BCa, {RESAMPLES} resamples, seed {SEED}; the "
+        "percentile interval where BCa is degenerate)"
+    )
+
+
+def resolvable_budget(static: dict[str, Any], rows: Sequence[dict[str, Any]]) -> float:
+    """The smallest ``--wer-budget`` the dev set resolves: the narrowest ``dwer_resolution``
+    (the interval's half-width, never less than one word) among the swept thresholds that
+    change a dev utterance's errors, or one word error (1 / words) when none does.
+
+    Below it, no threshold that makes a dev transcript worse can have its upper bound within
+    the budget: only thresholds identical to full depth on dev (interval [0, 0]) or shown to be
+    better qualify."""
+    words = int(static["words"])
+    one_word = 1.0 / words if words > 0 else 0.0
+    differing = [float(r["dwer_resolution"]) for r in rows if r.get("dwer_differing")]
+    return max(one_word, min(differing)) if differing else one_word
+
+
+def budget_flag(value: float) -> str:
+    """``value`` as a ``--wer-budget`` argument, rounded up to 4 decimals (0.01 points)."""
+    return f"{math.ceil(value * 1e4 - 1e-6) / 1e4:g}"
+
+
+def unresolved_budget(budget: float, resolvable: float, words: int) -> str | None:
+    """One line when the dev set cannot resolve ``budget`` (it is below ``resolvable``)."""
+    if budget >= resolvable - 1e-12:
+        return None
+    larger = "" if budget == 0 else " or a larger --dev set"
+    return (
+        f"the dev set ({words} words) cannot resolve a {100 * budget:.2f}-point budget; the "
+        f"smallest it resolves is {100 * resolvable:.2f} points: give --wer-budget "
+        f"{budget_flag(resolvable)}{larger}"
+    )
+
+
+def choose_operating_point(
+    ckpt: Checkpoint,
+    utts: Sequence[Utterance],
+    *,
+    policy: str,
+    wer_budget: float,
+    thresholds: Sequence[float] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> PointChoice:
+    """Sweep ``policy`` on ``utts`` (the dev set) and choose the threshold to store.
+
+    The rule: the threshold with the fewest executed FLOPs whose dev ΔWER *upper bound* (the
+    95% paired bootstrap interval over utterances of its WER minus full depth's,
+    ``dwer_high`` of :func:`dyncli.profiling.sweep_rows`) is at most ``wer_budget``; ties go
+    to the lower WER. A threshold whose dev errors equal full depth's on every utterance has the
+    interval [0, 0] and always qualifies. The grid is the policy's default sweep plus its
+    conservative thresholds, unless ``thresholds``.
+
+    When the dev set cannot resolve the budget (it is below :func:`resolvable_budget`), the rule
+    stays the same (so in practice only thresholds identical to full depth on dev, or shown to
+    be better, qualify) and ``warning`` says so, naming the budget it can resolve; the stored
+    point records the warning. When nothing qualifies, ``point`` is None and ``closest`` is
+    the threshold with the lowest upper bound.
+    """
+    import dataclasses
+
+    from dyncli.measure.stats import CONFIDENCE
+    from dyncli.plugins import get_skip_policy
+    from dyncli.profiling import _runs, sweep_rows
+
+    spec = get_skip_policy(policy)
+    merged = policy_settings(ckpt, policy, settings or {})
+    grid = thresholds or (
+        *spec.defaults_for(ckpt.model),
+        *(v for v in spec.conservative_thresholds if _runs(ckpt.model, policy, v, merged)),
+    )
+    values = sorted({canonical_threshold(v) for v in grid})
+    static, rows = sweep_rows(ckpt, utts, [u.wave for u in utts], policy, values, merged)
+    words = int(static["words"])
+    resolvable = resolvable_budget(static, rows)
+    warning = unresolved_budget(wer_budget, resolvable, words)
+    rule = (
+        f"upper bound of the {100 * CONFIDENCE:g}% interval of dev dWER <= --wer-budget "
+        f"({100 * wer_budget:.2f} points)"
+    )
+    choice = PointChoice(None, rows, static, wer_budget, rule, resolvable, len(utts), warning)
+    ok = [r for r in rows if r["dwer_high"] <= wer_budget + 1e-9]
+    if not ok:
+        if rows:
+            choice.closest = min(rows, key=lambda r: (r["dwer_high"], r["flops_ratio"]))
+            choice.excess = choice.closest["dwer_high"] - wer_budget
+        return choice
+    best = min(ok, key=lambda r: (r["flops_ratio"], r["wer"]))
+    config = dataclasses.asdict(spec.make_config(best["threshold"], **merged))
+    choice.point = {
+        "policy": policy,
+        "threshold": best["threshold"],
+        **{k: v for k, v in config.items() if k != "threshold"},
+        "dev_wer": best["wer"],
+        "static_dev_wer": static["wer"],
+        "dev_words": words,
+        "dev_utterances": len(utts),
+        "dev_dwer": best["dwer"],
+        "dev_dwer_low": best["dwer_low"],
+        "dev_dwer_high": best["dwer_high"],
+        "dev_dwer_confidence": CONFIDENCE,
+        "dev_dwer_differing": best["dwer_differing"],
+        "dev_dwer_method": bootstrap_method(),
+        "dev_resolution": resolvable,
+        "flops_ratio": best["flops_ratio"],
+        "wer_budget": wer_budget,
+        "rule": rule,
+        **({"warning": warning} if warning else {}),
+        "chosen_on": "the --dev set of the training run",
+    }
+    return choice
+
+
+def interval_text(delta: float, low: float, high: float) -> str:
+    """``+0.4 [-0.6, +1.4]``: a WER difference and its interval in points."""
+    return f"{100 * delta:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"

@@ -76,7 +76,7 @@ def _front(rows: Sequence[dict[str, Any]], key: str) -> list[dict[str, Any]]:
 
 
 def plot_report(report: Any, path: str | Path) -> None:
-    """Draw ``report`` (a :class:`dyncli.profiling.ProfileReport`) to ``path``, in the format
+    """Draw ``report`` (a :class:`dyncli.measure.report.ProfileReport`) to ``path``, in the format
     its extension names (:func:`plot_format`)."""
     fmt = plot_format(path)
     import io

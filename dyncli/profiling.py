@@ -1,22 +1,17 @@
 """``dyncli profile``: accuracy, executed FLOPs and real-time factor across skip thresholds.
 
-One run produces a ``static`` row (full depth) and one row per threshold, all on the same
-utterances, threads and machine:
+One run produces a ``static`` row (full depth) and one row per threshold (and per model, with
+``--models`` / ``--baseline``), all on the same utterances, threads and machine. This module
+resolves what to run and assembles the report; the measuring lives in :mod:`dyncli.measure`:
 
-* Accuracy and FLOPs come from one shared sweep per utterance (batch size 1): the front end,
-  subsampling and the layers before the policy's decision run once for all thresholds
-  (``SkipPolicy.sweep``; tests pin that this equals separate runs). FLOPs are counted by fvcore
-  on the path each utterance executed (its trace), one multiply-add = one FLOP.
-* Timing is end to end (features + encoder + greedy decoding, audio in memory; batch size 1 by
-  default, or padded batches of utterances sorted by length, in which case the FLOP figures
-  count the padded work the batches executed),
-  measured with ``torch.utils.benchmark`` with the thread count set, after a warm-up. Static and
-  every threshold are timed interleaved: each of ``repeats`` rounds times one full pass of every
-  configuration, in an order rotated per round, so drift hits all rows alike. RTF = processing
-  seconds / audio seconds (median over rounds, with min and max); RTFx = 1 / RTF. Speedup is the
-  median over rounds of the static pass time over the row's pass time in the same round.
-  Encoder time (layers, heads, gather/scatter; not features or decoding) is measured inside
-  each pass with ``time.perf_counter`` and gives the encoder speedup.
+* :mod:`~dyncli.measure.sweep`: accuracy and executed FLOPs from one shared pass per utterance,
+  each row's WER with its interval and its paired WER difference against full depth;
+* :mod:`~dyncli.measure.timing`: end-to-end timing (features + encoder + greedy decoding), every
+  configuration back to back per utterance (batch) in ABBA order, ``--repeats auto`` until every
+  speedup interval is within ``--precision`` or ``--time-budget`` runs out; encoder time is
+  read inside each call;
+* :mod:`~dyncli.measure.stats`: the paired bootstrap intervals;
+* :mod:`~dyncli.measure.gate`: the three-way verdict (PASS 0, FAIL 1, INCONCLUSIVE 3).
 """
 
 from __future__ import annotations
@@ -27,25 +22,34 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dyncli.checkpoint import Checkpoint, load_checkpoint
-from dyncli.data.dataset import Utterance, load_utterances, pad_waves
+from dyncli.data.dataset import Utterance, load_utterances
 from dyncli.data.manifest import read_manifest
 from dyncli.decoding import greedy_ctc
-from dyncli.dynamic import DynamicOutput, StaticPolicy, build_policy
+from dyncli.dynamic import StaticPolicy, build_policy
 from dyncli.environment import describe
 from dyncli.errors import UsageError
-from dyncli.evaluation import import_benchmark, model_summary
+from dyncli.evaluation import model_summary
 from dyncli.inference import pick_device
 from dyncli.measure.gate import GateConfig, judge, resolution_warnings, row_label
-from dyncli.measure.stats import paired_wer_delta, wer_interval
+from dyncli.measure.report import ProfileReport, pareto_flags
+from dyncli.measure.stats import paired_wer_delta
+from dyncli.measure.sweep import (
+    PRIVATE_ERRORS,
+    PRIVATE_WORDS,
+    _batch_order,
+    batched_flops,
+    make_batches,
+    public,
+    sweep_rows,
+    wer_delta,
+)
 from dyncli.measure.timing import Arm, TimingRun, dispersion, speedup, time_interleaved
-from dyncli.metrics import error_rates
 from dyncli.models.base import CTCEncoder
 from dyncli.operating_point import (
     canonical_threshold,
@@ -56,247 +60,6 @@ from dyncli.operating_point import (
 )
 from dyncli.plugins import get_skip_policy
 from dyncli.text import Tokenizer
-
-SCHEMA_VERSION = 2
-RTF_DEFINITION = (
-    "processing seconds / audio seconds, end to end (log-mel features + subsampling + encoder "
-    "+ greedy CTC decoding), audio in memory, batch size as in timing.batch_size; median over "
-    "timed rounds"
-)
-FLOP_UNIT = "fvcore FLOPs: one multiply-add counts as one FLOP"
-
-
-@dataclass
-class SweepStats:
-    """Accuracy and executed-work totals of one configuration over a data set."""
-
-    hyps: list[str]
-    flops: int = 0
-    encoder_flops: int = 0
-    frames: int = 0
-    frame_layers: int = 0
-    skipped_frames: int = 0
-
-
-@dataclass
-class ProfileReport:
-    model: dict[str, Any]
-    data: dict[str, Any]
-    environment: dict[str, Any]
-    policy: dict[str, Any]
-    static: dict[str, Any]
-    rows: list[dict[str, Any]]
-    gate: dict[str, Any]
-    timing: dict[str, Any]
-    skipped: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "model": self.model,
-            "data": self.data,
-            "environment": self.environment,
-            "policy": self.policy,
-            "definitions": {
-                "rtf": RTF_DEFINITION,
-                "rtfx": "1 / rtf",
-                "speedup": "static pass time / row pass time, same round; median over rounds",
-                "encoder_speedup": "the same for encoder time only (layers, heads, compaction)",
-                "flops": FLOP_UNIT,
-                "flops_ratio": "executed FLOPs / static FLOPs (whole pipeline, front end "
-                "included; greedy decoding is not counted)",
-                "avg_layers": "encoder layers per frame, averaged over all frames",
-                "skipped_frame_fraction": "frames that did not run the last encoder layer",
-                "wer": "word error rate as a fraction (0.05 = 5%)",
-                "dwer": "row WER minus its model's full-depth WER (fractions); dwer_low and "
-                "dwer_high: the 95% paired bootstrap interval over utterances (BCa, 9999 "
-                "resamples, seed 0); dwer_prob_improvement: share of resamples where the row "
-                "makes fewer errors; dwer_differing: utterances whose error counts differ; "
-                "dwer_resolution: the smallest difference the set tells from zero (interval "
-                "half-width, at least one word)",
-            },
-            "timing": self.timing,
-            "static": self.static,
-            "rows": self.rows,
-            "gate": self.gate,
-            "skipped": self.skipped,
-            "seconds": self.seconds,
-        }
-
-
-def _step_flops(table: Any, kind: str, index: int, frames: int) -> int:
-    """FLOPs of one traced step (a layer, one block of a layer, an exit head or the final head)
-    on ``frames``."""
-    if kind == "layer":
-        return int(table.layer(index, frames))
-    if kind.startswith("block:"):
-        return int(table.block(index, kind.removeprefix("block:"), frames))
-    if kind == "gates":  # the gate predictor: once per utterance, whatever its length
-        return int(table.gates(index))
-    if kind == "exit":
-        return int(table.exit_head(index, frames))
-    return int(table.head(frames))
-
-
-def _encoder_flops(table: Any, trace: Sequence[tuple[str, int, list[int]]]) -> int:
-    """Per utterance, unpadded: every step at each utterance's own frame count."""
-    return sum(_step_flops(table, kind, index, n) for kind, index, frames in trace for n in frames)
-
-
-def _accumulate(
-    stats: SweepStats,
-    out: DynamicOutput,
-    tokenizer: Tokenizer,
-    table: Any,
-    front: int,
-    depth: int,
-    blank: int,
-) -> None:
-    stats.hyps.append(tokenizer.decode(greedy_ctc(out.log_probs, out.lengths, blank)[0]))
-    enc = _encoder_flops(table, out.trace)
-    stats.encoder_flops += enc
-    stats.flops += front + enc
-    n = int(out.lengths[0])
-    layers = out.frame_layers[0, :n]
-    stats.frames += n
-    stats.frame_layers += int(layers.sum())
-    stats.skipped_frames += int((layers < depth).sum())
-
-
-@torch.inference_mode()
-def accuracy_sweep(
-    model: CTCEncoder,
-    tokenizer: Tokenizer,
-    waves: Sequence[torch.Tensor],
-    policy: str,
-    thresholds: Sequence[float],
-    overrides: dict[str, Any],
-    table: Any = None,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[SweepStats, list[SweepStats]]:
-    """Static and per-threshold transcripts and executed work, one utterance at a time.
-
-    Shared per utterance: front end and subsampling (all rows), and the layers before the
-    policy's decision (all thresholds, via ``sweep``).
-    """
-    from dyncli.flops import FlopTable
-
-    table = table or FlopTable(model)
-    runner = build_policy(policy, thresholds[0], **overrides) if thresholds else None
-    if runner is not None:
-        runner.check(model)
-    static = SweepStats(hyps=[])
-    rows = [SweepStats(hyps=[]) for _ in thresholds]
-    depth = model.num_layers
-    dev = next(model.parameters()).device
-    for i, wave in enumerate(waves):
-        lengths = torch.tensor([wave.shape[0]], device=dev)
-        feats, frames = model.features(wave[None], lengths)
-        x, n = model.embed(feats, frames)
-        front = table.frontend(int(wave.shape[0]))
-        blank = model.blank_id
-        _accumulate(
-            static, StaticPolicy().encode(model, x, n), tokenizer, table, front, depth, blank
-        )
-        outs = runner.sweep(model, x, n, thresholds) if runner is not None else []
-        for stats, out in zip(rows, outs, strict=True):
-            _accumulate(stats, out, tokenizer, table, front, depth, blank)
-        if progress is not None:
-            progress(i + 1)
-    return static, rows
-
-
-def sweep_rows(
-    ckpt: Checkpoint,
-    utts: Sequence[Utterance],
-    waves: Sequence[torch.Tensor],
-    policy: str,
-    thresholds: Sequence[float],
-    overrides: dict[str, Any],
-    table: Any = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The static row and one row per threshold: accuracy and executed work (no timing)."""
-    static_stats, row_stats = accuracy_sweep(
-        ckpt.model, ckpt.tokenizer, waves, policy, thresholds, overrides, table
-    )
-    refs = [u.text for u in utts]
-    audio = sum(u.samples for u in utts) / ckpt.model.sample_rate
-    depth = ckpt.model.num_layers
-    static = _row("static", None, static_stats, refs, static_stats, audio, depth)
-    rows = [
-        _row(policy, th, st, refs, static_stats, audio, depth)
-        for th, st in zip(thresholds, row_stats, strict=True)
-    ]
-    return static, rows
-
-
-def _row(
-    name: str,
-    threshold: float | None,
-    stats: SweepStats,
-    refs: list[str],
-    static: SweepStats,
-    audio_seconds: float,
-    depth: int,
-) -> dict[str, Any]:
-    from dyncli.metrics import utterance_word_errors
-
-    rates = error_rates(refs, stats.hyps)
-    errors, words = utterance_word_errors(refs, stats.hyps)
-    full_errors, _ = utterance_word_errors(refs, static.hyps)
-    wer = wer_interval(errors, words)
-    return {
-        "policy": name,
-        "threshold": threshold,
-        "wer": rates.wer,
-        "wer_low": wer.low,
-        "wer_high": wer.high,
-        "cer": rates.cer,
-        "words": rates.words,
-        **wer_delta(full_errors, errors, words),
-        "flops_ratio": stats.flops / static.flops if static.flops else 1.0,
-        "encoder_flops_ratio": stats.encoder_flops / static.encoder_flops
-        if static.encoder_flops
-        else 1.0,
-        "predicted_encoder_speedup": static.encoder_flops / stats.encoder_flops
-        if stats.encoder_flops
-        else None,
-        "gflops_per_audio_second": stats.flops / 1e9 / audio_seconds,
-        "encoder_gflops_per_audio_second": stats.encoder_flops / 1e9 / audio_seconds,
-        "avg_layers": stats.frame_layers / stats.frames if stats.frames else float(depth),
-        "skipped_frame_fraction": stats.skipped_frames / stats.frames if stats.frames else 0.0,
-        PRIVATE_ERRORS: errors,
-        PRIVATE_WORDS: words,
-    }
-
-
-PRIVATE_ERRORS = "_errors"  # per-utterance word errors: for paired comparisons, never output
-PRIVATE_WORDS = "_words"
-
-
-def public(row: dict[str, Any]) -> dict[str, Any]:
-    """``row`` without its private per-utterance lists (what JSON, TSV and plots get)."""
-    return {k: v for k, v in row.items() if not k.startswith("_")}
-
-
-def wer_delta(
-    reference_errors: Sequence[int],
-    errors: Sequence[int],
-    words: Sequence[int],
-    prefix: str = "dwer",
-) -> dict[str, Any]:
-    """WER minus the reference's on the same utterances, with the paired bootstrap interval
-    (:func:`dyncli.measure.stats.paired_wer_delta`), as flat ``PREFIX_*`` keys."""
-    d = paired_wer_delta(reference_errors, errors, words)
-    return {
-        prefix: d.delta,
-        f"{prefix}_low": d.low,
-        f"{prefix}_high": d.high,
-        f"{prefix}_prob_improvement": d.prob_improvement,
-        f"{prefix}_differing": d.differing,
-        f"{prefix}_resolution": d.resolution,
-    }
 
 
 class _Stepper:
@@ -335,43 +98,6 @@ class _Stepper:
         return encoder
 
 
-def make_batches(
-    waves: Sequence[torch.Tensor], batch_size: int, device: torch.device
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Padded (B, N) batches and lengths (B,); with B > 1, utterances sorted by length first
-    (as a server would bucket them) so padding stays small."""
-    order = _batch_order(waves, batch_size)
-    out = []
-    for start in range(0, len(order), batch_size):
-        wave, lens = pad_waves([waves[i] for i in order[start : start + batch_size]])
-        out.append((wave.to(device), lens.to(device)))
-    return out
-
-
-@torch.inference_mode()
-def batched_flops(
-    model: CTCEncoder,
-    table: Any,
-    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    policy: Any,
-) -> tuple[int, int]:
-    """(total, encoder) FLOPs a pass over padded ``batches`` executes, padding included: each
-    traced step runs on (rows x longest of them); the front end on (B x longest wave)."""
-    total = encoder = 0
-    for wave, lens in batches:
-        feats, frames = model.features(wave, lens)
-        x, n = model.embed(feats, frames)
-        out = policy.encode(model, x, n)
-        enc = sum(
-            len(rows) * _step_flops(table, kind, index, max(rows))
-            for kind, index, rows in out.trace
-            if rows
-        )
-        encoder += enc
-        total += enc + wave.shape[0] * table.frontend(int(wave.shape[1]))
-    return total, encoder
-
-
 def _time_configs(
     model: CTCEncoder,
     tokenizer: Tokenizer,
@@ -389,7 +115,6 @@ def _time_configs(
 
     A policy may be given as ``(model, tokenizer, policy)`` to time another model in the same
     rounds (``profile --models``)."""
-    import_benchmark()  # torch.utils.benchmark: its IQR check reads the rounds
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     arms = [
         Arm(f"config {i}", _Stepper(p[0], p[1], pairs, p[2], sync))
@@ -450,21 +175,6 @@ def timing_fields(
         "timing_iqr_median": iqr,
         "timing_warning": warning,
     }
-
-
-def pareto_flags(rows: Sequence[dict[str, Any]]) -> list[bool]:
-    """True for rows no other row beats on both WER and RTF (lower is better for both)."""
-    flags = []
-    for r in rows:
-        dominated = any(
-            o["wer"] <= r["wer"]
-            and o["rtf"] <= r["rtf"]
-            and (o["wer"] < r["wer"] or o["rtf"] < r["rtf"])
-            for o in rows
-            if o is not r
-        )
-        flags.append(not dominated)
-    return flags
 
 
 def model_labels(paths: Sequence[str | Path]) -> list[str]:
@@ -585,7 +295,7 @@ def _other_model(
 ) -> tuple[list[dict[str, Any]], list[tuple[CTCEncoder, Tokenizer, Any]]]:
     """Rows and timed configurations of another checkpoint (``--models``): its full depth, and
     each requested policy it can run (at its default thresholds with several policies)."""
-    from dyncli.flops import FlopTable
+    from dyncli.measure.flops import FlopTable
 
     other = load_checkpoint(path)
     if other.model.sample_rate != main.model.sample_rate:
@@ -637,13 +347,6 @@ def _runs(model: CTCEncoder, name: str, threshold: float, settings: dict[str, An
 
 DEFAULT_PRECISION = 0.03
 DEFAULT_TIME_BUDGET = 120.0
-
-
-def _batch_order(waves: Sequence[torch.Tensor], batch_size: int) -> list[int]:
-    order = list(range(len(waves)))
-    if batch_size > 1:
-        order.sort(key=lambda i: int(waves[i].shape[0]))
-    return order
 
 
 def _gate_delta(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
@@ -783,7 +486,7 @@ def profile(
 
     count = sum(len(values) for _, values, _ in plans)
     say(f"accuracy and FLOPs: {len(utts)} utterances, {count} thresholds (shared sweep)")
-    from dyncli.flops import FlopTable
+    from dyncli.measure.flops import FlopTable
 
     table = FlopTable(model)  # one table (and its trace cache) for the whole run
     phase = time.perf_counter()
@@ -999,74 +702,3 @@ def profile(
         skipped=skipped,
         seconds=time.perf_counter() - started,
     )
-
-
-@dataclass
-class PointChoice:
-    """The outcome of :func:`choose_operating_point`.
-
-    ``point`` is what the checkpoint stores (None when no threshold qualified); ``rule`` says
-    what decided the tolerance; ``closest`` is, when nothing qualified, the row that missed by
-    the least, with ``excess`` (WER points above the tolerance, as a fraction).
-    """
-
-    point: dict[str, Any] | None
-    rows: list[dict[str, Any]]
-    static: dict[str, Any]
-    tolerance: float
-    rule: str
-    closest: dict[str, Any] | None = None
-    excess: float | None = None
-
-
-def wer_tolerance(wer_budget: float, words: int) -> tuple[float, str]:
-    """The WER increase a threshold may cost: the budget, or one word error on this set when
-    that is larger (on a few hundred words a small budget is less than one error: noise)."""
-    one_word = 1.0 / words if words else 0.0
-    if one_word > wer_budget:
-        return one_word, f"one word error on {words} dev words ({100 * one_word:.2f} points)"
-    return wer_budget, f"--wer-budget ({100 * wer_budget:.2f} points)"
-
-
-def choose_operating_point(
-    ckpt: Checkpoint,
-    utts: Sequence[Utterance],
-    *,
-    policy: str,
-    wer_budget: float,
-    thresholds: Sequence[float] | None = None,
-    settings: dict[str, Any] | None = None,
-) -> PointChoice:
-    """The threshold with the fewest executed FLOPs whose WER on ``utts`` is at most the
-    tolerance (:func:`wer_tolerance`) above full depth; ties go to the lower WER. The grid is
-    the policy's default sweep plus its conservative thresholds, unless ``thresholds``."""
-    spec = get_skip_policy(policy)
-    merged = policy_settings(ckpt, policy, settings or {})
-    grid = thresholds or (
-        *spec.defaults_for(ckpt.model),
-        *(v for v in spec.conservative_thresholds if _runs(ckpt.model, policy, v, merged)),
-    )
-    values = sorted({canonical_threshold(v) for v in grid})
-    static, rows = sweep_rows(ckpt, utts, [u.wave for u in utts], policy, values, merged)
-    tolerance, rule = wer_tolerance(wer_budget, int(static["words"]))
-    ok = [r for r in rows if r["wer"] - static["wer"] <= tolerance + 1e-9]
-    if not ok:
-        closest = min(rows, key=lambda r: (r["wer"], r["flops_ratio"]))
-        excess = closest["wer"] - static["wer"] - tolerance
-        return PointChoice(None, rows, static, tolerance, rule, closest, excess)
-    best = min(ok, key=lambda r: (r["flops_ratio"], r["wer"]))
-    config = dataclasses.asdict(spec.make_config(best["threshold"], **merged))
-    point = {
-        "policy": policy,
-        "threshold": best["threshold"],
-        **{k: v for k, v in config.items() if k != "threshold"},
-        "dev_wer": best["wer"],
-        "static_dev_wer": static["wer"],
-        "dev_words": static["words"],
-        "flops_ratio": best["flops_ratio"],
-        "wer_budget": wer_budget,
-        "tolerance": tolerance,
-        "rule": rule,
-        "chosen_on": "the --dev set of the training run",
-    }
-    return PointChoice(point, rows, static, tolerance, rule)

@@ -26,8 +26,8 @@ from dyncli.data.dataset import pad_waves
 from dyncli.dynamic import StaticPolicy, build_policy, exit_confidence, run_policy
 from dyncli.errors import EXIT_USAGE, UsageError
 from dyncli.features import masked_normalize
-from dyncli.flops import FlopTable
 from dyncli.inference import pick_device
+from dyncli.measure.flops import FlopTable
 from dyncli.models.config import CONFORMER_PRESETS
 from dyncli.models.conformer import build_conformer_ctc
 

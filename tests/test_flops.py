@@ -1,4 +1,5 @@
-"""FLOP counting (dyncli.flops): fvcore with our handles, checked against an independent count."""
+"""FLOP counting (dyncli.measure.flops): fvcore with our handles, checked against an
+independent count."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dyncli import flops
-from dyncli.flops import FlopCountError, FlopTable, count_flops, flops_by_operator
+from dyncli.measure import flops
+from dyncli.measure.flops import FlopCountError, FlopTable, count_flops, flops_by_operator
 from dyncli.models.config import CONFORMER_PRESETS
 from dyncli.models.conformer import build_conformer_ctc
 
@@ -280,7 +281,7 @@ def test_fitted_layer_polynomial_equals_fvcore_at_other_sizes() -> None:
     """The table's verified quadratic gives fvcore's own count at sizes it never fitted on."""
     import torch
 
-    from dyncli.flops import FlopTable, count_flops
+    from dyncli.measure.flops import FlopTable, count_flops
     from dyncli.models.config import CONFORMER_PRESETS
     from dyncli.models.conformer import build_conformer_ctc
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from dyncli.measure.gate import FAIL, INCONCLUSIVE, PASS, GateConfig, judge
+from dyncli.measure.sweep import wer_delta
 from dyncli.measure.timing import Arm, ArmTimes, TimingRun, time_interleaved
-from dyncli.profiling import _gate_speedup, timing_fields, wer_delta
+from dyncli.profiling import _gate_speedup, timing_fields
 from tests.conftest import invoke_cli
 
 

@@ -11,12 +11,12 @@ import torch
 
 from dyncli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from dyncli.dynamic import GatePolicy, StaticPolicy
-from dyncli.flops import FlopTable
 from dyncli.gates import GatePredictor, attach_gates, gumbel_gates, predictor_of
+from dyncli.measure.flops import FlopTable
+from dyncli.measure.sweep import _encoder_flops
 from dyncli.models.config import CONFORMER_PRESETS
 from dyncli.models.conformer import build_conformer_ctc
 from dyncli.policy_config import GatesConfig
-from dyncli.profiling import _encoder_flops
 from tests.conftest import invoke_cli, tone_manifest
 
 CFG = CONFORMER_PRESETS["tiny"]

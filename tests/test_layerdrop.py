@@ -42,8 +42,8 @@ def test_drop_threshold_must_be_a_layer_count(tiny_ckpt) -> None:
 
 
 def test_dropped_layers_are_not_computed_and_cost_no_flops(tiny_ckpt) -> None:
-    from dyncli.flops import FlopTable
-    from dyncli.profiling import _encoder_flops
+    from dyncli.measure.flops import FlopTable
+    from dyncli.measure.sweep import _encoder_flops
 
     model = load_checkpoint(tiny_ckpt).model
     ran: list[int] = []

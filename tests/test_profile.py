@@ -283,7 +283,7 @@ def _row(
 
 
 def test_pareto_flags() -> None:
-    from dyncli.profiling import pareto_flags
+    from dyncli.measure.report import pareto_flags
 
     rows = [
         {"wer": 0.10, "rtf": 0.010},  # static: most accurate
@@ -354,8 +354,8 @@ def test_batched_profile_and_flop_accounting(setup, tmp_path) -> None:
     from dyncli.data.dataset import load_utterances
     from dyncli.data.manifest import read_manifest
     from dyncli.dynamic import StaticPolicy, build_policy
-    from dyncli.flops import FlopTable
-    from dyncli.profiling import accuracy_sweep, batched_flops, make_batches
+    from dyncli.measure.flops import FlopTable
+    from dyncli.measure.sweep import accuracy_sweep, batched_flops, make_batches
 
     out = tmp_path / "b.json"
     result = _profile(

@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dyncli import flops, plugins
+from dyncli import plugins
 from dyncli.dynamic import BlankSkip, EarlyExit, GatePolicy, StaticPolicy
-from dyncli.flops import FlopTable, flops_by_operator
 from dyncli.gates import attach_gates
+from dyncli.measure import flops
+from dyncli.measure.flops import FlopTable, flops_by_operator
 from dyncli.models.config import TRANSFORMER_PRESETS
 from dyncli.models.transformer import transformer_layer
 from dyncli.policy_config import BlankSkipConfig, EarlyExitConfig, GatesConfig

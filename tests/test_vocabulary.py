@@ -27,6 +27,8 @@ JOB_DEPENDENT = {
     "--skip-neighbours",
     "--method",  # convert: what is attached; distill: how the teacher is distilled
     "--format",  # a report (table, tsv, json) vs transcribe's one line per file (tsv, jsonl)
+    "--repeats",  # evaluate: N timed passes of one model; profile: auto (until the speedup
+    # intervals are narrow enough) or N, for configurations timed against each other
 }
 
 

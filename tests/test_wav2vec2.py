@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dyncli import flops, plugins
+from dyncli import plugins
 from dyncli.dynamic import BlankSkip, EarlyExit, GatePolicy, StaticPolicy
-from dyncli.flops import FlopTable, flops_by_operator
 from dyncli.gates import attach_gates
+from dyncli.measure import flops
+from dyncli.measure.flops import FlopTable, flops_by_operator
 from dyncli.models.config import WAV2VEC2_PRESETS
 from dyncli.models.wav2vec2 import factory_kwargs, from_torchaudio
 from dyncli.policy_config import BlankSkipConfig, EarlyExitConfig, GatesConfig

@@ -180,6 +180,12 @@ def run(
     its method, exits and, with --wer-budget, the recommended operating point. Defaults are
     fine-tuning defaults (short, lower learning rate, augmentation from step 0), where 'dyncli
     train' trains from scratch.
+
+    --wer-budget stores the threshold with the fewest executed FLOPs whose dev WER increase over
+    full depth is within the budget at the upper end of its 95% paired bootstrap interval, with
+    that interval and the dev set's size. A budget smaller than the dev set can resolve is said
+    in a warning naming the smallest it can; the rule is kept, so then in practice only
+    thresholds with the same dev errors as full depth (interval [0, 0]) qualify.
     """
 
     import torch

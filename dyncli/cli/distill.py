@@ -138,7 +138,9 @@ def run(
     """Distil a full-depth teacher into a model's shallow paths (exits or sub-networks).
 
     The checkpoint records the method, the teacher (path and sha256) and every option; with
-    --wer-budget it also stores a new operating point chosen on dev, as 'dyncli convert' does.
+    --wer-budget it also stores a new operating point chosen on dev, as 'dyncli convert' does
+    (the cheapest threshold whose dev WER increase is within the budget at the upper end of its
+    95% interval; a budget the dev set cannot resolve is warned about).
     Defaults are fine-tuning defaults (short, low learning rate, augmentation from step 0).
     """
 

@@ -309,9 +309,11 @@ WerBudgetOpt = Annotated[
         "--wer-budget",
         min=0.0,
         help="After training, sweep --policy on the dev set and store, as the checkpoint's "
-        "operating point, the threshold with the fewest executed FLOPs whose dev WER is at "
-        "most this much (absolute, 0.01 = 1 point) above full depth, or one word error "
-        "above it when the dev set is too small for the budget to be more than noise.",
+        "operating point, the threshold with the fewest executed FLOPs whose dev WER increase "
+        "over full depth (absolute, 0.01 = 1 point) is within this budget at the upper end of "
+        "its 95% paired bootstrap interval. A budget smaller than the dev set can resolve is "
+        "warned about, naming the smallest it can; only thresholds with the same dev errors "
+        "as full depth qualify then.",
         show_default=False,
     ),
 ]

@@ -191,7 +191,8 @@ def run(
     from dyncli.cli.output import check_stdout, emit_machine
     from dyncli.cli.paths import check_paths
     from dyncli.cli.render import err_console, interactive, write_json
-    from dyncli.profiling import GateConfig, profile
+    from dyncli.measure.gate import GateConfig
+    from dyncli.profiling import profile
 
     check_stdout(output_format, json_path)
     # --models a --models b,c: every one (click alone would keep the last flag's value only)
@@ -322,7 +323,7 @@ def render(report: Any) -> None:
 
     from dyncli.cli.output import print_line, print_table
     from dyncli.cli.render import pct
-    from dyncli.profiling import row_label
+    from dyncli.measure.gate import row_label
 
     op = report.gate["operating_point"]
     # With no bar and no --at nothing chose a row: the fastest is named below, not marked.
@@ -402,8 +403,16 @@ def render(report: Any) -> None:
             f"[{floor['low']:.3f}, {floor['high']:.3f}], +-{100 * floor['half_width']:.1f}%: "
             f"{state}"
         )
-    for line in t.get("warnings", []):
-        print_line(f"timing warning: {line}")
+    noisy = [r for r in [static, *report.rows] if r.get("timing_iqr_median") is not None]
+    flagged = [r for r in noisy if r.get("timing_warning")]
+    if flagged:
+        worst = max(flagged, key=lambda r: r["timing_iqr_median"])
+        print_line(
+            f"timing warning: round-to-round IQR above 10% of the median for {len(flagged)} of "
+            f"{len(noisy)} configurations (worst {worst['timing_iqr_median']:.0%}, "
+            f"{row_label(worst)}): {worst['timing_warning'].split(': ', 1)[-1]}; the paired "
+            "intervals already carry this noise"
+        )
     gate = report.gate
     stored = [r for r in report.rows if r.get("stored_operating_point")]
     if stored:

@@ -163,31 +163,44 @@ def pct(x: float) -> str:
 
 
 def report_choice(reporter: Any, choice: Any, policy: str) -> None:
-    """The --wer-budget dev sweep and the operating point it chose (or the closest miss)."""
+    """The --wer-budget dev sweep and the operating point it chose (or the closest miss), each
+    threshold's dev WER against full depth with its 95% interval; a budget the dev set cannot
+    resolve is said on stderr."""
     if choice is None:
         return
+    import typer
+
+    from dyncli.operating_point import interval_text
+
     static, words = choice.static, int(choice.static["words"])
-    reporter.message(f"dev sweep ({policy}; full depth {pct(static['wer'])} WER on {words} words):")
+    on = f"points on {words} dev words"
+    reporter.message(
+        f"dev sweep ({policy}; full depth {pct(static['wer'])} WER on {words} words, "
+        f"{choice.utterances} utterances; dWER with its 95% paired bootstrap interval):"
+    )
     for row in choice.rows:
-        delta = round((row["wer"] - static["wer"]) * words)
         reporter.message(
-            f"  threshold {row['threshold']:g}: WER {pct(row['wer'])} ({delta:+d} words), "
+            f"  threshold {row['threshold']:g}: WER {pct(row['wer'])}, dWER "
+            f"{interval_text(row['dwer'], row['dwer_low'], row['dwer_high'])} points, "
             f"{row['flops_ratio']:.2f}x the FLOPs"
         )
+    if choice.warning:
+        typer.echo(f"warning: {choice.warning}", err=True)
     point = choice.point
     if point is not None:
+        delta = interval_text(point["dev_dwer"], point["dev_dwer_low"], point["dev_dwer_high"])
         reporter.message(
             f"operating point ({point['policy']}, chosen on dev): threshold "
             f"{point['threshold']:g}, dev WER {pct(point['dev_wer'])} vs "
-            f"{pct(point['static_dev_wer'])} full depth, {point['flops_ratio']:.2f}x the FLOPs; "
-            f"allowed increase: {choice.rule}"
+            f"{pct(point['static_dev_wer'])} full depth, {delta} {on}, "
+            f"{point['flops_ratio']:.2f}x the FLOPs; rule: {choice.rule}"
         )
     elif choice.closest is not None:
         c = choice.closest
-        words = (c["wer"] - choice.static["wer"]) * choice.static["words"]
         reporter.message(
-            f"no threshold met the tolerance on dev ({choice.rule}); no operating point stored. "
+            f"no threshold met the rule on dev ({choice.rule}); no operating point stored. "
             f"Closest: {c['policy']} @ {c['threshold']:g}, dev WER {pct(c['wer'])} vs "
-            f"{pct(choice.static['wer'])} full depth ({words:+.0f} words), "
-            f"{100 * (choice.excess or 0):.2f} points over the tolerance"
+            f"{pct(static['wer'])} full depth, "
+            f"{interval_text(c['dwer'], c['dwer_low'], c['dwer_high'])} {on}: upper bound "
+            f"{100 * (choice.excess or 0):.2f} points over the budget"
         )

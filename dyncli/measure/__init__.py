@@ -1,11 +1,18 @@
-"""Measurement that can be gated on: figures with intervals (issue 18).
+"""Measurement that can be gated on: every figure with its interval (issue 18).
 
 ========================  ====================================================================
 module                    what lives there
 ========================  ====================================================================
-``stats``                 the paired bootstrap of a WER difference over utterances
+``flops``                 fvcore FLOPs of the path each utterance executed (its trace)
+``sweep``                 accuracy and executed work of every configuration, one shared pass
+``timing``                the one timer (``evaluate`` and ``profile``): configurations back to
+                          back per utterance, ABBA order, ``--repeats auto``
+``stats``                 paired bootstrap intervals: WER differences over utterances,
+                          speedups over timed pairs, one system's WER
+``gate``                  the three-way release gate: PASS, FAIL, INCONCLUSIVE (exit 3)
+``report``                the ``profile`` report: schema version, definitions, Pareto flags
 ========================  ====================================================================
 
-``dyncli.profiling`` and the timer in ``dyncli.evaluation`` move here part by part (flops,
-timing, sweep, gate, report), as ``../shared/ARCHITECTURE.md`` item 4 describes.
+``dyncli.profiling`` keeps ``profile()`` itself: it resolves the policies and models to run,
+then calls these in order (sweep, timing, stats, gate) and assembles the report.
 """

@@ -20,6 +20,7 @@ speedup, or ``time_budget`` seconds of timing are spent, and :attr:`TimingRun.st
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -80,15 +81,24 @@ def speedup(run: TimingRun, arm: int, clock: str = "wall", **kwargs: Any) -> Int
     return paired_speedup(base, other, **kwargs)
 
 
+def import_benchmark() -> Any:
+    """``torch.utils.benchmark``, without the CUDA_HOME warning its import logs on CPU hosts."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import benchmark
+
+    return benchmark
+
+
 def dispersion(times: Sequence[float]) -> tuple[float | None, str | None]:
     """IQR / median of an arm's round times and torch.utils.benchmark's warning for it (None
     below 10%, or with fewer than four rounds, where an IQR means little)."""
     if len(times) < 4:
         return None, None
-    from torch.utils.benchmark.utils.common import Measurement, TaskSpec
-
-    m = Measurement(
-        number_per_run=1, raw_times=list(times), task_spec=TaskSpec(stmt="round", setup="")
+    benchmark = import_benchmark()
+    m = benchmark.utils.common.Measurement(
+        number_per_run=1,
+        raw_times=list(times),
+        task_spec=benchmark.utils.common.TaskSpec(stmt="round", setup=""),
     )
     rel = m.iqr / m.median if m.median > 0 else math.inf
     if not m.meets_confidence(IQR_GROSS_WARN):

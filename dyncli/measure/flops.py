@@ -233,7 +233,7 @@ def flops_by_operator(module: torch.nn.Module, inputs: tuple[Any, ...]) -> dict[
         listed = ", ".join(f"{op} ({n}x)" for op, n in sorted(missing.items()))
         raise FlopCountError(
             f"cannot count FLOPs of {type(module).__name__}: no FLOP handle for {listed}, "
-            "which does matrix work; add one to dyncli.flops.EXTRA_HANDLES"
+            "which does matrix work; add one to dyncli.measure.flops.EXTRA_HANDLES"
         )
     return {op: int(n) for op, n in counts.items()}
 
