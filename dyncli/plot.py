@@ -86,8 +86,8 @@ def plot_report(report: Any, path: str | Path) -> None:
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    static = report.static
-    rows: Sequence[dict[str, Any]] = report.rows
+    static = report.static.to_json()
+    rows: Sequence[dict[str, Any]] = [row.to_json() for row in report.rows]
     colors = plt.get_cmap("tab20")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     for ax, key, label in (

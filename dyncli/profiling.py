@@ -37,7 +37,7 @@ from dyncli.errors import UsageError
 from dyncli.evaluation import model_summary
 from dyncli.inference import pick_device
 from dyncli.measure.gate import GateConfig, judge, resolution_warnings, row_label
-from dyncli.measure.report import ProfileReport, pareto_flags
+from dyncli.measure.report import ProfileReport, Row, pareto_flags
 from dyncli.measure.stats import paired_wer_delta
 from dyncli.measure.sweep import (
     PRIVATE_ERRORS,
@@ -666,8 +666,8 @@ def profile(
         data={"path": str(data), "utterances": len(utts), "audio_seconds": audio_seconds},
         environment=describe(dev),
         policy=policy_info,
-        static=public(static),
-        rows=[public(r) for r in rows],
+        static=Row.from_fields(static),
+        rows=[Row.from_fields(r) for r in rows],
         gate=verdict,
         timing={
             "repeats": run.rounds,

@@ -466,3 +466,13 @@ def test_other_models_join_the_same_timed_rounds(setup, tmp_path) -> None:
     assert sum(1 for r in again if r["policy"] == "static") == 1  # its full depth, once
     table = _profile(setup, "--policy", "blank-skip", "--models", setup["static"])
     assert table.exit_code == 0 and "tiny.ckpt" in table.output
+
+
+def test_every_row_key_is_documented_in_the_readme() -> None:
+    """The typed Row is the schema: each of its fields is a JSON key the README lists."""
+    from dyncli.measure.report import ROW_KEYS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if ln.startswith("| `static`, `rows[]` |"))
+    listed = set(__import__("re").findall(r"`([a-z_]+)`", line))
+    assert set(ROW_KEYS) <= listed, set(ROW_KEYS) - listed

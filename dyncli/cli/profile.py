@@ -255,7 +255,7 @@ def run(
         from dyncli.plot import plot_report
 
         plot_report(report, plot)
-    records = [report.static, *report.rows]
+    records = [row.to_json() for row in (report.static, *report.rows)]
     if not emit_machine(output_format, report.to_json(), records) and (
         json_path is None or str(json_path) != "-"
     ):
@@ -328,7 +328,8 @@ def render(report: Any) -> None:
     op = report.gate["operating_point"]
     # With no bar and no --at nothing chose a row: the fastest is named below, not marked.
     gated = any(v is not None for v in report.gate["bars"].values())
-    static = report.static
+    static = report.static.to_json()
+    rows = [row.to_json() for row in report.rows]
     table = Table(
         # escape(): a '[/b]' in a path or label is text, not rich markup (it raised MarkupError)
         title=escape(f"dyncli profile: {report.model['path']} ({report.policy['name']})"),
@@ -338,11 +339,11 @@ def render(report: Any) -> None:
         "interval over utterances",
     )
     multi = "," in report.policy["name"]
-    models = "model" in static
+    models = static.get("model") is not None
     extra = (("model",) if models else ()) + (("policy",) if multi or models else ())
     for col in COLUMNS[:1] + extra + COLUMNS[1:]:
         table.add_column(col, justify="left" if col in ("policy", "model") else "right")
-    for row in [static, *report.rows]:
+    for row in [static, *rows]:
         is_static = row is static
         full = row["threshold"] is None
         mark = ""
@@ -403,7 +404,7 @@ def render(report: Any) -> None:
             f"[{floor['low']:.3f}, {floor['high']:.3f}], +-{100 * floor['half_width']:.1f}%: "
             f"{state}"
         )
-    noisy = [r for r in [static, *report.rows] if r.get("timing_iqr_median") is not None]
+    noisy = [r for r in [static, *rows] if r.get("timing_iqr_median") is not None]
     flagged = [r for r in noisy if r.get("timing_warning")]
     if flagged:
         worst = max(flagged, key=lambda r: r["timing_iqr_median"])
@@ -414,7 +415,7 @@ def render(report: Any) -> None:
             "intervals already carry this noise"
         )
     gate = report.gate
-    stored = [r for r in report.rows if r.get("stored_operating_point")]
+    stored = [r for r in rows if r.get("stored_operating_point")]
     if stored:
         r = stored[0]
         print_line(

@@ -7,7 +7,7 @@ speedup and the gate's three-way verdict; CHANGELOG.md lists every key that chan
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 SCHEMA_VERSION = 2
@@ -20,13 +20,98 @@ FLOP_UNIT = "fvcore FLOPs: one multiply-add counts as one FLOP"
 
 
 @dataclass
+class Row:
+    """One timed configuration (full depth, or a policy at a threshold) of one model.
+
+    Field names are the JSON keys of ``static`` and ``rows[]`` (schema 2); fractions, not
+    percentages. ``*_low`` / ``*_high``: 95% intervals (None where there is none: one timed
+    pair). ``dwer*``: against the row's own model at full depth; ``gate_*``: against what the
+    gate judges against (full depth, or ``--baseline``); ``*_baseline*``: against
+    ``--baseline`` (None without it).
+    """
+
+    policy: str
+    threshold: float | None  # None: full depth
+    # accuracy
+    wer: float
+    wer_low: float
+    wer_high: float
+    cer: float
+    words: int
+    dwer: float
+    dwer_low: float
+    dwer_high: float
+    dwer_prob_improvement: float
+    dwer_differing: int
+    dwer_resolution: float
+    gate_dwer: float
+    gate_dwer_low: float
+    gate_dwer_high: float
+    # executed work
+    flops_ratio: float
+    encoder_flops_ratio: float
+    predicted_encoder_speedup: float | None
+    gflops_per_audio_second: float
+    encoder_gflops_per_audio_second: float
+    avg_layers: float
+    skipped_frame_fraction: float
+    # time
+    rtf: float
+    rtf_min: float
+    rtf_max: float
+    rtf_low: float | None
+    rtf_high: float | None
+    rtfx: float
+    speedup: float
+    speedup_low: float | None
+    speedup_high: float | None
+    cpu_speedup: float
+    cpu_speedup_low: float | None
+    cpu_speedup_high: float | None
+    encoder_speedup: float
+    encoder_share: float
+    timing_pairs: int
+    timing_iqr_median: float | None
+    timing_warning: str | None
+    gate_speedup: float
+    gate_speedup_low: float | None
+    gate_speedup_high: float | None
+    # labels
+    pareto: bool = False
+    stored_operating_point: bool = False
+    model: str | None = None  # with --models / --baseline: which checkpoint
+    baseline: bool = False  # the --baseline model's full depth
+    dwer_baseline: float | None = None
+    dwer_baseline_low: float | None = None
+    dwer_baseline_high: float | None = None
+    dwer_baseline_prob_improvement: float | None = None
+    dwer_baseline_differing: int | None = None
+    dwer_baseline_resolution: float | None = None
+    speedup_baseline: float | None = None
+    speedup_baseline_low: float | None = None
+    speedup_baseline_high: float | None = None
+
+    @classmethod
+    def from_fields(cls, values: dict[str, Any]) -> Row:
+        """A row from ``values``, ignoring private keys (``_errors``); a missing or unknown
+        public key is a bug and raises ``TypeError``."""
+        return cls(**{k: v for k, v in values.items() if not k.startswith("_")})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ROW_KEYS = tuple(f.name for f in fields(Row))
+
+
+@dataclass
 class ProfileReport:
     model: dict[str, Any]
     data: dict[str, Any]
     environment: dict[str, Any]
     policy: dict[str, Any]
-    static: dict[str, Any]
-    rows: list[dict[str, Any]]
+    static: Row
+    rows: list[Row]
     gate: dict[str, Any]
     timing: dict[str, Any]
     skipped: list[str] = field(default_factory=list)
@@ -71,8 +156,8 @@ class ProfileReport:
                 "half-width, at least one word)",
             },
             "timing": self.timing,
-            "static": self.static,
-            "rows": self.rows,
+            "static": self.static.to_json(),
+            "rows": [row.to_json() for row in self.rows],
             "gate": self.gate,
             "skipped": self.skipped,
             "seconds": self.seconds,
