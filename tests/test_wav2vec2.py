@@ -269,3 +269,102 @@ def test_wavlm_frames_removed_keep_their_positions() -> None:
         torch.testing.assert_close(
             batched.log_probs[b, :m], single.log_probs[0], atol=2e-5, rtol=1e-4
         )
+
+
+def _reference_layer(layer: Any, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """torchaudio's ``EncoderLayer.forward`` with the additive padding mask its encoder makes."""
+    b, t, _ = x.shape
+    pad = torch.arange(t)[None, :] >= lengths[:, None]
+    mask = (-10000.0 * pad[:, None, None, :].to(x.dtype)).expand(b, 1, t, t)
+    return layer(x, attention_mask=mask)[0]
+
+
+def _tiny_layer(pre_ln: bool) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ta, cfg = torchaudio_model(pre_ln)
+    model = from_torchaudio(ta.state_dict(), cfg, VOCAB).eval()
+    torch.manual_seed(1)
+    x = torch.randn(2, 11, cfg.encoder_embed_dim)
+    lengths = torch.tensor([11, 7])
+    pad = torch.arange(11)[None, :] >= lengths[:, None]
+    return model.layers[1], x, lengths, pad
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_lean_inference_path_equals_torchaudio_layer(pre_ln: bool) -> None:
+    """Grad disabled, the blocks run on the prepared weights (q, k, v fused, (in, out)
+    layout): the same output as torchaudio's layer, padded batch included."""
+    from dyncli.models.wav2vec2 import _LEAN_CACHE, lean_linears, w2v_layer
+
+    layer, x, lengths, pad = _tiny_layer(pre_ln)
+    with torch.no_grad():
+        reference = _reference_layer(layer, x, lengths)
+        got = w2v_layer(layer, x, pad)
+    torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-5)
+    for module in (layer.attention, layer.feed_forward):  # the lean path ran and cached
+        assert module in _LEAN_CACHE
+    qkv_w, qkv_b, out_w, _ = _LEAN_CACHE[layer.attention][1]
+    d = x.shape[-1]
+    assert qkv_w.shape == (3 * d, d) and qkv_w.t().is_contiguous() and out_w.t().is_contiguous()
+    torch.testing.assert_close(qkv_w[d : 2 * d], layer.attention.k_proj.weight)
+    torch.testing.assert_close(qkv_b[2 * d :], layer.attention.v_proj.bias)
+    with torch.inference_mode():
+        assert lean_linears(layer.feed_forward) is _LEAN_CACHE[layer.feed_forward][1]  # a hit
+        torch.testing.assert_close(w2v_layer(layer, x, pad), reference, atol=1e-5, rtol=1e-5)
+    # Dropout in training mode (grad still disabled): the same draws in the same places.
+    layer.train()
+    with torch.no_grad():
+        torch.manual_seed(3)
+        reference = _reference_layer(layer, x, lengths)
+        torch.manual_seed(3)
+        got = w2v_layer(layer, x, pad)
+    torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_lean_weights_follow_a_weight_changed_in_place() -> None:
+    from dyncli.models.wav2vec2 import w2v_layer
+
+    layer, x, lengths, pad = _tiny_layer(False)
+    with torch.no_grad():
+        before = w2v_layer(layer, x, pad)
+        layer.attention.k_proj.weight.mul_(1.5)
+        layer.feed_forward.output_dense.bias.add_(0.25)
+        after = w2v_layer(layer, x, pad)
+        reference = _reference_layer(layer, x, lengths)
+    assert not torch.allclose(before, after, atol=1e-3)
+    torch.testing.assert_close(after, reference, atol=1e-5, rtol=1e-5)
+    # A parameter replaced outright (new storage) and a state dict loaded in place.
+    ta, cfg = torchaudio_model(False)
+    d = cfg.encoder_embed_dim
+    layer.attention.out_proj.weight = torch.nn.Parameter(0.2 * torch.randn(d, d))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            w2v_layer(layer, x, pad), _reference_layer(layer, x, lengths), atol=1e-5, rtol=1e-5
+        )
+        layer.load_state_dict(ta.encoder.transformer.layers[1].state_dict())
+        torch.testing.assert_close(
+            w2v_layer(layer, x, pad),
+            _reference_layer(ta.encoder.transformer.layers[1], x, lengths),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_with_grad_the_blocks_train_the_linear_parameters(pre_ln: bool) -> None:
+    from dyncli.models.wav2vec2 import w2v_layer
+
+    layer, x, lengths, pad = _tiny_layer(pre_ln)
+    with torch.no_grad():
+        w2v_layer(layer, x, pad)  # fills the inference cache, which training must not use
+    layer.train()
+    torch.manual_seed(5)
+    reference = _reference_layer(layer, x, lengths)
+    torch.manual_seed(5)
+    got = w2v_layer(layer, x, pad)
+    torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-5)
+    got.square().sum().backward()
+    linears = [m for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 6
+    for lin in linears:
+        for p in (lin.weight, lin.bias):
+            assert p.grad is not None and bool(p.grad.abs().sum() > 0)

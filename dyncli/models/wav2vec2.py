@@ -23,6 +23,13 @@ Where the encoder's LayerNorm comes after the layers (the pre-LN "stable layer n
 (:meth:`Wav2Vec2CTC.head_input`); in the post-LN variant it runs before the first layer, in
 ``embed``.
 
+Under inference (grad disabled) the attention and feed-forward branches run on weights prepared
+once per module (:func:`lean_linears`): q, k and v fused into one projection and every Linear
+weight kept as an ``(in, out)`` contiguous matrix passed transposed to ``F.linear``, as the
+Conformer path does (:func:`dyncli.models.conformer.lean_weights`). At the tens of frames a
+skipped layer leaves behind the GEMM is then faster; with grad enabled the branches call the
+``nn.Linear`` modules themselves.
+
 Models are built from torchaudio's factory (:func:`torchaudio.models.wav2vec2_model`) and can be
 loaded from a torchaudio state dict with :func:`from_torchaudio`. WavLM, whose first layer
 computes a relative position bias the later layers reuse, is supported by recomputing that bias
@@ -35,6 +42,7 @@ the full sequence.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Any
 
 import torch
@@ -42,6 +50,7 @@ import torch
 from dyncli.errors import UsageError
 from dyncli.models.base import CTCEncoder, Gates, apply_gate
 from dyncli.models.config import Wav2Vec2Config
+from dyncli.models.conformer import _slots, _version
 
 ATTN, FFN = "attn", "ffn"
 
@@ -217,10 +226,11 @@ def w2v_block(
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The change block ``name`` makes to x: ``f(LN(x))`` (pre-LN) or ``LN(x + f(x)) - x``
-    (post-LN)."""
+    (post-LN). Grad disabled: on :func:`lean_linears` (WavLM's attention excepted)."""
     f = torch.nn.functional
     train = layer.training
     pre = layer.layer_norm_first
+    lean = not torch.is_grad_enabled()
     if name == ATTN and bias is not None:  # WavLM: torchaudio's gated relative-bias attention
         h = layer.layer_norm(x) if pre else x
         h, _ = layer.attention(h, key_padding_mask=pad_mask, position_bias=bias)
@@ -230,20 +240,87 @@ def w2v_block(
         h = layer.layer_norm(x) if pre else x
         attn = layer.attention
         b, t, d = h.shape
-        shape = (b, t, attn.num_heads, attn.head_dim)
-        q = attn.q_proj(h).view(shape).transpose(1, 2)
-        k = attn.k_proj(h).view(shape).transpose(1, 2)
-        v = attn.v_proj(h).view(shape).transpose(1, 2)
+        heads, head_dim = attn.num_heads, attn.head_dim
+        if lean:
+            qkv_w, qkv_b, out_w, out_b = lean_linears(attn)
+            qkv = f.linear(h, qkv_w, qkv_b).view(b, t, 3, heads, head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, Hd)
+        else:
+            shape = (b, t, heads, head_dim)
+            q = attn.q_proj(h).view(shape).transpose(1, 2)
+            k = attn.k_proj(h).view(shape).transpose(1, 2)
+            v = attn.v_proj(h).view(shape).transpose(1, 2)
         mask = None if pad_mask is None else ~pad_mask[:, None, None, :]
         p = attn.dropout if train else 0.0
         h = f.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        h = layer.dropout(attn.out_proj(h.transpose(1, 2).reshape(b, t, d)))
+        h = h.transpose(1, 2).reshape(b, t, d)
+        h = f.linear(h, out_w, out_b) if lean else attn.out_proj(h)
+        if train:
+            h = layer.dropout(h)
         return h if pre else layer.layer_norm(x + h) - x
     if name == FFN:
-        if pre:
-            return layer.feed_forward(layer.final_layer_norm(x))
-        return layer.final_layer_norm(x + layer.feed_forward(x)) - x
+        h = layer.final_layer_norm(x) if pre else x
+        h = _feed_forward(layer.feed_forward, h, lean)
+        return h if pre else layer.final_layer_norm(x + h) - x
     raise KeyError(f"a wav2vec2 layer has no block {name!r}")
+
+
+def _feed_forward(ff: Any, x: torch.Tensor, lean: bool) -> torch.Tensor:
+    """torchaudio's ``FeedForward``: intermediate_dense, GELU, intermediate_dropout,
+    output_dense, output_dropout; ``lean``: the dense layers on :func:`lean_linears`."""
+    if not lean:
+        return ff(x)
+    f = torch.nn.functional
+    w1, b1, w2, b2 = lean_linears(ff)
+    h = f.gelu(f.linear(x, w1, b1))
+    if ff.training:
+        h = ff.intermediate_dropout(h)
+    h = f.linear(h, w2, b2)
+    return ff.output_dropout(h) if ff.training else h
+
+
+_LEAN_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, tuple[Any, tuple[torch.Tensor, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def lean_linears(module: Any) -> tuple[torch.Tensor, ...]:
+    """A wav2vec2 ``SelfAttention`` or ``FeedForward``'s Linear weights for inference, as
+    ``(weight, bias)`` pairs whose weight is an ``(in, out)`` contiguous matrix seen transposed
+    (``F.linear`` then reads it row-major; at ~40 frames a 3072 -> 768 projection took 1.27 ms
+    against 1.94 ms on the stored ``(out, in)`` layout, and large inputs are no slower).
+
+    * ``SelfAttention``: q, k, v fused into one projection (q, k, v in that order along the
+      output; its weight stored ``(D, 3D)``), then out_proj.
+    * ``FeedForward``: intermediate_dense, output_dense.
+
+    Cached per module without grad, rebuilt when a parameter changes (version counter,
+    storage, device: the Conformer's keys, :func:`dyncli.models.conformer._version`). Called
+    with grad enabled they are built afresh, from the parameters.
+    """
+    if torch.is_grad_enabled():
+        return _prepare_linears(module)
+    key = tuple(_version(store[name]) for store, name in _slots(module))
+    hit = _LEAN_CACHE.get(module)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    weights = _prepare_linears(module)
+    _LEAN_CACHE[module] = (key, weights)
+    return weights
+
+
+def _prepare_linears(module: Any) -> tuple[torch.Tensor, ...]:
+    def lean(weight: torch.Tensor) -> torch.Tensor:
+        return weight.t().contiguous().t()
+
+    if hasattr(module, "q_proj"):
+        projections = (module.q_proj, module.k_proj, module.v_proj)
+        qkv_w = torch.cat([p.weight for p in projections])
+        qkv_b = torch.cat([p.bias for p in projections])
+        out = module.out_proj
+        return lean(qkv_w), qkv_b, lean(out.weight), out.bias
+    first, second = module.intermediate_dense, module.output_dense
+    return lean(first.weight), first.bias, lean(second.weight), second.bias
 
 
 def from_torchaudio(
