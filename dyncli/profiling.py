@@ -675,8 +675,8 @@ def profile(
             "requested": "auto" if repeats is None else repeats,
             "pairs": run.pairs,
             "unit": "utterance" if batch_size == 1 else f"padded batch of {batch_size}",
-            "order": "every configuration on each unit back to back, the order reversed from "
-            "one unit to the next (ABBA)",
+            "order": "every configuration on each unit back to back: a random order (seed 0) "
+            "on one unit, its reverse on the next (ABBA)",
             "stopped": run.stopped,
             "precision": run.precision,
             "time_budget": run.time_budget,

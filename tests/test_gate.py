@@ -137,11 +137,17 @@ def test_the_timer_alternates_the_order_and_stops_on_its_budget() -> None:
 
         return Arm(str(k), run)
 
-    timed = time_interleaved([arm(0), arm(1)], 3, threads=1, rounds=2, warmup=0)
-    assert timed.rounds == 2 and timed.pairs == 6 and timed.stopped.startswith("--repeats 2")
-    # per unit both arms back to back, the order reversed from one unit to the next (ABBA)
-    assert calls[:6] == [(0, 0), (1, 0), (1, 1), (0, 1), (0, 2), (1, 2)]
-    assert all(len(t.wall) == 6 and len(t.round_wall) == 2 for t in timed.arms)
+    timed = time_interleaved([arm(0), arm(1), arm(2)], 4, threads=1, rounds=2, warmup=0)
+    assert timed.rounds == 2 and timed.pairs == 8 and timed.stopped.startswith("--repeats 2")
+    # per unit every arm back to back; each unit's order is the previous one's reverse, or a
+    # fresh random order after that (ABBA), so every arm runs first and last equally often
+    orders = [[k for k, u in calls[3 * v : 3 * v + 3]] for v in range(8)]
+    assert all([u for _, u in calls[3 * v : 3 * v + 3]] == [v % 4] * 3 for v in range(8))
+    for v in range(0, 8, 2):
+        assert sorted(orders[v]) == [0, 1, 2] and orders[v + 1] == orders[v][::-1]
+    assert len({tuple(o) for o in orders[::2]}) > 1  # not one fixed order
+    calls.clear()
+    assert all(len(t.wall) == 8 and len(t.round_wall) == 2 for t in timed.arms)
     auto = time_interleaved(
         [arm(0), arm(1)], 3, threads=1, precision=1e-12, time_budget=0.05, warmup=0
     )

@@ -288,18 +288,35 @@ def test_real_sweep_stores_the_interval(setup) -> None:  # noqa: F811
 
 
 def test_old_format_point_still_loads_and_runs(tmp_path) -> None:
-    """The bundled dynamic model's record predates the interval (it has ``tolerance`` and no
-    ``dev_dwer_*``): it loads, ``inspect`` shows it, ``transcribe`` runs it."""
-    from dyncli import assets
-    from dyncli.checkpoint import load_checkpoint
+    """A record from before the interval (``tolerance``, no ``dev_dwer_*``; the bundled model
+    of 2026-11-23 carried one): it loads, ``inspect`` shows it, ``transcribe`` runs it."""
+    import torch
 
-    point = (load_checkpoint(assets.DEMO_DYNAMIC).method or {})["operating_point"]
-    assert "tolerance" in point and "dev_dwer_high" not in point
-    info = _json(invoke_cli("inspect", assets.DEMO_DYNAMIC, "--json", "-"))
+    from dyncli import assets
+
+    payload = torch.load(assets.DEMO_DYNAMIC, weights_only=True)
+    # the record a checkpoint of 2026-11-23 carries (the bundled model of that day)
+    payload["method"]["operating_point"] = point = {
+        "policy": "blank-skip",
+        "threshold": 0.8,
+        "layer": 4,
+        "neighbours": 1,
+        "dev_wer": 0.02,
+        "static_dev_wer": 0.02,
+        "dev_words": 200,
+        "flops_ratio": 0.42,
+        "wer_budget": 0.005,
+        "tolerance": 0.005,
+        "rule": "--wer-budget (0.50 points)",
+        "chosen_on": "dev set given to convert",
+    }
+    old = tmp_path / "old.ckpt"
+    torch.save(payload, old)
+    info = _json(invoke_cli("inspect", old, "--json", "-"))
     assert info["operating_point"]["threshold"] == point["threshold"]
     first = json.loads(assets.EVAL_MANIFEST.read_text().splitlines()[0])
     wav = assets.EVAL_MANIFEST.parent / first["audio_filepath"]
-    result = invoke_cli("transcribe", assets.DEMO_DYNAMIC, wav)
+    result = invoke_cli("transcribe", old, wav)
     assert result.exit_code == 0, result.output
     assert f"ran: blank-skip @ {point['threshold']:g}" in result.stderr
     assert "(stored operating point)" in result.stderr

@@ -392,7 +392,7 @@ def render(report: Any) -> None:
         f"timing: {env['device_name']} ({env['cpu']}), {env['threads']} thread(s), torch "
         f"{env['torch']}; batch size {report.timing['batch_size']}; "
         f"{t['pairs']} timed pairs ({t['rounds']} rounds, each configuration back to back per "
-        f"{t['unit']}, ABBA order); {t['stopped']}; "
+        f"{t['unit']}, random order then its reverse); {t['stopped']}; "
         "RTF = processing s / audio s end to end (RTFx = 1/RTF); FLOPs: fvcore, "
         "1 multiply-add = 1 FLOP; dWER in points; intervals are 95%"
     )

@@ -42,7 +42,8 @@ def main() -> None:
         "--dynamic",
         type=Path,
         default=None,
-        help="default: WORK/distilled.ckpt (run.sh step 6), else WORK/dynamic.ckpt",
+        help="default: WORK/bundled.ckpt (run.sh step 7), else WORK/distilled.ckpt, else "
+        "WORK/dynamic.ckpt",
     )
     ap.add_argument("--data", type=Path, default=None, help="default: WORK/data")
     args = ap.parse_args()
@@ -50,8 +51,14 @@ def main() -> None:
     ckpt = load_checkpoint(args.checkpoint or args.work / "static.ckpt")
     ckpt.provenance = {**ckpt.provenance, "bundled_from": "examples/digits recipe"}
     save_checkpoint(ASSETS / "demo_static.ckpt", ckpt, half=True)
-    distilled = args.work / "distilled.ckpt"
-    default = distilled if distilled.is_file() else args.work / "dynamic.ckpt"
+    default = next(
+        (
+            args.work / name
+            for name in ("bundled.ckpt", "distilled.ckpt")
+            if (args.work / name).is_file()
+        ),
+        args.work / "dynamic.ckpt",
+    )
     dynamic = load_checkpoint(args.dynamic or default)
     dynamic.provenance = {**dynamic.provenance, "bundled_from": "examples/digits recipe"}
     save_checkpoint(ASSETS / "demo_dynamic.ckpt", dynamic, half=True)

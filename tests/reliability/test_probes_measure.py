@@ -125,6 +125,13 @@ def test_evaluate_refuses_a_manifest_with_conflicting_transcripts(
 
 def _with_point(root: Path, **point: Any) -> Path:
     payload = torch.load(DEMO_DYNAMIC, weights_only=False)
+    # a blank-skip point at an exit of the bundled model, then the probe's change
+    payload["method"]["operating_point"] = {
+        "policy": "blank-skip",
+        "threshold": 0.8,
+        "layer": payload["method"]["exits"][0],
+        "neighbours": 1,
+    }
     payload["method"]["operating_point"].update(point)
     path = root / "bad_point.ckpt"
     torch.save(payload, path)
