@@ -198,9 +198,12 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
         return Path(a).resolve() == Path(b).resolve()
 
 
-def check_models(checkpoint: str | Path, models: Sequence[str | Path]) -> None:
-    """Refuse a ``--models`` entry given twice, or the same file as CHECKPOINT: its rows would
-    repeat under one label."""
+def check_models(
+    checkpoint: str | Path, models: Sequence[str | Path], baseline: str | Path | None = None
+) -> None:
+    """Refuse a ``--models`` entry given twice, or the same file as CHECKPOINT, and a
+    ``--baseline`` that is CHECKPOINT or one of ``--models``: its rows would repeat under one
+    label."""
     for i, path in enumerate(models):
         if _same_file(path, checkpoint):
             raise UsageError(
@@ -209,6 +212,16 @@ def check_models(checkpoint: str | Path, models: Sequence[str | Path]) -> None:
             )
         if any(_same_file(path, earlier) for earlier in models[:i]):
             raise UsageError(f"--models names {path} twice; give each checkpoint once")
+    if baseline is not None:
+        if _same_file(baseline, checkpoint):
+            raise UsageError(
+                f"--baseline {baseline} is the same file as CHECKPOINT ({checkpoint}): its full "
+                "depth is the static row already; give the static model it came from"
+            )
+        if any(_same_file(baseline, path) for path in models):
+            raise UsageError(
+                f"--baseline {baseline} is also in --models; give it once, as --baseline"
+            )
 
 
 def sweep_origin(name: str, given: bool) -> str:
@@ -436,7 +449,7 @@ def profile(
     if not time_budget > 0 or not math.isfinite(time_budget):
         raise UsageError(f"--time-budget must be a positive number of seconds, got {time_budget}")
     everything = [*models, *([baseline] if baseline is not None else [])]
-    check_models(checkpoint, everything)
+    check_models(checkpoint, models, baseline)
     main_label, *labels = model_labels([checkpoint, *everything])
     torch.set_num_threads(threads)
     dev = pick_device(device)

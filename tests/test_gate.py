@@ -276,9 +276,12 @@ def test_profile_baseline_compares_every_row_with_the_static_model(dyn, tiny_ckp
         (("--precision", "0"), "--precision must be between 0 and 1"),
         (("--time-budget", "-1"), "--time-budget must be a positive"),
         (("--on-inconclusive", "maybe"), "--on-inconclusive must be one of fail, pass"),
+        (("--baseline", "{ckpt}"), "--baseline {ckpt} is the same file as CHECKPOINT"),
     ],
 )
 def test_timing_and_gate_options_are_checked(dyn, args, expected) -> None:
+    args = tuple(a.format(ckpt=dyn["ckpt"]) for a in args)
+    expected = expected.format(ckpt=dyn["ckpt"])
     result = invoke_cli("profile", dyn["ckpt"], "--data", dyn["data"], *args)
     assert result.exit_code == 2, result.output
     assert expected in result.stderr and "Traceback" not in result.output
