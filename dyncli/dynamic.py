@@ -317,6 +317,8 @@ def exit_confidence(
     ``posterior``: mean of max_v p_t(v) over frames whose argmax is not blank (higher is more
     confident); all frames when the greedy path emits nothing.
     """
+    if log_probs.shape[0] == 1 and int(lengths[0]) == log_probs.shape[1]:
+        return _confidence_one(log_probs[0], criterion, blank)
     valid = _valid(lengths.to(log_probs.device), log_probs.shape[1]).to(log_probs.dtype)
     frames = valid.sum(dim=1).clamp(min=1)
     if criterion == "entropy":
@@ -330,6 +332,21 @@ def exit_confidence(
     token_mean = (peak * emits).sum(dim=1) / n_emit.clamp(min=1)
     all_mean = (peak * valid).sum(dim=1) / frames
     return torch.where(n_emit > 0, token_mean, all_mean)
+
+
+def _confidence_one(log_probs: torch.Tensor, criterion: str, blank: int) -> torch.Tensor:
+    """:func:`exit_confidence` of one unpadded utterance (T, V), as a (1,) tensor: the same
+    figure in about half the ops (no padding masks), since batch 1 is where an exit's cost
+    shows (about 45 us of a 650 us layer on the bundled model)."""
+    if criterion == "entropy":
+        ent = -(log_probs.exp() * log_probs).sum(dim=-1).mean() / math.log(log_probs.shape[-1])
+        return ent.reshape(1)
+    best, arg = log_probs.max(dim=-1)
+    peak = best.exp()
+    emits = arg != blank
+    if bool(emits.any()):
+        return peak[emits].mean().reshape(1)
+    return peak.mean().reshape(1)
 
 
 class EarlyExit:

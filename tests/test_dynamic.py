@@ -268,3 +268,20 @@ def test_bucketed_compaction_equals_exact(model, waves, batched: bool) -> None:
     assert [s[2] for s in b.trace if s[0] == "layer" and s[1] == 3] == [[width] * len(picked)]
     with pytest.raises(UsageError, match="bucket must be >= 0"):
         BlankSkip(BlankSkipConfig(bucket=-1))
+
+
+@pytest.mark.parametrize("criterion", ["entropy", "posterior"])
+def test_the_batch_one_confidence_equals_the_masked_one(criterion: str) -> None:
+    """One unpadded utterance takes a shorter path; it gives the figure the masked path gives
+    (checked here by padding the same utterance into a batch of two)."""
+    torch.manual_seed(0)
+    one = torch.randn(1, 9, 6).log_softmax(-1)
+    other = torch.randn(1, 9, 6).log_softmax(-1)
+    fast = exit_confidence(one, torch.tensor([9]), criterion)
+    masked = exit_confidence(torch.cat([one, other]), torch.tensor([9, 5]), criterion)[:1]
+    assert fast.shape == (1,) and torch.allclose(fast, masked, atol=1e-6)
+    blanks = torch.full((1, 4, 6), -30.0)
+    blanks[..., 0] = 0.0  # every frame a certain blank: the posterior of all frames
+    fast = exit_confidence(blanks, torch.tensor([4]), criterion)
+    masked = exit_confidence(torch.cat([blanks, other[:, :4]]), torch.tensor([4, 2]), criterion)
+    assert torch.allclose(fast, masked[:1], atol=1e-6)
