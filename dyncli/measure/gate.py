@@ -135,88 +135,66 @@ def row_label(row: dict[str, Any]) -> str:
     return f"{text} on {row['model']}" if row.get("model") else text
 
 
+def _bar(
+    bar: str,
+    limit: float,
+    value: float,
+    low: float | None,
+    high: float | None,
+    *,
+    upper: bool,
+    count: int,
+    unit: str,
+    line: str,
+) -> BarResult:
+    """One bar: its verdict, and for INCONCLUSIVE how many more ``unit`` would decide it."""
+    verdict = _three_way(low, high, limit, upper=upper)
+    more = _more(count, value, low, high, limit)
+    decide = f"about {more} more {unit}" if verdict == INCONCLUSIVE and more else None
+    return BarResult(bar, limit, value, low, high, verdict, line, decide)
+
+
 def judge_row(row: dict[str, Any], gate: GateConfig, reference: str) -> list[BarResult]:
     """Every given bar on ``row``. ``reference`` names what the WER increase and the speedup
     are measured against (for the lines)."""
     at = row_label(row)
+    words, pairs = row["words"], row.get("timing_pairs") or 0
     out = []
-    if gate.max_wer is not None:
-        lim = gate.max_wer
+    if (lim := gate.max_wer) is not None:
         low, high = row.get("wer_low"), row.get("wer_high")
-        verdict = _three_way(low, high, lim, upper=True)
         text = _interval_text(100 * row["wer"], _pts(low), _pts(high), "{:.2f}%")
-        more = _more(row["words"], row["wer"], low, high, lim)
+        line = f"WER {text} vs --max-wer {100 * lim:.2f}% ({at})"
         out.append(
-            BarResult(
-                "max_wer",
-                lim,
-                row["wer"],
-                low,
-                high,
-                verdict,
-                f"WER {text} vs --max-wer {100 * lim:.2f}% ({at})",
-                f"about {more} more reference words" if verdict == INCONCLUSIVE and more else None,
-            )
-        )
-    if gate.max_wer_increase is not None:
-        lim = gate.max_wer_increase
+            _bar("max_wer", lim, row["wer"], low, high, upper=True, count=words,
+                 unit="reference words", line=line)
+        )  # fmt: skip
+    if (lim := gate.max_wer_increase) is not None:
         value, low, high = row["gate_dwer"], row.get("gate_dwer_low"), row.get("gate_dwer_high")
-        verdict = _three_way(low, high, lim, upper=True)
         text = _interval_text(100 * value, _pts(low), _pts(high), "{:+.2f}")
-        more = _more(row["words"], value, low, high, lim)
-        out.append(
-            BarResult(
-                "max_wer_increase",
-                lim,
-                value,
-                low,
-                high,
-                verdict,
-                f"WER increase {text} points vs {reference}, --max-wer-increase "
-                f"{100 * lim:.2f} points ({at})",
-                f"about {more} more reference words" if verdict == INCONCLUSIVE and more else None,
-            )
+        line = (
+            f"WER increase {text} points vs {reference}, --max-wer-increase "
+            f"{100 * lim:.2f} points ({at})"
         )
-    if gate.max_rtf is not None:
-        lim = gate.max_rtf
+        out.append(
+            _bar("max_wer_increase", lim, value, low, high, upper=True, count=words,
+                 unit="reference words", line=line)
+        )  # fmt: skip
+    if (lim := gate.max_rtf) is not None:
         low, high = row.get("rtf_low"), row.get("rtf_high")
-        verdict = _three_way(low, high, lim, upper=True)
-        text = _interval_text(row["rtf"], low, high, "{:.4f}")
-        more = _more(row.get("timing_pairs") or 0, row["rtf"], low, high, lim)
+        line = f"RTF {_interval_text(row['rtf'], low, high, '{:.4f}')} vs --max-rtf {lim:g} ({at})"
         out.append(
-            BarResult(
-                "max_rtf",
-                lim,
-                row["rtf"],
-                low,
-                high,
-                verdict,
-                f"RTF {text} vs --max-rtf {lim:g} ({at})",
-                f"about {more} more timed pairs" if verdict == INCONCLUSIVE and more else None,
-            )
-        )
-    if gate.min_speedup is not None:
-        lim = gate.min_speedup
-        value, low, high = (
-            row["gate_speedup"],
-            row.get("gate_speedup_low"),
-            row.get("gate_speedup_high"),
-        )
-        verdict = _three_way(low, high, lim, upper=False)
+            _bar("max_rtf", lim, row["rtf"], low, high, upper=True, count=pairs,
+                 unit="timed pairs", line=line)
+        )  # fmt: skip
+    if (lim := gate.min_speedup) is not None:
+        value = row["gate_speedup"]
+        low, high = row.get("gate_speedup_low"), row.get("gate_speedup_high")
         text = _interval_text(value, low, high, "{:.3f}x")
-        more = _more(row.get("timing_pairs") or 0, value, low, high, lim)
+        line = f"speedup {text} vs {reference}, --min-speedup {lim:g}x ({at})"
         out.append(
-            BarResult(
-                "min_speedup",
-                lim,
-                value,
-                low,
-                high,
-                verdict,
-                f"speedup {text} vs {reference}, --min-speedup {lim:g}x ({at})",
-                f"about {more} more timed pairs" if verdict == INCONCLUSIVE and more else None,
-            )
-        )
+            _bar("min_speedup", lim, value, low, high, upper=False, count=pairs,
+                 unit="timed pairs", line=line)
+        )  # fmt: skip
     return out
 
 

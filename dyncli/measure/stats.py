@@ -190,6 +190,31 @@ class Interval:
         return asdict(self)
 
 
+def _sum_ratio_interval(
+    data: tuple[np.ndarray, np.ndarray],
+    statistic: Any,
+    degenerate: bool,
+    described: str,
+    *,
+    confidence: float,
+    resamples: int,
+    seed: int,
+    method: str,
+) -> Interval:
+    """``statistic(*data)`` (a ratio of two sums) with its paired bootstrap interval; a
+    ``degenerate`` sample (every resample gives the value) gets [value, value] unsampled."""
+    value = float(statistic(*data))
+    n = int(data[0].size)
+    if degenerate:
+        return Interval(value, value, value, confidence, n, described)
+    low, high, _, fell_back = _bootstrap(
+        data, statistic, confidence=confidence, resamples=resamples, seed=seed, method=method
+    )
+    if fell_back:
+        described += "; percentile interval (BCa degenerate)"
+    return Interval(value, low, high, confidence, n, described)
+
+
 def _ratio(base: np.ndarray, other: np.ndarray, axis: int = -1) -> Any:
     return base.sum(axis=axis) / other.sum(axis=axis)
 
@@ -219,16 +244,11 @@ def paired_speedup(
         raise ValueError("a speedup interval needs at least two pairs")
     if not (np.all(b > 0) and np.all(o > 0) and np.all(np.isfinite(b + o))):
         raise ValueError("times must be positive and finite")
-    value = float(_ratio(b, o))
     described = f"paired bootstrap over pairs ({method}, {resamples} resamples, seed {seed})"
-    if np.array_equal(b, o):
-        return Interval(value, value, value, confidence, int(b.size), described)
-    low, high, _, fell_back = _bootstrap(
-        (b, o), _ratio, confidence=confidence, resamples=resamples, seed=seed, method=method
-    )
-    if fell_back:
-        described += "; percentile interval (BCa degenerate)"
-    return Interval(value, low, high, confidence, int(b.size), described)
+    return _sum_ratio_interval(
+        (b, o), _ratio, np.array_equal(b, o), described,
+        confidence=confidence, resamples=resamples, seed=seed, method=method,
+    )  # fmt: skip
 
 
 def _wer(errors: np.ndarray, words: np.ndarray, axis: int = -1) -> Any:
@@ -250,16 +270,12 @@ def wer_interval(
     n = np.asarray(words, dtype=np.float64)
     if e.shape != n.shape or e.ndim != 1 or e.size == 0 or n.sum() <= 0:
         raise ValueError("a WER interval needs one error count and word count per utterance")
-    value = float(_wer(e, n))
     described = f"bootstrap over utterances ({method}, {resamples} resamples, seed {seed})"
-    if e.size < 2 or np.array_equal(e / np.maximum(n, 1), np.full(e.shape, value)):
-        return Interval(value, value, value, confidence, int(e.size), described)
-    low, high, _, fell_back = _bootstrap(
-        (e, n), _wer, confidence=confidence, resamples=resamples, seed=seed, method=method
-    )
-    if fell_back:
-        described += "; percentile interval (BCa degenerate)"
-    return Interval(value, low, high, confidence, int(e.size), described)
+    same_rate = np.array_equal(e / np.maximum(n, 1), np.full(e.shape, e.sum() / n.sum()))
+    return _sum_ratio_interval(
+        (e, n), _wer, e.size < 2 or same_rate, described,
+        confidence=confidence, resamples=resamples, seed=seed, method=method,
+    )  # fmt: skip
 
 
 def needed(units: int, half_width: float, margin: float) -> int | None:

@@ -137,8 +137,9 @@ def sweep_rows(
     audio = sum(u.samples for u in utts) / ckpt.model.sample_rate
     depth = ckpt.model.num_layers
     static = _row("static", None, static_stats, refs, static_stats, audio, depth)
+    full_errors = static[PRIVATE_ERRORS]  # scored once, the reference of every row
     rows = [
-        _row(policy, th, st, refs, static_stats, audio, depth)
+        _row(policy, th, st, refs, static_stats, audio, depth, full_errors)
         for th, st in zip(thresholds, row_stats, strict=True)
     ]
     return static, rows
@@ -152,12 +153,16 @@ def _row(
     static: SweepStats,
     audio_seconds: float,
     depth: int,
+    full_errors: list[int] | None = None,
 ) -> dict[str, Any]:
+    """One row; ``full_errors``: full depth's per-utterance errors (None: this is full
+    depth)."""
     from dyncli.metrics import utterance_word_errors
 
     rates = error_rates(refs, stats.hyps)
     errors, words = utterance_word_errors(refs, stats.hyps)
-    full_errors, _ = utterance_word_errors(refs, static.hyps)
+    if full_errors is None:
+        full_errors = errors
     wer = wer_interval(errors, words)
     return {
         "policy": name,
