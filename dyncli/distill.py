@@ -18,6 +18,11 @@ Methods (each a path and weighted objectives on the training engine):
 A model trained skip-aware (``convert --skip-layer K``) keeps blank-skip in the loop on the same
 share of steps for ``factorized-kd`` and ``exit-kd``.
 
+With ``freeze_backbone`` (``factorized-kd`` and ``exit-kd``) only the exit heads learn: every
+backbone weight, the final head included, stays as it was, so full depth keeps its outputs
+exactly (the final CTC term then trains nothing and is left out). This is the way to sharpen the
+exits of a model converted with ``convert --freeze-backbone`` without touching what it was.
+
 The teacher: ``--teacher CKPT`` (same tokenizer and frame rate, else refused), or by default the
 static checkpoint this model was converted from when its provenance names one that still exists
 with the same sha256, or else the model's own full-depth path at the start of distillation (a
@@ -84,6 +89,7 @@ class DistillOptions:
     drop_rate: float = 0.5  # dld
     alpha: float = 0.3  # exit-kd: weight of the teacher's pseudo-label loss
     kd_kl: bool = False  # exit-kd
+    freeze_backbone: bool = False  # factorized-kd, exit-kd: only the exit heads learn
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -112,6 +118,11 @@ class DistillOptions:
             raise UsageError("--factorized-head applies to --method factorized-kd only")
         if self.kd_kl and self.method != "exit-kd":
             raise UsageError("--kd-kl applies to --method exit-kd only")
+        if self.freeze_backbone and self.method == "dld":
+            raise UsageError(
+                "--freeze-backbone applies to --method factorized-kd and exit-kd only "
+                "(dld trains the layers themselves)"
+            )
 
 
 def distill_defaults() -> TrainConfig:
@@ -262,6 +273,11 @@ def distill(
             f"{checkpoint}: --method {options.method} distils into the intermediate heads and "
             "this model has none; run 'dyncli convert --exits ...' first"
         )
+    if options.freeze_backbone and (student.method or {}).get("skip_aware_training"):
+        raise UsageError(
+            f"{checkpoint}: this model was trained skip-aware (blank-skip in the loop), so the "
+            "layers after the trigger must keep learning: drop --freeze-backbone"
+        )
     if wer_budget is not None:  # the model's structure does not change: fail now, not after
         name = policy or ("drop" if options.method == "dld" else default_policy(student.method))
         check_policy_fits(student.model, name, policy is not None)
@@ -297,6 +313,9 @@ def distill(
             prov[key] = student.provenance[key]
     prov["distilled_from"] = str(checkpoint)
     path, objectives = plan(options, cfg.seed, student.method)
+    if options.freeze_backbone:
+        # Nothing the final CTC term reaches can learn: leave it out rather than compute it.
+        objectives = [(o, w) for o, w in objectives if not isinstance(o, FinalCTC)]
     result = run_engine(
         model=model,
         tokenizer=student.tokenizer,
@@ -314,6 +333,7 @@ def distill(
         world=world,
         run=run,
         teacher=chosen.model,
+        freeze_backbone=options.freeze_backbone,
     )
     out = DistillResult(train=result, output=Path(output), method=method, teacher=chosen.record)
 

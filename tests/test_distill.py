@@ -149,6 +149,39 @@ def test_distill_refuses_a_model_without_exits_for_exit_methods(tiny_ckpt, data,
     assert bad.exit_code == 2 and "--kd-kl" in bad.stderr
 
 
+@pytest.mark.parametrize("method", ["factorized-kd", "exit-kd"])
+def test_freeze_backbone_trains_the_exit_heads_only(dynamic, data, tmp_path, method) -> None:
+    """Every backbone tensor (final head and normalization statistics included) is the input's,
+    bit for bit, so full depth is unchanged; the exit heads learned; the option is recorded."""
+    out = tmp_path / "frozen.ckpt"
+    result = _distill(dynamic, data, out, "--method", method, "--freeze-backbone", "--lr", "0.01")
+    assert result.exit_code == 0, result.output
+    before, after = load_checkpoint(dynamic).model.state_dict(), load_checkpoint(out).model
+    state = after.state_dict()
+    for key, value in before.items():
+        if not key.startswith("exit_heads."):
+            assert torch.equal(value, state[key]), key
+    assert not torch.equal(before["exit_heads.1.weight"], state["exit_heads.1.weight"])
+    record = load_checkpoint(out).method
+    assert record is not None and record["distillation"]["options"]["freeze_backbone"] is True
+
+
+def test_freeze_backbone_is_refused_where_it_cannot_apply(dynamic, data, tmp_path) -> None:
+    dld = _distill(dynamic, data, tmp_path / "o.ckpt", "--method", "dld", "--freeze-backbone")
+    assert dld.exit_code == 2 and "--freeze-backbone" in dld.stderr
+    assert "dld" in dld.stderr.splitlines()[-1]
+    ckpt = load_checkpoint(dynamic)
+    assert ckpt.method is not None
+    ckpt.method["skip_aware_training"] = {
+        "layer": 1, "thresholds": [0.5, 0.9], "neighbours": 1, "share_of_steps": 0.5,
+    }  # fmt: skip
+    skip_aware = tmp_path / "skip-aware.ckpt"
+    save_checkpoint(skip_aware, ckpt)
+    bad = _distill(skip_aware, data, tmp_path / "o.ckpt", "--freeze-backbone")
+    assert bad.exit_code == 2 and "skip-aware" in bad.stderr
+    assert not (tmp_path / "o.ckpt").exists()
+
+
 def _batch(n: int = 2) -> Batch:
     gen = torch.Generator().manual_seed(0)
     waves = [torch.randn(4000 + 1600 * i, generator=gen) * 0.1 for i in range(n)]

@@ -320,6 +320,38 @@ def test_lean_inference_path_equals_torchaudio_layer(pre_ln: bool) -> None:
     torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_chunked_feed_forward_equals_torchaudio_and_counts_the_same_flops(
+    pre_ln: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lean feed-forward in several chunks of the intermediate width (accumulated with
+    ``addmm_``) gives torchaudio's output, and fvcore counts the same FLOPs as in one piece."""
+    import dyncli.models.wav2vec2 as w2v
+    from dyncli.measure.flops import count_flops
+
+    layer, x, lengths, pad = _tiny_layer(pre_ln)
+    width = layer.feed_forward.intermediate_dense.out_features
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ff = layer.feed_forward
+
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            return w2v._feed_forward(self.ff, h, True)
+
+    whole = count_flops(Block(), (x,))
+    monkeypatch.setattr(w2v, "FFN_CHUNK", width // 4)
+    w2v._LEAN_CACHE.pop(layer.feed_forward, None)  # prepared in one piece by the count above
+    with torch.no_grad():
+        reference = _reference_layer(layer, x, lengths)
+        got = w2v.w2v_layer(layer, x, pad)
+    w1, b1, w2, _ = w2v._LEAN_CACHE[layer.feed_forward][1]
+    assert w1.shape[0] == b1.shape[0] == w2.shape[0] == 4  # the chunked weights ran
+    torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-5)
+    assert count_flops(Block(), (x,)) == whole > 0
+
+
 def test_lean_weights_follow_a_weight_changed_in_place() -> None:
     from dyncli.models.wav2vec2 import w2v_layer
 

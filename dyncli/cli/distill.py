@@ -49,6 +49,7 @@ APPLIES: dict[str, tuple[str, ...]] = {
     "alpha": ("exit-kd", KL),
     "kd_kl": ("exit-kd", KL),
     "exit_weight": ("factorized-kd", "exit-kd", KL),
+    "freeze_backbone": ("factorized-kd", "exit-kd", KL),
 }
 # What each loss weight trains, by method.
 WEIGHTS: dict[str, tuple[str, ...]] = {
@@ -117,6 +118,14 @@ def run(
         bool,
         typer.Option("--kd-kl", help="exit-kd: also add the posterior KL into each exit."),
     ] = False,
+    freeze_backbone: Annotated[
+        bool,
+        typer.Option(
+            "--freeze-backbone/--fine-tune",
+            help="factorized-kd, exit-kd: train the exit heads only; every backbone weight and "
+            "the final head stay as they are, so full depth keeps its outputs exactly.",
+        ),
+    ] = False,
     exit_weight: ExitWeightOpt = 1.0,
     final_weight: FinalWeightOpt = 1.0,
     epochs: EpochsOpt = 4,
@@ -167,6 +176,7 @@ def run(
         drop_rate=drop_rate,
         alpha=alpha,
         kd_kl=kd_kl,
+        freeze_backbone=freeze_backbone,
     )
     options.check()
     chosen = KL if method == "exit-kd" and kd_kl else method

@@ -34,8 +34,9 @@ fvcore's defaults miss several ops our backbones run; :data:`EXTRA_HANDLES` adds
   ``aten::convolution``, ``aten::conv_transpose{1,2,3}d``: fvcore's convolution formula.
 * ``aten::linalg_vecdot``: one multiply-add per reduced element (the Conformer's depthwise
   convolution in eval mode; reported under "conv").
-* ``aten::baddbmm``, ``aten::addbmm``, ``aten::mv``, ``aten::addmv``, ``aten::dot``,
-  ``aten::vdot``: the products (bias terms not counted, as fvcore does for ``addmm``).
+* ``aten::addmm_`` (in place; reported under ``addmm``), ``aten::baddbmm``, ``aten::addbmm``,
+  ``aten::mv``, ``aten::addmv``, ``aten::dot``, ``aten::vdot``: the products (bias terms not
+  counted, as fvcore does for ``addmm``).
 
 Cost: fvcore jit-traces the module on every count (tens of milliseconds for one layer of the
 demo model on one CPU thread, more on a busy machine), so :class:`FlopTable` caches each part
@@ -172,6 +173,13 @@ def _batched_product_flop(inputs: list[Any], outputs: list[Any]) -> int:
     return b * n * m * _shape(inputs[2])[-1]
 
 
+def _addmm_inplace_flop(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
+    """``out.addmm_(a, b)``: (n, m) @ (m, p) -> n * m * p, reported under ``addmm`` as fvcore
+    reports the out-of-place op (wav2vec2's chunked feed-forward accumulates with it)."""
+    n, m = _shape(inputs[1])
+    return Counter({"addmm": n * m * _shape(inputs[2])[-1]})
+
+
 def _mv_flop(first: int) -> Handle:
     def handle(inputs: list[Any], outputs: list[Any]) -> int:
         return math.prod(_shape(inputs[first]))
@@ -205,6 +213,7 @@ EXTRA_HANDLES: dict[str, Handle] = {
     "aten::convolution": _conv_handle(None),
     "aten::baddbmm": _batched_product_flop,
     "aten::addbmm": _batched_product_flop,
+    "aten::addmm_": _addmm_inplace_flop,
     "aten::mv": _mv_flop(0),
     "aten::addmv": _mv_flop(1),
     "aten::dot": _mv_flop(0),
