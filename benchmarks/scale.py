@@ -44,8 +44,8 @@ dynamic policy on the same unit back to back with ``time.perf_counter``, the ord
 At batch 1 the run also times the suffix's layers at the median utterance's kept width twice:
 each a different layer, as blank-skip runs them, and one layer repeated (``diagnosis``). The
 difference is what fetching a layer's weights costs when a few tens of rows of GEMM work cannot
-hide it; FLOPs do not count it (on the 2-core Xeon: 5.17 vs 4.20 ms a layer at 39 frames, the
-gap between a realization of ~0.85 and ~0.93).
+hide it; FLOPs do not count it (on the 2-core Xeon: 5.17 vs 4.20 ms a layer at 39 frames, about
+9 ms of the dynamic pass's 112 ms over the 9 suffix layers).
 
 Writes benchmarks/results/scale.json. Exit status 0 when every row's realization is >= 0.9,
 1 otherwise.
