@@ -398,7 +398,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     model.blank_id = int(payload.get("blank_id", 0))  # version 0: dyncli's tokenizers, blank 0
     gates = (method or {}).get("gates")
     if gates is not None:
-        from dyncli.gates import attach_gates
+        from dyncli.methods.gates.predictor import attach_gates
 
         try:
             attach_gates(model, str(gates["predictor"]), int(gates.get("hidden", 32)))

@@ -13,9 +13,9 @@ computed), so that at inference the ``drop`` policy can run fewer layers. It is 
 Method ``gates`` (I3D, arXiv 2303.07624): a gate predictor (``local`` per layer or ``global``
 for the whole plan) and a binary gate on every attention and feed-forward block, trained with
 straight-through Gumbel gates and a cost term that drives the expected fraction of executed
-modules toward ``target`` (:mod:`dyncli.gates`). The whole model is fine-tuned with the gates in
-the loop; the result runs the ``gates`` policy, and its checkpoint records the predictor, the
-target and each block's gate-open rate on the dev set.
+modules toward ``target`` (:mod:`dyncli.methods.gates`). The whole model is fine-tuned with the
+gates in the loop; the result runs the ``gates`` policy, and its checkpoint records the
+predictor, the target and each block's gate-open rate on the dev set.
 
 With ``wer_budget`` the converted model is swept on the dev set and the operating point (policy
 and threshold) with the fewest executed FLOPs whose dev WER increase over full depth is within
@@ -71,7 +71,7 @@ METHODS = ("early-exit", "layerdrop", "gates")
 
 @dataclass
 class GateTraining:
-    """``convert --method gates`` settings (see :mod:`dyncli.gates`)."""
+    """``convert --method gates`` settings (see :mod:`dyncli.methods.gates`)."""
 
     predictor: str = "local"
     target: float = 0.5  # expected fraction of attention / feed-forward modules executed
@@ -81,7 +81,7 @@ class GateTraining:
     lr_scale: float = 10.0  # the predictor's learning rate over the model's
 
     def validate(self) -> None:
-        from dyncli.gates import PREDICTORS
+        from dyncli.methods.gates.predictor import PREDICTORS
 
         if self.predictor not in PREDICTORS:
             raise UsageError(
@@ -119,7 +119,7 @@ def as_trained(model: CTCEncoder, exits: list[int], gates: GateTraining | None) 
         probe = copy.deepcopy(model)
         probe.attach_exits(exits)
         if gates is not None:
-            from dyncli.gates import attach_gates
+            from dyncli.methods.gates.predictor import attach_gates
 
             attach_gates(probe, gates.predictor, gates.hidden)
     return probe
@@ -241,7 +241,7 @@ def convert(
         method_record = layerdrop_method(exit_cfg.exits, drop_rate)
         path: StudentPath = LayerDrop(drop_rate, torch.Generator().manual_seed(cfg.seed + 15485863))
     elif method == "gates":
-        from dyncli.gates import attach_gates, gates_method
+        from dyncli.methods.gates.predictor import attach_gates, gates_method
 
         predictor = attach_gates(model, gate_cfg.predictor, gate_cfg.hidden)
         lr_scales = [(predictor, gate_cfg.lr_scale)]
@@ -288,7 +288,7 @@ def convert(
         """A gated model records its gate-open rates on dev; with --wer-budget the operating
         point is chosen on dev and stored."""
         if method == "gates":
-            from dyncli.gates import open_rates
+            from dyncli.methods.gates.policy import open_rates
 
             assert converted.method is not None
             model = converted.model

@@ -107,7 +107,7 @@ def policy_settings(ckpt: Checkpoint, name: str, overrides: dict[str, Any]) -> d
         merged.update({k: v for k, v in stored[2].items() if v is not None})
     merged.update({k: v for k, v in overrides.items() if v is not None})
     if name == "blank-skip" and merged.get("layer") is None:
-        from dyncli.dynamic import default_trigger
+        from dyncli.methods.blank_skip import default_trigger
 
         merged["layer"] = default_trigger(ckpt.model, ckpt.method)
     return merged
@@ -188,7 +188,8 @@ def resolve_run(
     where: str = "checkpoint",
 ) -> tuple[SkipPolicy, RunChoice]:
     """The policy to run and a record of the choice (see the module docstring)."""
-    from dyncli.dynamic import StaticPolicy, build_policy
+    from dyncli.dynamic import build_policy
+    from dyncli.methods.static import StaticPolicy
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     asked = policy is not None or threshold is not None or bool(overrides)
@@ -319,7 +320,7 @@ def choose_operating_point(
 
     The rule: the threshold with the fewest executed FLOPs whose dev ΔWER *upper bound* (the
     95% paired bootstrap interval over utterances of its WER minus full depth's,
-    ``dwer_high`` of :func:`dyncli.profiling.sweep_rows`) is at most ``wer_budget``; ties go
+    ``dwer_high`` of :func:`dyncli.measure.sweep.sweep_rows`) is at most ``wer_budget``; ties go
     to the lower WER. A threshold whose dev errors equal full depth's on every utterance has the
     interval [0, 0] and always qualifies. The grid is the policy's default sweep plus its
     conservative thresholds, unless ``thresholds``.
@@ -332,15 +333,16 @@ def choose_operating_point(
     """
     import dataclasses
 
+    from dyncli.dynamic.run import policy_runs
     from dyncli.measure.stats import CONFIDENCE
+    from dyncli.measure.sweep import sweep_rows
     from dyncli.plugins import get_skip_policy
-    from dyncli.profiling import _runs, sweep_rows
 
     spec = get_skip_policy(policy)
     merged = policy_settings(ckpt, policy, settings or {})
     grid = thresholds or (
         *spec.defaults_for(ckpt.model),
-        *(v for v in spec.conservative_thresholds if _runs(ckpt.model, policy, v, merged)),
+        *(v for v in spec.conservative_thresholds if policy_runs(ckpt.model, policy, v, merged)),
     )
     values = sorted({canonical_threshold(v) for v in grid})
     static, rows = sweep_rows(ckpt, utts, [u.wave for u in utts], policy, values, merged)

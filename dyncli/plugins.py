@@ -48,7 +48,7 @@ class BackboneSpec:
 class SkipPolicySpec:
     """A skip policy: decides per utterance or frame which layers run.
 
-    ``build(config)`` returns the policy object (see ``dyncli.dynamic.SkipPolicy``); the
+    ``build(config)`` returns the policy object (see ``dyncli.dynamic.trace.SkipPolicy``); the
     config is ``config_cls(threshold=..., **defaults)``. ``default_thresholds`` is the sweep
     ``dyncli profile`` runs when none is given; ``conservative_thresholds`` are thresholds
     nearer full depth that ``dyncli convert --wer-budget`` tries as well, so that a model whose

@@ -31,7 +31,8 @@ from dyncli.checkpoint import Checkpoint, load_checkpoint
 from dyncli.data.dataset import Utterance, load_utterances
 from dyncli.data.manifest import read_manifest
 from dyncli.decoding import greedy_ctc
-from dyncli.dynamic import StaticPolicy, build_policy
+from dyncli.dynamic import build_policy
+from dyncli.dynamic.run import policy_runs
 from dyncli.environment import describe
 from dyncli.errors import UsageError
 from dyncli.evaluation import model_summary
@@ -50,6 +51,7 @@ from dyncli.measure.sweep import (
     wer_delta,
 )
 from dyncli.measure.timing import Arm, TimingRun, dispersion, speedup, time_interleaved
+from dyncli.methods.static import StaticPolicy
 from dyncli.models.base import CTCEncoder
 from dyncli.operating_point import (
     canonical_threshold,
@@ -330,7 +332,7 @@ def _other_model(
         name, values, merged, _ = resolve_policy(
             other, asked, None if multi else thresholds, given, None, waves
         )
-        values = [v for v in values if _runs(model, name, v, merged)]
+        values = [v for v in values if policy_runs(model, name, v, merged)]
         if not values:
             continue
         _, found = sweep_rows(other, utts, waves, name, values, merged, table)
@@ -347,15 +349,7 @@ def _can_run(model: CTCEncoder, name: str) -> bool:
     if spec.needs_exits and not model.exits:
         return False
     defaults = spec.defaults_for(model)
-    return bool(defaults) and _runs(model, name, defaults[0], {})
-
-
-def _runs(model: CTCEncoder, name: str, threshold: float, settings: dict[str, Any]) -> bool:
-    try:
-        build_policy(name, threshold, **settings).check(model)
-    except UsageError:
-        return False
-    return True
+    return bool(defaults) and policy_runs(model, name, defaults[0], {})
 
 
 DEFAULT_PRECISION = 0.03
@@ -488,7 +482,7 @@ def profile(
             given = {k: v for k, v in given.items() if k in fields}
         name, values, merged, _ = resolve_policy(ckpt, asked, thresholds, given, gate.at, waves)
         if multi:  # keep what this model can run (drop: layer counts up to its depth)
-            values = [v for v in values if _runs(model, name, v, merged)]
+            values = [v for v in values if policy_runs(model, name, v, merged)]
             if not values:
                 raise UsageError(f"--policy {name}: none of its thresholds runs on this model")
         for v in values:

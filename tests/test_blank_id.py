@@ -12,8 +12,9 @@ import torch
 
 from dyncli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from dyncli.decoding import greedy_ctc
-from dyncli.dynamic import BlankSkip, EarlyExit
 from dyncli.errors import CheckpointError
+from dyncli.methods.blank_skip import BlankSkip
+from dyncli.methods.early_exit import EarlyExit
 from dyncli.models.config import CONFORMER_PRESETS
 from dyncli.models.conformer import build_conformer_ctc
 from dyncli.policy_config import BlankSkipConfig, EarlyExitConfig

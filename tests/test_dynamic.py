@@ -9,16 +9,11 @@ import pytest
 import torch
 
 from dyncli.data.dataset import pad_waves
-from dyncli.dynamic import (
-    BlankSkip,
-    EarlyExit,
-    StaticPolicy,
-    build_policy,
-    exit_confidence,
-    keep_mask,
-    run_policy,
-)
+from dyncli.dynamic import build_policy, run_policy
 from dyncli.errors import UsageError
+from dyncli.methods.blank_skip import BlankSkip, keep_mask
+from dyncli.methods.early_exit import EarlyExit, exit_confidence
+from dyncli.methods.static import StaticPolicy
 from dyncli.models.config import CONFORMER_PRESETS
 from dyncli.models.conformer import build_conformer_ctc
 from dyncli.policy_config import BlankSkipConfig, EarlyExitConfig

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from dyncli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from dyncli.dynamic import GatePolicy, StaticPolicy
-from dyncli.gates import GatePredictor, attach_gates, gumbel_gates, predictor_of
 from dyncli.measure.flops import FlopTable
 from dyncli.measure.sweep import _encoder_flops
+from dyncli.methods.gates.policy import GatePolicy
+from dyncli.methods.gates.predictor import GatePredictor, attach_gates, gumbel_gates, predictor_of
+from dyncli.methods.static import StaticPolicy
 from dyncli.models.config import CONFORMER_PRESETS
 from dyncli.models.conformer import build_conformer_ctc
 from dyncli.policy_config import GatesConfig
@@ -155,7 +156,7 @@ def test_straight_through_gumbel_gradient_reaches_the_predictor() -> None:
 
 
 def test_gated_checkpoint_round_trip(tmp_path: Path) -> None:
-    from dyncli.gates import gates_method
+    from dyncli.methods.gates.predictor import gates_method
     from dyncli.text import CharTokenizer
 
     model = gated_model("global", {1: {"attn"}})

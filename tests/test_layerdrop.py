@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from dyncli.checkpoint import load_checkpoint
-from dyncli.dynamic import DropLayers, StaticPolicy, kept_layers
 from dyncli.errors import UsageError
+from dyncli.methods.drop import DropLayers, kept_layers
+from dyncli.methods.static import StaticPolicy
 from dyncli.policy_config import DropConfig
 from tests.conftest import invoke_cli, tone_manifest
 

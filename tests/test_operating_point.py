@@ -111,10 +111,10 @@ def _rows(static_wer: float, words: int, rows: list[tuple]):
 
 @pytest.fixture
 def doctored(setup, monkeypatch):  # noqa: F811
-    """The tiny dynamic model, with ``profiling.sweep_rows`` answering ``sweeps[-1]``; the
+    """The tiny dynamic model, with ``measure.sweep.sweep_rows`` answering ``sweeps[-1]``; the
     thresholds each call asked for are kept in ``grids``."""
-    from dyncli import profiling
     from dyncli.checkpoint import load_checkpoint
+    from dyncli.measure import sweep
 
     state: dict = {"sweeps": [], "grids": []}
 
@@ -122,7 +122,7 @@ def doctored(setup, monkeypatch):  # noqa: F811
         state["grids"].append(list(thresholds))
         return state["sweeps"][-1]
 
-    monkeypatch.setattr(profiling, "sweep_rows", fake_sweep)
+    monkeypatch.setattr(sweep, "sweep_rows", fake_sweep)
     state["ckpt"] = load_checkpoint(setup["ckpt"])
     return state
 

@@ -353,9 +353,10 @@ def test_batched_profile_and_flop_accounting(setup, tmp_path) -> None:
     from dyncli.checkpoint import load_checkpoint
     from dyncli.data.dataset import load_utterances
     from dyncli.data.manifest import read_manifest
-    from dyncli.dynamic import StaticPolicy, build_policy
+    from dyncli.dynamic import build_policy
     from dyncli.measure.flops import FlopTable
     from dyncli.measure.sweep import accuracy_sweep, batched_flops, make_batches
+    from dyncli.methods.static import StaticPolicy
 
     out = tmp_path / "b.json"
     result = _profile(

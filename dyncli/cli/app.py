@@ -9,7 +9,6 @@ lists the commands plugins add.
 from __future__ import annotations
 
 import sys
-from collections.abc import Collection
 from typing import Any
 
 import typer
@@ -29,6 +28,7 @@ from dyncli.cli import (
 )
 from dyncli.cli.command import DyncliCommand, one_line_usage_errors
 from dyncli.cli.errors import debug_enabled, guarded, report
+from dyncli.cli.plugin_commands import BUILTIN_COMMANDS, plugin_commands
 from dyncli.errors import DyncliError
 
 HELP = """Give CTC speech encoders input-dependent depth, and measure what it buys.
@@ -37,6 +37,7 @@ Exit codes: 0 success, 1 failed job or failed gate, 2 usage or input error.
 Set DYNCLI_DEBUG=1 to see tracebacks. Commands that plugins add are listed by 'dyncli plugins'."""
 
 COMMANDS = (train, convert, distill, prune, profile, evaluate, transcribe, inspect, plugins)
+assert tuple(module.NAME for module in COMMANDS) == BUILTIN_COMMANDS, "keep the two lists in step"
 
 
 def _version(value: bool) -> None:
@@ -51,33 +52,6 @@ def _help(doc: str | None) -> str:
 
     paragraphs = _inspect.cleandoc(doc or "").split("\n\n")
     return "\n\n".join(" ".join(p.split()) for p in paragraphs)
-
-
-def plugin_commands(reserved: Collection[str] = ()) -> dict[str, Any]:
-    """The click commands that plugins add through ``register_commands``, by name.
-
-    Loads the plugins. Each plugin adds its commands to a Typer app of its own, so one whose
-    hook raises is skipped whole (see :func:`dyncli.plugins.call_each`). A name in ``reserved``
-    (the built-in commands) or already added by an earlier plugin is skipped with a warning.
-    """
-    from typer.main import get_group
-
-    from dyncli.plugins import call_each, warn_name_clash
-
-    found: dict[str, Any] = {}
-    owners: dict[str, str] = {}
-
-    def call(plugin: str, hook: Any) -> None:
-        cli = typer.Typer()
-        hook(cli=cli)
-        for name, command in get_group(cli).commands.items():
-            if name in reserved or name in found:
-                warn_name_clash("command", name, kept=owners.get(name), skipped=plugin)
-                continue
-            found[name], owners[name] = command, plugin
-
-    call_each("register_commands", call)
-    return found
 
 
 class DyncliGroup(TyperGroup):

@@ -17,6 +17,7 @@ from dyncli.cli.options import (
     ExitsOpt,
     ExitWeightOpt,
     FinalWeightOpt,
+    FreezeBackboneOpt,
     JobThreadsOpt,
     LogEveryOpt,
     LrOpt,
@@ -117,14 +118,7 @@ def run(
             "from scratch inside a fine-tuned model).",
         ),
     ] = 10.0,
-    freeze_backbone: Annotated[
-        bool,
-        typer.Option(
-            "--freeze-backbone/--fine-tune",
-            help="Train only the new heads (backbone weights and outputs unchanged), or "
-            "fine-tune everything with the summed losses.",
-        ),
-    ] = False,
+    freeze_backbone: FreezeBackboneOpt = False,
     exit_weight: ExitWeightOpt = 1.0,
     final_weight: FinalWeightOpt = 1.0,
     skip_layer: Annotated[

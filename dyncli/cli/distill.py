@@ -17,6 +17,7 @@ from dyncli.cli.options import (
     EpochsOpt,
     ExitWeightOpt,
     FinalWeightOpt,
+    FreezeBackboneOpt,
     JobThreadsOpt,
     LogEveryOpt,
     LrOpt,
@@ -118,14 +119,7 @@ def run(
         bool,
         typer.Option("--kd-kl", help="exit-kd: also add the posterior KL into each exit."),
     ] = False,
-    freeze_backbone: Annotated[
-        bool,
-        typer.Option(
-            "--freeze-backbone/--fine-tune",
-            help="factorized-kd, exit-kd: train the exit heads only; every backbone weight and "
-            "the final head stay as they are, so full depth keeps its outputs exactly.",
-        ),
-    ] = False,
+    freeze_backbone: FreezeBackboneOpt = False,
     exit_weight: ExitWeightOpt = 1.0,
     final_weight: FinalWeightOpt = 1.0,
     epochs: EpochsOpt = 4,

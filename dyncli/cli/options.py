@@ -247,6 +247,14 @@ ExitsOpt = Annotated[
         show_default=False,
     ),
 ]
+FreezeBackboneOpt = Annotated[
+    bool,
+    typer.Option(
+        "--freeze-backbone/--fine-tune",
+        help="Train only the exit heads (every backbone weight, the final head included, and so "
+        "full depth's outputs stay as they are), or fine-tune everything with the summed losses.",
+    ),
+]
 ExitWeightOpt = Annotated[
     float,
     typer.Option("--exit-weight", min=0.0, help="Weight of each intermediate CTC loss in the sum."),

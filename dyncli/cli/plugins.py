@@ -27,7 +27,7 @@ def run(json_path: JsonOpt = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from dyncli.cli.app import COMMANDS, plugin_commands
+    from dyncli.cli.plugin_commands import BUILTIN_COMMANDS, plugin_commands
     from dyncli.cli.render import console, write_json
     from dyncli.plugins import (
         backbones,
@@ -39,7 +39,7 @@ def run(json_path: JsonOpt = None) -> None:
 
     found_backbones, found_policies = backbones(), skip_policies()
     found_readers = checkpoint_readers()
-    commands = plugin_commands(reserved={module.NAME for module in COMMANDS})
+    commands = plugin_commands(reserved=set(BUILTIN_COMMANDS))
     # after the hooks ran: a plugin whose hook raised is unregistered and listed as failed
     pm = get_plugin_manager()
     info: dict[str, Any] = {

@@ -12,23 +12,23 @@ from dyncli.policy_config import BlankSkipConfig, DropConfig, EarlyExitConfig, G
 
 
 def _blank_skip(config: BlankSkipConfig) -> Any:
-    from dyncli.dynamic import BlankSkip
+    from dyncli.methods.blank_skip import BlankSkip
 
     return BlankSkip(config)
 
 
 def _early_exit(config: EarlyExitConfig) -> Any:
-    from dyncli.dynamic import EarlyExit
+    from dyncli.methods.early_exit import EarlyExit
 
     return EarlyExit(config)
 
 
 def _exit_sweep(criterion: str) -> Callable[[Any, Sequence[Any]], tuple[float, ...]]:
     """The data-derived early-exit sweep for ``criterion`` (see
-    ``dyncli.dynamic.early_exit_thresholds_from_data``)."""
+    ``dyncli.methods.early_exit.early_exit_thresholds_from_data``)."""
 
     def derive(model: Any, waves: Sequence[Any]) -> tuple[float, ...]:
-        from dyncli.dynamic import early_exit_thresholds_from_data
+        from dyncli.methods.early_exit import early_exit_thresholds_from_data
 
         return early_exit_thresholds_from_data(model, waves, criterion)
 
@@ -36,7 +36,7 @@ def _exit_sweep(criterion: str) -> Callable[[Any, Sequence[Any]], tuple[float, .
 
 
 def _drop(config: DropConfig) -> Any:
-    from dyncli.dynamic import DropLayers
+    from dyncli.methods.drop import DropLayers
 
     return DropLayers(config)
 
@@ -48,7 +48,7 @@ def _drop_counts(model: Any) -> tuple[float, ...]:
 
 
 def _gates(config: GatesConfig) -> Any:
-    from dyncli.dynamic import GatePolicy
+    from dyncli.methods.gates.policy import GatePolicy
 
     return GatePolicy(config)
 

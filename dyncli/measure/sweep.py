@@ -19,8 +19,9 @@ import torch
 from dyncli.checkpoint import Checkpoint
 from dyncli.data.dataset import Utterance, pad_waves
 from dyncli.decoding import greedy_ctc
-from dyncli.dynamic import DynamicOutput, StaticPolicy, build_policy
+from dyncli.dynamic import DynamicOutput, build_policy
 from dyncli.measure.stats import paired_wer_delta, wer_interval
+from dyncli.methods.static import StaticPolicy
 from dyncli.metrics import error_rates
 from dyncli.models.base import CTCEncoder
 from dyncli.text import Tokenizer

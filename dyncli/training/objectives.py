@@ -293,7 +293,7 @@ class SkipAware:
     def run(
         self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor, frozen: bool
     ) -> StudentPass:
-        from dyncli.dynamic import BlankSkip
+        from dyncli.methods.blank_skip import BlankSkip
         from dyncli.policy_config import BlankSkipConfig
 
         draw = torch.rand(2, generator=self.generator).tolist()
@@ -354,7 +354,7 @@ class LayerDrop:
 class GatedPath:
     """I3D training: every layer's attention and feed-forward blocks computed with a
     straight-through Gumbel gate ``x + g * f(x)`` (hard forward, soft backward) from the
-    model's gate predictor (:mod:`dyncli.gates`); the open probabilities go to
+    model's gate predictor (:mod:`dyncli.methods.gates`); the open probabilities go to
     :class:`GateCost`."""
 
     name = "gates"
@@ -366,7 +366,7 @@ class GatedPath:
     def run(
         self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor, frozen: bool
     ) -> StudentPass:
-        from dyncli.gates import gumbel_gates, predictor_of
+        from dyncli.methods.gates.predictor import gumbel_gates, predictor_of
 
         gp = predictor_of(model)
         if gp is None:

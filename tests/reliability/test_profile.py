@@ -234,8 +234,8 @@ def test_item21_data_sweep_crosses_one_breakpoint_per_row(setup) -> None:
     from dyncli.checkpoint import load_checkpoint
     from dyncli.data.dataset import load_utterances
     from dyncli.data.manifest import read_manifest
-    from dyncli.dynamic import early_exit_thresholds_from_data
     from dyncli.measure.sweep import accuracy_sweep
+    from dyncli.methods.early_exit import early_exit_thresholds_from_data
 
     ckpt = load_checkpoint(setup["ckpt"])
     utts, _ = load_utterances(read_manifest(setup["data"]), ckpt.model.sample_rate, False)

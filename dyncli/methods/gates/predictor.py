@@ -170,30 +170,3 @@ class GateDecision:
     blocks: tuple[str, ...]
     open: torch.Tensor
     probs: torch.Tensor
-
-
-@torch.inference_mode()
-def open_rates(
-    model: CTCEncoder,
-    waves: Sequence[torch.Tensor],
-    threshold: float = 0.5,
-) -> dict[str, list[float]]:
-    """Per gateable block, each layer's gate-open rate over ``waves`` (one utterance at a
-    time) at ``threshold``: what ``inspect`` shows for the data a model was tuned on."""
-    from dyncli.dynamic import GatePolicy
-    from dyncli.policy_config import GatesConfig
-
-    gp = predictor_of(model)
-    if gp is None:
-        raise UsageError("this model has no gate predictor")
-    policy = GatePolicy(GatesConfig(threshold=threshold))
-    totals = torch.zeros(model.num_layers, len(gp.blocks))
-    dev = next(model.parameters()).device
-    for wave in waves:
-        lengths = torch.tensor([wave.shape[-1]], device=dev)
-        feats, frames = model.features(wave.reshape(1, -1).to(dev), lengths)
-        x, n = model.embed(feats, frames)
-        _, decision = policy.run(model, x, n)
-        totals += decision.open[0].float().cpu()
-    rates = totals / max(len(waves), 1)
-    return {name: [round(float(r), 4) for r in rates[:, j]] for j, name in enumerate(gp.blocks)}
