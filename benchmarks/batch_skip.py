@@ -26,12 +26,12 @@ from dyncli.checkpoint import load_checkpoint
 from dyncli.data.dataset import load_utterances, pad_waves
 from dyncli.data.manifest import read_manifest
 from dyncli.dynamic import build_policy
+from dyncli.dynamic.operating_point import stored_point
 from dyncli.environment import describe
 from dyncli.fileio import atomic_write_text
 from dyncli.measure.flops import FlopTable
 from dyncli.measure.timing import import_benchmark
 from dyncli.methods.static import StaticPolicy
-from dyncli.operating_point import stored_point
 
 HERE = Path(__file__).resolve().parent
 

@@ -35,12 +35,12 @@ from typing import Any
 import torch
 
 from dyncli import __version__
+from dyncli.data.text import Tokenizer, tokenizer_from_state
 from dyncli.errors import CheckpointError, DyncliError, InputError, JobFailed
 from dyncli.fileio import atomic_write
 from dyncli.models.base import EXIT_HEAD_FORMS, CTCEncoder
 from dyncli.models.config import config_from_dict, config_to_dict
 from dyncli.plugins import get_backbone
-from dyncli.text import Tokenizer, tokenizer_from_state
 
 FORMAT = "dyncli-checkpoint"
 FORMAT_VERSION = 1

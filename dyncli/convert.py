@@ -21,8 +21,9 @@ With ``wer_budget`` the converted model is swept on the dev set and the operatin
 and threshold) with the fewest executed FLOPs whose dev WER increase over full depth is within
 ``wer_budget`` (absolute) at the upper end of its 95% paired bootstrap interval is stored in the
 checkpoint, with that interval and the dev set's size
-(:func:`dyncli.operating_point.choose_operating_point`; a budget the dev set cannot resolve is
-said, with the one it can); ``transcribe``, ``evaluate`` and ``profile`` use it by default.
+(:func:`dyncli.dynamic.operating_point.choose_operating_point`; a budget the dev set cannot
+resolve is said, with the one it can); ``transcribe``, ``evaluate`` and ``profile`` use it by
+default.
 """
 
 from __future__ import annotations
@@ -36,15 +37,15 @@ from typing import Any
 import torch
 
 from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint
-from dyncli.errors import UsageError
-from dyncli.features import AugmentConfig
-from dyncli.models.base import CTCEncoder
-from dyncli.operating_point import (
+from dyncli.dynamic.operating_point import (
     PointChoice,
     check_budget,
     check_policy_fits,
     choose_operating_point,
 )
+from dyncli.errors import UsageError
+from dyncli.features import AugmentConfig
+from dyncli.models.base import CTCEncoder
 from dyncli.training.config import (
     ExitTraining,
     Reporter,

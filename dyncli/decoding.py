@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dyncli.text import BLANK_ID
+from dyncli.data.text import BLANK_ID
 
 
 def greedy_ctc(

@@ -48,16 +48,16 @@ from typing import Any
 import torch
 
 from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint
-from dyncli.errors import UsageError
-from dyncli.features import AugmentConfig
-from dyncli.models.base import CTCEncoder
-from dyncli.operating_point import (
+from dyncli.dynamic.operating_point import (
     PointChoice,
     check_budget,
     check_policy_fits,
     choose_operating_point,
     default_policy,
 )
+from dyncli.errors import UsageError
+from dyncli.features import AugmentConfig
+from dyncli.models.base import CTCEncoder
 from dyncli.training.config import Reporter, SilentReporter, TrainConfig, TrainResult
 from dyncli.training.data import load_data, provenance
 from dyncli.training.objectives import (

@@ -20,15 +20,15 @@ import torch
 from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from dyncli.data.dataset import load_utterances
 from dyncli.data.manifest import read_manifest
+from dyncli.data.text import normalize_text
 from dyncli.decoding import greedy_ctc
 from dyncli.dynamic import SkipPolicy, run_policy
+from dyncli.dynamic.operating_point import RunChoice, resolve_run
 from dyncli.environment import describe
 from dyncli.errors import UsageError
 from dyncli.inference import pick_device
 from dyncli.metrics import error_rates
-from dyncli.operating_point import RunChoice, resolve_run
 from dyncli.progress import Progress, Silent
-from dyncli.text import normalize_text
 
 SCHEMA_VERSION = 1
 
@@ -90,7 +90,8 @@ def _load_run(
     overrides: dict[str, Any] | None,
     full_depth: bool,
 ) -> tuple[Checkpoint, SkipPolicy, RunChoice]:
-    """The checkpoint on ``dev`` and the policy it runs (see :mod:`dyncli.operating_point`)."""
+    """The checkpoint on ``dev`` and the policy it runs (see
+    :mod:`dyncli.dynamic.operating_point`)."""
     ckpt = load_checkpoint(checkpoint)
     ckpt.model.to(dev)
     runner, choice = resolve_run(
@@ -129,7 +130,8 @@ def evaluate(
     """WER/CER of greedy decoding and end-to-end RTF on ``data``.
 
     A dynamic checkpoint runs as ``transcribe`` runs it: at its stored operating point unless
-    ``full_depth``, or as ``policy`` / ``threshold`` say (see :mod:`dyncli.operating_point`).
+    ``full_depth``, or as ``policy`` / ``threshold`` say (see
+    :mod:`dyncli.dynamic.operating_point`).
     With ``skip_bad`` each bad entry is reported through ``on_skip`` (before any decoding) and
     left out. ``progress`` hears about reading, decoding and timing (only between timed passes).
     """
@@ -231,7 +233,7 @@ def transcribe(
     ``skip_bad`` an unreadable file is reported through ``on_skip`` and left out.
     ``progress`` hears of each file (in audio seconds, from the file headers).
     """
-    from dyncli.audio import load_audio
+    from dyncli.data.audio import load_audio
     from dyncli.errors import InputError
 
     torch.set_num_threads(threads)
@@ -264,7 +266,7 @@ def transcribe(
 
 def _audio_seconds(paths: Iterable[Path]) -> float:
     """Seconds of audio in ``paths``, from the file headers (unreadable files count 0)."""
-    from dyncli.audio import audio_duration
+    from dyncli.data.audio import audio_duration
     from dyncli.errors import InputError
 
     total = 0.0

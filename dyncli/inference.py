@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import torch
 
 from dyncli.data.dataset import bucket_batches, pad_waves
+from dyncli.data.text import Tokenizer
 from dyncli.decoding import greedy_ctc
 from dyncli.models.base import CTCEncoder
-from dyncli.text import Tokenizer
 
 
 def pick_device(device: str) -> torch.device:

@@ -1,11 +1,11 @@
-"""WER and CER with jiwer, on text normalised by :func:`dyncli.text.normalize_text`."""
+"""WER and CER with jiwer, on text normalised by :func:`dyncli.data.text.normalize_text`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dyncli.text import normalize_text
+from dyncli.data.text import normalize_text
 
 
 @dataclass(frozen=True)

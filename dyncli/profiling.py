@@ -30,8 +30,16 @@ import torch
 from dyncli.checkpoint import Checkpoint, load_checkpoint
 from dyncli.data.dataset import Utterance, load_utterances
 from dyncli.data.manifest import read_manifest
+from dyncli.data.text import Tokenizer
 from dyncli.decoding import greedy_ctc
 from dyncli.dynamic import build_policy
+from dyncli.dynamic.operating_point import (
+    canonical_threshold,
+    check_stored_point,
+    default_policy,
+    policy_settings,
+    stored_point,
+)
 from dyncli.dynamic.run import policy_runs
 from dyncli.environment import describe
 from dyncli.errors import UsageError
@@ -53,15 +61,7 @@ from dyncli.measure.sweep import (
 from dyncli.measure.timing import Arm, TimingRun, dispersion, speedup, time_interleaved
 from dyncli.methods.static import StaticPolicy
 from dyncli.models.base import CTCEncoder
-from dyncli.operating_point import (
-    canonical_threshold,
-    check_stored_point,
-    default_policy,
-    policy_settings,
-    stored_point,
-)
 from dyncli.plugins import get_skip_policy
-from dyncli.text import Tokenizer
 
 
 class _Stepper:

@@ -44,9 +44,9 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from dyncli.checkpoint import Checkpoint, save_checkpoint
+    from dyncli.data.text import CharTokenizer
     from dyncli.models.config import CONFORMER_PRESETS
     from dyncli.models.conformer import build_conformer_ctc
-    from dyncli.text import CharTokenizer
 
     torch.manual_seed(0)
     tok = CharTokenizer.train(["one two three four five six seven eight nine zero"])

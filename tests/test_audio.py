@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from dyncli.audio import load_audio
+from dyncli.data.audio import load_audio
 from dyncli.data.dataset import Utterance, bucket_batches, load_utterances, pad_waves
 from dyncli.data.manifest import read_manifest
 from dyncli.errors import InputError
@@ -28,9 +28,9 @@ def test_resamples_to_model_rate(tmp_path: Path) -> None:
 
 
 def test_stereo_is_downmixed_with_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    import dyncli.audio
+    import dyncli.data.audio
 
-    dyncli.audio._warned_stereo = False
+    dyncli.data.audio._warned_stereo = False
     wav = write_wav(tmp_path / "s.wav", channels=2)
     with caplog.at_level(logging.WARNING, logger="dyncli"):
         wave = load_audio(wav, 8000)

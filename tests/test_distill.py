@@ -94,7 +94,7 @@ def test_distill_records_method_teacher_and_options(dynamic, data, tmp_path, ext
 
 
 def _retokenized(ckpt: Checkpoint, path: Path) -> Path:
-    from dyncli.text import CharTokenizer
+    from dyncli.data.text import CharTokenizer
 
     other = CharTokenizer.train(["abc def"])
     ckpt = dataclasses.replace(ckpt, tokenizer=other)

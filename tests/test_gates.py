@@ -156,8 +156,8 @@ def test_straight_through_gumbel_gradient_reaches_the_predictor() -> None:
 
 
 def test_gated_checkpoint_round_trip(tmp_path: Path) -> None:
+    from dyncli.data.text import CharTokenizer
     from dyncli.methods.gates.predictor import gates_method
-    from dyncli.text import CharTokenizer
 
     model = gated_model("global", {1: {"attn"}})
     tok = CharTokenizer.train(["one two"])

@@ -67,7 +67,7 @@ def test_transcribe_says_what_ran(setup, stored) -> None:  # noqa: F811
 
 def test_resolve_run_rules(setup, stored) -> None:  # noqa: F811
     from dyncli.checkpoint import load_checkpoint
-    from dyncli.operating_point import resolve_run
+    from dyncli.dynamic.operating_point import resolve_run
 
     dyn = load_checkpoint(setup["ckpt"])  # exits, no stored point
     _, choice = resolve_run(dyn)
@@ -128,7 +128,7 @@ def doctored(setup, monkeypatch):  # noqa: F811
 
 
 def test_upper_bound_rule_is_more_conservative_than_the_point_estimate(doctored) -> None:
-    from dyncli.operating_point import choose_operating_point
+    from dyncli.dynamic.operating_point import choose_operating_point
 
     ckpt = doctored["ckpt"]
     # 0.5 costs nothing on average but its interval is wide (+-2 points); 0.9 costs one word
@@ -158,7 +158,7 @@ def test_upper_bound_rule_is_more_conservative_than_the_point_estimate(doctored)
 
 
 def test_stored_point_records_the_interval_and_the_dev_size(doctored) -> None:
-    from dyncli.operating_point import choose_operating_point
+    from dyncli.dynamic.operating_point import choose_operating_point
 
     doctored["sweeps"].append(
         _rows(0.10, 200, [(0.5, 0.13, 0.4, 0.01, 0.05, 5), (0.9, 0.105, 0.5, -0.005, 0.012, 3)])
@@ -184,7 +184,7 @@ def test_stored_point_records_the_interval_and_the_dev_size(doctored) -> None:
 
 
 def test_unresolvable_budget_names_the_budget_the_dev_set_resolves(doctored) -> None:
-    from dyncli.operating_point import choose_operating_point
+    from dyncli.dynamic.operating_point import choose_operating_point
 
     doctored["sweeps"].append(
         _rows(
@@ -220,7 +220,7 @@ def test_unresolvable_budget_names_the_budget_the_dev_set_resolves(doctored) -> 
 
 
 def test_nothing_qualifies_names_the_closest_upper_bound(doctored) -> None:
-    from dyncli.operating_point import choose_operating_point
+    from dyncli.dynamic.operating_point import choose_operating_point
 
     doctored["sweeps"].append(
         _rows(0.10, 200, [(0.5, 0.13, 0.40, 0.01, 0.05, 8), (0.9, 0.10, 0.50, -0.01, 0.02, 4)])
@@ -234,7 +234,7 @@ def test_nothing_qualifies_names_the_closest_upper_bound(doctored) -> None:
 
 def test_report_shows_the_interval_and_the_warning(doctored, capsys) -> None:
     from dyncli.cli.render import report_choice
-    from dyncli.operating_point import choose_operating_point
+    from dyncli.dynamic.operating_point import choose_operating_point
 
     class Lines:
         def __init__(self) -> None:
@@ -271,7 +271,7 @@ def test_real_sweep_stores_the_interval(setup) -> None:  # noqa: F811
     from dyncli.checkpoint import load_checkpoint
     from dyncli.data.dataset import load_utterances
     from dyncli.data.manifest import read_manifest
-    from dyncli.operating_point import choose_operating_point
+    from dyncli.dynamic.operating_point import choose_operating_point
 
     ckpt = load_checkpoint(setup["ckpt"])
     utts, _ = load_utterances(read_manifest(setup["data"]), ckpt.model.sample_rate)

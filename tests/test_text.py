@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from dyncli.errors import InputError
-from dyncli.metrics import error_rates
-from dyncli.text import (
+from dyncli.data.text import (
     CharTokenizer,
     SentencePieceTokenizer,
     normalize_text,
     tokenizer_from_state,
 )
+from dyncli.errors import InputError
+from dyncli.metrics import error_rates
 
 TEXTS = ["one two three", "four five six seven", "eight nine zero", "two two one"] * 20
 

@@ -187,7 +187,7 @@ def run(
     from dyncli.cli.paths import check_training_paths
     from dyncli.cli.render import TrainReporter, pct, report_choice
     from dyncli.convert import METHODS, GateTraining, convert, convert_defaults
-    from dyncli.operating_point import default_policy
+    from dyncli.dynamic.operating_point import default_policy
     from dyncli.training import ExitTraining
     from dyncli.training.config import SilentReporter
 

@@ -478,8 +478,8 @@ def parse_thresholds(text: str | None) -> list[float] | None:
     (after the 6-decimal rounding every threshold gets) and more than ``MAX_THRESHOLDS``."""
     import math
 
+    from dyncli.dynamic.operating_point import canonical_threshold
     from dyncli.errors import UsageError
-    from dyncli.operating_point import canonical_threshold
 
     if text is None or not text.strip():
         return None

@@ -170,7 +170,7 @@ def report_choice(reporter: Any, choice: Any, policy: str) -> None:
         return
     import typer
 
-    from dyncli.operating_point import interval_text
+    from dyncli.dynamic.operating_point import interval_text
 
     static, words = choice.static, int(choice.static["words"])
     on = f"points on {words} dev words"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dyncli.audio import load_audio
+from dyncli.data.audio import load_audio
 from dyncli.data.manifest import Manifest
 from dyncli.errors import InputError
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dyncli.data.text import normalize_text
 from dyncli.errors import InputError
-from dyncli.text import normalize_text
 
 AUDIO_SUFFIXES = (".flac", ".wav")
 

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from dyncli.dynamic.operating_point import canonical_threshold
 from dyncli.errors import UsageError
 from dyncli.measure.stats import needed
-from dyncli.operating_point import canonical_threshold
 
 PASS = "PASS"
 FAIL = "FAIL"

@@ -18,13 +18,13 @@ import torch
 
 from dyncli.checkpoint import Checkpoint
 from dyncli.data.dataset import Utterance, pad_waves
+from dyncli.data.text import Tokenizer
 from dyncli.decoding import greedy_ctc
 from dyncli.dynamic import DynamicOutput, build_policy
 from dyncli.measure.stats import paired_wer_delta, wer_interval
 from dyncli.methods.static import StaticPolicy
 from dyncli.metrics import error_rates
 from dyncli.models.base import CTCEncoder
-from dyncli.text import Tokenizer
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from dyncli.data.text import BLANK_ID
 from dyncli.dynamic.compaction import compact, scatter
 from dyncli.dynamic.trace import (
     DynamicOutput,
@@ -25,7 +26,6 @@ from dyncli.dynamic.trace import (
 from dyncli.errors import UsageError
 from dyncli.models.base import CTCEncoder
 from dyncli.policy_config import BlankSkipConfig
-from dyncli.text import BLANK_ID
 
 
 def default_trigger(model: CTCEncoder, ckpt_method: dict[str, Any] | None = None) -> int:

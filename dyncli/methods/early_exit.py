@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from dyncli.data.text import BLANK_ID
 from dyncli.dynamic.trace import (
     DynamicOutput,
     TraceStep,
@@ -20,7 +21,6 @@ from dyncli.dynamic.trace import (
 from dyncli.errors import UsageError
 from dyncli.models.base import CTCEncoder
 from dyncli.policy_config import EarlyExitConfig
-from dyncli.text import BLANK_ID
 
 
 def exit_confidence(
@@ -228,7 +228,7 @@ def early_exit_thresholds_from_data(
     rounded to 6 decimals on its exiting side, and keeps a threshold only if it makes one more
     utterance exit earlier than the previous one: every row differs. Ascending.
     """
-    from dyncli.operating_point import THRESHOLD_DIGITS, canonical_threshold
+    from dyncli.dynamic.operating_point import THRESHOLD_DIGITS, canonical_threshold
 
     entropy = criterion == "entropy"
     last = max(model.exits, default=0)

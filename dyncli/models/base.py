@@ -24,8 +24,8 @@ from collections.abc import Callable
 
 import torch
 
+from dyncli.data.text import BLANK_ID
 from dyncli.features import lengths_to_mask
-from dyncli.text import BLANK_ID
 
 EXIT_HEAD_FORMS = ("softmax", "factorized")
 

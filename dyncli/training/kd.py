@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from dyncli.data.text import BLANK_ID
 from dyncli.decoding import greedy_ctc
-from dyncli.text import BLANK_ID
 
 
 def tempered(log_probs: Tensor, temperature: float) -> Tensor:

@@ -31,9 +31,9 @@ from typing import Protocol
 
 import torch
 
+from dyncli.data.text import BLANK_ID
 from dyncli.features import lengths_to_mask
 from dyncli.models.base import CTCEncoder
-from dyncli.text import BLANK_ID
 
 
 @dataclass

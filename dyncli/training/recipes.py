@@ -16,12 +16,12 @@ from typing import Any
 import torch
 
 from dyncli.checkpoint import Checkpoint
+from dyncli.data.text import Tokenizer, build_tokenizer
 from dyncli.errors import UsageError
 from dyncli.inference import pick_device
 from dyncli.models.base import CTCEncoder
 from dyncli.models.config import config_to_dict, sample_rate_of
 from dyncli.plugins import get_backbone
-from dyncli.text import Tokenizer, build_tokenizer
 from dyncli.training import distributed
 from dyncli.training.config import (
     ExitTraining,

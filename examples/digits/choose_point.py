@@ -3,11 +3,11 @@
     python examples/digits/choose_point.py CKPT -o OUT --policy early-exit-posterior \\
         --dev DATA/dev.jsonl --stress DATA/dev-stress.jsonl [--wer-budget 0.005]
 
-The rule of ``--wer-budget`` (``dyncli.operating_point.choose_operating_point``: the threshold
-with the fewest executed FLOPs whose ΔWER upper bound, 95% paired bootstrap over utterances
-against full depth, is within the budget), required on both sets: a threshold must hold on the
-training speakers' held-out takes and on the same takes made to sound like new voices
-(``stress.py``). The test speaker is never read. The point stores the dev figures as
+The rule of ``--wer-budget`` (``dyncli.dynamic.operating_point.choose_operating_point``: the
+threshold with the fewest executed FLOPs whose ΔWER upper bound, 95% paired bootstrap over
+utterances against full depth, is within the budget), required on both sets: a threshold must
+hold on the training speakers' held-out takes and on the same takes made to sound like new
+voices (``stress.py``). The test speaker is never read. The point stores the dev figures as
 ``--wer-budget`` does, plus the stress set's (``stress_*``).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from dyncli.checkpoint import load_checkpoint, save_checkpoint
 from dyncli.data.dataset import load_utterances
 from dyncli.data.manifest import read_manifest
-from dyncli.operating_point import choose_operating_point
+from dyncli.dynamic.operating_point import choose_operating_point
 
 GRID = (0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.999)
 

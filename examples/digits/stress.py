@@ -18,7 +18,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from dyncli.audio import load_audio, resample
+from dyncli.data.audio import load_audio, resample
 
 HERE = Path(__file__).resolve().parent
 FACTORS = (0.8, 1.25)

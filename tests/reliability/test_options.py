@@ -294,7 +294,7 @@ def test_item19_plugin_command_usage_error_is_one_line(monkeypatch: pytest.Monke
 
 def test_item20d_operating_point_errors_name_given_flags(tiny_ckpt: Path) -> None:
     from dyncli.checkpoint import load_checkpoint
-    from dyncli.operating_point import resolve_run
+    from dyncli.dynamic.operating_point import resolve_run
 
     ckpt = load_checkpoint(tiny_ckpt)
     with pytest.raises(UsageError) as err:

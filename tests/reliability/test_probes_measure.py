@@ -36,7 +36,7 @@ def one_error_line(result: Any) -> str:
 def test_resample_from_a_rate_prime_to_the_target_is_fast_and_exact_in_length() -> None:
     """99991 Hz -> 16000 Hz built a 16000 x 99991 polyphase kernel: 14 GB and 90 s for one
     second of audio (a rate near 1 MHz was killed for memory)."""
-    from dyncli.audio import resample
+    from dyncli.data.audio import resample
 
     wave = torch.sin(2 * math.pi * 440 * torch.arange(99991) / 99991)
     started = time.perf_counter()
@@ -50,7 +50,7 @@ def test_resample_from_a_rate_prime_to_the_target_is_fast_and_exact_in_length() 
 def test_fft_resample_agrees_with_torchaudio_on_a_usual_rate_pair() -> None:
     import torchaudio.functional as AF
 
-    from dyncli.audio import _fft_resample
+    from dyncli.data.audio import _fft_resample
 
     wave = torch.sin(2 * math.pi * 300 * torch.arange(44100) / 44100).float()
     a, b = AF.resample(wave, 44100, 16000), _fft_resample(wave, 44100, 16000)

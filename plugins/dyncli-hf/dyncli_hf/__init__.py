@@ -316,7 +316,7 @@ def _blank_of(path: Path, cfg: dict[str, Any], vocab: dict[str, int]) -> int:
 
 
 def _tokenizer(path: Path, cfg: dict[str, Any], vocab: dict[str, int], vocab_size: int) -> Any:
-    from dyncli.text import VocabTokenizer
+    from dyncli.data.text import VocabTokenizer
 
     tokens = [""] * vocab_size
     for token, i in vocab.items():
