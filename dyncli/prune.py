@@ -99,18 +99,10 @@ def score_candidates(
 ) -> list[dict[str, Any]]:
     """Dev WER and CER of the model without each layer (bypassed), best candidate first."""
     out = []
-    run_layer = model.run_layer
-    try:
-        for skip in range(model.num_layers):
-
-            def bypass(i: int, x: torch.Tensor, pad_mask: Any, _skip: int = skip) -> Any:
-                return x if i == _skip else run_layer(i, x, pad_mask)
-
-            model.run_layer = bypass  # type: ignore[method-assign,assignment]
-            rates = dev_scores(model, ckpt.tokenizer, dev, device)[model.num_layers]
-            out.append({"layer": skip, "dev_wer": rates.wer, "dev_cer": rates.cer})
-    finally:
-        del model.run_layer  # the class's method again
+    for skip in range(model.num_layers):
+        rest = [i for i in range(model.num_layers) if i != skip]
+        rates = dev_scores(model, ckpt.tokenizer, dev, device, layers=rest)[model.num_layers]
+        out.append({"layer": skip, "dev_wer": rates.wer, "dev_cer": rates.cer})
     return sorted(out, key=lambda c: (c["dev_wer"], c["dev_cer"], -c["layer"]))
 
 

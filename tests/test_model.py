@@ -346,3 +346,30 @@ def test_training_mode_layer_equals_the_module_path(masked: bool) -> None:
         torch.testing.assert_close(pa.grad, pb.grad, atol=1e-4, rtol=1e-4, msg=name)
     norm_a, norm_b = la.conv_module.sequential[3], lb.conv_module.sequential[3]
     torch.testing.assert_close(norm_a.running_mean, norm_b.running_mean)
+
+
+@torch.inference_mode()
+def test_run_layers_and_a_pass_without_one_layer() -> None:
+    """``run_layers`` runs the layers given, in order (all by default), as ``run_layer`` one by
+    one does; ``forward_exits(layers=...)`` (what ``prune`` scores) leaves the others out, and
+    an exit after a left-out layer reads the last layer run."""
+    model = tiny(vocab=7)
+    model.attach_exits([2])
+    wave, lengths = torch.randn(2, 8000) * 0.1, torch.tensor([8000, 6000])
+    feats, frames = model.features(wave, lengths)
+    x, n = model.embed(feats, frames)
+    pad = torch.arange(x.shape[1])[None, :] >= n[:, None]
+    by_hand = x
+    for i in range(model.num_layers):
+        by_hand = model.run_layer(i, by_hand, pad)
+    assert torch.equal(model.run_layers(x, pad), by_hand)
+    rest = [0, 2]
+    h0 = model.run_layer(0, x, pad)
+    without_1 = model.run_layers(x, pad, rest)
+    assert torch.equal(without_1, model.run_layer(2, h0, pad))
+    outs, out_n = model.forward_exits(wave, lengths, layers=rest)
+    assert torch.equal(out_n, n)
+    torch.testing.assert_close(outs[2], model.exit_log_probs(2, h0))  # layer 1 (0-based) left out
+    torch.testing.assert_close(outs[model.num_layers], model.log_probs(without_1))
+    full, _ = model.forward_exits(wave, lengths)
+    assert not torch.allclose(full[model.num_layers], outs[model.num_layers], atol=1e-4)

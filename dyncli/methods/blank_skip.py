@@ -92,10 +92,8 @@ class BlankSkip:
         n = host_lengths(lengths)
         lengths = lengths.to(x.device)
         pad_mask = padding_mask(lengths, x.shape[1])
-        trace: list[TraceStep] = []
-        for i in range(k):
-            x = model.run_layer(i, x, pad_mask)
-            trace.append(("layer", i, n))
+        x = model.run_layers(x, pad_mask, range(k))
+        trace: list[TraceStep] = [("layer", i, n) for i in range(k)]
         trace.append(("exit", k, n))
         return x, model.exit_log_probs(k, x), trace
 
@@ -129,27 +127,23 @@ class BlankSkip:
             return DynamicOutput(out, lengths, frame_layers, steps)
         # A backbone whose attention biases by relative position (WavLM) gets each kept frame's
         # position in the full sequence, so removing frames does not shift the others.
-        relative = getattr(model, "relative_positions", False)
+        relative = model.relative_positions
         bucket = self.config.bucket
         width = min(-(-n // bucket) * bucket, t) if bucket else None
         if b == 1 and width is None:
             idx = keep[0].nonzero().squeeze(1)
             xs = x[:, idx]
-            where = {"positions": idx[None, :]} if relative else {}
-            for i in range(k, big_l):
-                xs = model.run_layer(i, xs, None, **where)
-                steps.append(("layer", i, [n]))
+            xs = model.run_layers(xs, None, range(k, big_l), idx[None, :] if relative else None)
+            steps.extend(("layer", i, [n]) for i in range(k, big_l))
             out[0, idx] = model.log_probs(xs)[0]
         else:
             xs, order, filled, attn_pad = compact(x, keep, n, width)
-            where = {"positions": order} if relative else {}
             # With a bucket every row runs ``width`` columns, padding included: that is the work
             # counted. Without, each utterance's kept frames (read on the host only by the
             # FLOP count).
             ran: Any = counts if width is None else [width] * b
-            for i in range(k, big_l):
-                xs = model.run_layer(i, xs, attn_pad, **where)
-                steps.append(("layer", i, ran))
+            xs = model.run_layers(xs, attn_pad, range(k, big_l), order if relative else None)
+            steps.extend(("layer", i, ran) for i in range(k, big_l))
             out = scatter(out, model.log_probs(xs), order, filled)
         steps.append(("head", big_l, counts))
         return DynamicOutput(out, lengths, frame_layers, steps)

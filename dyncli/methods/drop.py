@@ -52,10 +52,8 @@ class DropLayers:
         lengths = lengths.to(x.device)
         pad_mask = padding_mask(lengths, x.shape[1])
         kept = kept_layers(model.num_layers, int(self.config.threshold))
-        trace: list[TraceStep] = []
-        for i in kept:
-            x = model.run_layer(i, x, pad_mask)
-            trace.append(("layer", i, n))
+        x = model.run_layers(x, pad_mask, kept)
+        trace: list[TraceStep] = [("layer", i, n) for i in kept]
         trace.append(("head", model.num_layers, n))
         layers = valid_frames(lengths, x.shape[1]).long() * len(kept)
         return DynamicOutput(model.log_probs(x), lengths, layers, trace)

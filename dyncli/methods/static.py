@@ -28,10 +28,8 @@ class StaticPolicy:
         n = host_lengths(lengths)  # read before the move: host-side lengths cost no device sync
         lengths = lengths.to(x.device)
         pad_mask = padding_mask(lengths, x.shape[1])
-        trace: list[TraceStep] = []
-        for i in range(model.num_layers):
-            x = model.run_layer(i, x, pad_mask)
-            trace.append(("layer", i, n))
+        x = model.run_layers(x, pad_mask)
+        trace: list[TraceStep] = [("layer", i, n) for i in range(model.num_layers)]
         trace.append(("head", model.num_layers, n))
         layers = valid_frames(lengths, x.shape[1]).long() * model.num_layers
         return DynamicOutput(model.log_probs(x), lengths, layers, trace)

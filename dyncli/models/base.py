@@ -20,7 +20,7 @@ non-blank tokens: log p(v) = log sigmoid(-z_blank) + log_softmax(z_non-blank)(v)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
@@ -31,7 +31,7 @@ EXIT_HEAD_FORMS = ("softmax", "factorized")
 
 # A gate per block: a bool or float tensor (B,) (one decision per utterance), or a Python bool
 # (the same for the whole batch; ``False`` bypasses the block). A block without an entry runs.
-Gates = dict[str, "torch.Tensor | bool"]
+Gates = Mapping[str, "torch.Tensor | bool"]
 
 
 def apply_gate(
@@ -69,6 +69,9 @@ class CTCEncoder(torch.nn.Module):
     layers: torch.nn.ModuleList
     head: torch.nn.Linear
     sample_rate: int
+    # Whether attention depends on frames' positions in the full sequence (WavLM's relative
+    # bias): a policy that removes frames then passes each kept frame's position.
+    relative_positions: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -113,13 +116,39 @@ class CTCEncoder(torch.nn.Module):
         """Features (B, T_f, F) -> encoder input (B, T, D) and its lengths."""
         raise NotImplementedError
 
-    def run_layer(self, index: int, x: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
+    def run_layer(
+        self,
+        index: int,
+        x: torch.Tensor,
+        pad_mask: torch.Tensor | None,
+        gates: Gates | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Run layer ``index`` on (B, T, D); ``pad_mask`` (B, T) is True on padding, or None.
 
-        A backbone that names its blocks (:meth:`blocks`) also takes ``gates=``: a mapping from
-        block name to a gate, a (B,) tensor or a bool (see ``dyncli.models.conformer.Gates``).
+        ``gates`` (a backbone that names its blocks, :meth:`blocks`): block name -> a (B,)
+        tensor or a bool; a closed block is bypassed. ``positions`` (B, T): each frame's index
+        in the full sequence when a policy removed frames; only a backbone with
+        :attr:`relative_positions` reads it, the others ignore it.
         """
         raise NotImplementedError
+
+    def run_layers(
+        self,
+        x: torch.Tensor,
+        pad_mask: torch.Tensor | None,
+        layers: Iterable[int] | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The 0-based ``layers`` in the order given (every layer when None) on (B, T, D): the
+        one loop every policy, training path and full-depth pass runs its layers through
+        (those that decide between layers, early exit and gates, call :meth:`run_layer`)."""
+        for i in range(self.num_layers) if layers is None else layers:
+            if positions is None:  # (a plugin backbone need not know ``positions``)
+                x = self.run_layer(i, x, pad_mask)
+            else:
+                x = self.run_layer(i, x, pad_mask, positions=positions)
+        return x
 
     def blocks(self, index: int) -> tuple[str, ...]:
         """The residual blocks of layer ``index`` in execution order, each ``x + f(x)`` that can
@@ -166,9 +195,7 @@ class CTCEncoder(torch.nn.Module):
         """Features -> final encoder output (B, T, D) and lengths, through every layer."""
         x, lengths = self.embed(feats, frames.to(feats.device))
         pad_mask = lengths_to_mask(lengths, x.shape[1]) if x.shape[0] > 1 else None
-        for i in range(self.num_layers):
-            x = self.run_layer(i, x, pad_mask)
-        return x, lengths
+        return self.run_layers(x, pad_mask), lengths
 
     def head_input(self, x: torch.Tensor) -> torch.Tensor:
         """What every CTC head reads from a layer's output: ``x`` itself, or, for a pre-norm
@@ -187,16 +214,20 @@ class CTCEncoder(torch.nn.Module):
         return self.log_probs(x), out_lengths
 
     def forward_exits(
-        self, wave: torch.Tensor, lengths: torch.Tensor
+        self, wave: torch.Tensor, lengths: torch.Tensor, layers: Iterable[int] | None = None
     ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-        """One full-depth pass; log-probs (B, T, V) at every exit and at ``num_layers`` (final)."""
+        """One pass; log-probs (B, T, V) at every exit and at ``num_layers`` (final). ``layers``
+        (0-based, ascending): run only these (e.g. one left out to score the model without it);
+        an exit reads the output of the last layer run before it. Default: every layer."""
         feats, frames = self.features(wave, lengths)
         x, out_lengths = self.embed(feats, frames.to(feats.device))
         pad_mask = lengths_to_mask(out_lengths, x.shape[1]) if x.shape[0] > 1 else None
         exits = set(self.exits)
+        run = set(range(self.num_layers) if layers is None else layers)
         out: dict[int, torch.Tensor] = {}
         for i in range(self.num_layers):
-            x = self.run_layer(i, x, pad_mask)
+            if i in run:
+                x = self.run_layer(i, x, pad_mask)
             if i + 1 in exits:
                 out[i + 1] = self.exit_log_probs(i + 1, x)
         out[self.num_layers] = self.log_probs(x)

@@ -141,6 +141,7 @@ class TransformerCTC(CTCEncoder):
         x: torch.Tensor,
         pad_mask: torch.Tensor | None,
         gates: Gates | None = None,
+        positions: torch.Tensor | None = None,  # absolute positions only: not read
     ) -> torch.Tensor:
         layer = self.layers[index]
         assert isinstance(layer, torch.nn.TransformerEncoderLayer)

@@ -382,7 +382,7 @@ class GatedPath:
             probs.append(torch.sigmoid(logits))
             gates = {name: g[:, j] for j, name in enumerate(gp.blocks)}
             with _grad(not frozen):
-                x = model.run_layer(i, x, pad_mask, gates=gates)  # type: ignore[call-arg]
+                x = model.run_layer(i, x, pad_mask, gates=gates)
             if i + 1 in exits:
                 out[i + 1] = model.exit_log_probs(i + 1, x)
         return StudentPass(

@@ -25,7 +25,7 @@ import shutil
 import signal
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -469,12 +469,16 @@ def dev_scores(
     device: torch.device,
     world: World | None = None,
     batch_size: int = 16,
+    layers: Iterable[int] | None = None,
 ) -> dict[int, ErrorRates]:
     """Greedy WER/CER of every head (exits and final, keyed by 1-based layer), one pass each.
 
     A model with a gate predictor is scored as it will run: the final head's transcripts come
     from the ``gates`` policy at threshold 0.5 (closed blocks bypassed), so the best epoch is
     the best gated model, not the best full-depth one.
+
+    ``layers`` (0-based): score the model running only these (``prune`` leaves one out);
+    default every layer.
 
     Under torchrun each rank decodes every ``world_size``-th utterance and the transcripts are
     gathered, so every rank computes the same scores from one pass over the dev set.
@@ -484,6 +488,8 @@ def dev_scores(
     from dyncli.policy_config import GatesConfig
 
     gated = GatePolicy(GatesConfig(threshold=0.5)) if predictor_of(model) else None
+    if gated is not None and layers is not None:
+        raise ValueError("dev_scores: a gated model is scored with all its layers")
     world = world or World()
     was_training = model.training
     model.eval()
@@ -496,7 +502,7 @@ def dev_scores(
         idx = [mine[j] for j in batch]
         wave, lens = pad_waves([utts[i].wave for i in idx])
         if gated is None:
-            outs, out_lens = model.forward_exits(wave.to(device), lens.to(device))
+            outs, out_lens = model.forward_exits(wave.to(device), lens.to(device), layers)
         else:  # one gated pass, scoring the final head only
             feats, frames = model.features(wave.to(device), lens.to(device))
             x, out_lens = model.embed(feats, frames)

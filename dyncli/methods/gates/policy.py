@@ -68,7 +68,7 @@ class GatePolicy:
                 is_open = (torch.sigmoid(z) >= threshold).cpu()  # (B, blocks)
                 trace.append(("gates", i, [1] * len(n)))
             gates = _host_gates(is_open, gp.blocks, x.device)
-            x = model.run_layer(i, x, pad_mask, gates=gates)  # type: ignore[call-arg]
+            x = model.run_layer(i, x, pad_mask, gates=gates)
             trace.extend(_gated_trace(model, i, is_open, gp.blocks, n))
             opened.append(is_open)
         trace.append(("head", model.num_layers, n))
