@@ -27,7 +27,7 @@ from pathlib import Path
 
 from dyncli import assets
 from dyncli.fileio import atomic_write_text
-from dyncli.profiling import profile
+from dyncli.measure.profile import profile
 
 HERE = Path(__file__).resolve().parent
 TARGETS = {"rtf_cut": 0.29, "rtf_cut_goal": 0.35, "max_wer_increase": 0.01, "flop_fidelity": 0.85}

@@ -84,9 +84,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from dyncli.convert import convert, convert_defaults
     from dyncli.plugins import get_backbone
-    from dyncli.training import ExitTraining, TrainConfig, train
+    from dyncli.recipes.convert import convert, convert_defaults
+    from dyncli.recipes.train import train
+    from dyncli.training import ExitTraining, TrainConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
@@ -118,7 +119,7 @@ def main() -> None:
                     reporter=clock,
                 )
             elif job == "distill":
-                from dyncli.distill import DistillOptions, distill, distill_defaults
+                from dyncli.recipes.distill import DistillOptions, distill, distill_defaults
 
                 cfg = distill_defaults()
                 cfg.epochs, cfg.device = 1, "cpu"

@@ -7,7 +7,7 @@ from typing import Protocol
 
 
 class Progress(Protocol):
-    """What :func:`dyncli.evaluation.evaluate` and ``transcribe`` report while they work."""
+    """What :func:`dyncli.measure.evaluate.evaluate` and ``transcribe`` report while they work."""
 
     def begin(self, audio_seconds: float, items: int) -> None:
         """The size of the whole job: seconds of audio it will decode and items it will read."""

@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from dyncli.data.dataset import pad_waves
+from dyncli.recipes.common import ctc_objectives
 from dyncli.training import ExitTraining
 from dyncli.training.module import TrainingModule
 from dyncli.training.objectives import Batch, FullDepth, SkipAware, StudentPath
-from dyncli.training.recipes import ctc_objectives
 from tests.conftest import invoke_cli, tone_manifest
 
 runner = CliRunner()

@@ -129,7 +129,7 @@ def test_teacher_with_another_tokenizer_or_frame_rate_is_refused(
 
 
 def test_default_teacher_falls_back_to_the_models_own_full_depth(dynamic, tmp_path) -> None:
-    from dyncli.distill import choose_teacher
+    from dyncli.recipes.distill import choose_teacher
 
     ckpt = load_checkpoint(dynamic)
     ckpt.provenance["converted_from_sha256"] = "0" * 64  # the source changed since

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from dyncli.measure.gate import FAIL, INCONCLUSIVE, PASS, GateConfig, judge
+from dyncli.measure.profile import _gate_speedup, timing_fields
 from dyncli.measure.sweep import wer_delta
 from dyncli.measure.timing import Arm, ArmTimes, TimingRun, time_interleaved
-from dyncli.profiling import _gate_speedup, timing_fields
 from tests.conftest import invoke_cli
 
 
@@ -118,7 +118,7 @@ def test_an_unreliable_environment_cannot_pass() -> None:
 
 
 def test_a_self_copy_contains_one_and_a_real_speedup_does_not() -> None:
-    from dyncli.profiling import _interval_fields
+    from dyncli.measure.profile import _interval_fields
 
     copy = _interval_fields("s", _run(1.0, noise=0.03), 1, "wall")
     assert copy["s_low"] < 1.0 < copy["s_high"]
@@ -220,8 +220,8 @@ def _doctored_timer(ratio: float, noise: float) -> Any:
 def test_profile_exit_codes_follow_the_verdict(
     dyn, tmp_path, monkeypatch, bar, extra, code, verdict
 ) -> None:
+    import dyncli.measure.profile as profiling
     import dyncli.measure.timing as timing
-    import dyncli.profiling as profiling
 
     monkeypatch.setattr(profiling, "time_interleaved", _doctored_timer(1.5, 0.05))
     assert timing.time_interleaved is not profiling.time_interleaved

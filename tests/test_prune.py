@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dyncli.checkpoint import load_checkpoint
-from dyncli.prune import without_layer
+from dyncli.recipes.prune import without_layer
 from tests.conftest import invoke_cli, tone_manifest
 
 

@@ -186,8 +186,8 @@ def run(
 
     from dyncli.cli.paths import check_training_paths
     from dyncli.cli.render import TrainReporter, pct, report_choice
-    from dyncli.convert import METHODS, GateTraining, convert, convert_defaults
     from dyncli.dynamic.operating_point import default_policy
+    from dyncli.recipes.convert import METHODS, GateTraining, convert, convert_defaults
     from dyncli.training import ExitTraining
     from dyncli.training.config import SilentReporter
 
@@ -226,7 +226,7 @@ def run(
         save_every=save_every,
         augment=augment,
     )
-    from dyncli.training import RunOptions
+    from dyncli.recipes.common import RunOptions
     from dyncli.training.distributed import is_main_process
 
     main = is_main_process()

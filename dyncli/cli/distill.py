@@ -151,9 +151,9 @@ def run(
 
     from dyncli.cli.paths import check_training_paths
     from dyncli.cli.render import TrainReporter, pct, report_choice
-    from dyncli.distill import DistillOptions, distill, distill_defaults
     from dyncli.dynamic.operating_point import default_policy
-    from dyncli.training import RunOptions
+    from dyncli.recipes.common import RunOptions
+    from dyncli.recipes.distill import DistillOptions, distill, distill_defaults
     from dyncli.training.config import SilentReporter
     from dyncli.training.distributed import is_main_process
 

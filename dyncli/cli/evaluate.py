@@ -59,7 +59,7 @@ def run(
     )
     from dyncli.cli.paths import check_paths
     from dyncli.cli.render import WorkProgress, pct, write_json
-    from dyncli.evaluation import evaluate
+    from dyncli.measure.evaluate import evaluate
 
     check_stdout(output_format, json_path)
     ckpt = checkpoint or assets.require(assets.DEMO_STATIC, "demo model")

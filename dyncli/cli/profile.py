@@ -192,7 +192,7 @@ def run(
     from dyncli.cli.paths import check_paths
     from dyncli.cli.render import err_console, interactive, write_json
     from dyncli.measure.gate import GateConfig
-    from dyncli.profiling import profile
+    from dyncli.measure.profile import profile
 
     check_stdout(output_format, json_path)
     # --models a --models b,c: every one (click alone would keep the last flag's value only)
@@ -212,7 +212,7 @@ def run(
         manifests=["--data"],
     )
     if plot is not None:
-        from dyncli.plot import plot_format
+        from dyncli.measure.plot import plot_format
 
         plot_format(plot)  # matplotlib there, an extension it writes: before any work
     gate = GateConfig(
@@ -252,7 +252,7 @@ def run(
     if json_path is not None:
         write_json(json_path, report.to_json())
     if plot is not None:
-        from dyncli.plot import plot_report
+        from dyncli.measure.plot import plot_report
 
         plot_report(report, plot)
     records = [row.to_json() for row in (report.static, *report.rows)]

@@ -66,8 +66,8 @@ def run(
 
     from dyncli.cli.paths import check_training_paths
     from dyncli.cli.render import TrainReporter, pct
-    from dyncli.prune import prune, prune_defaults
-    from dyncli.training import RunOptions
+    from dyncli.recipes.common import RunOptions
+    from dyncli.recipes.prune import prune, prune_defaults
     from dyncli.training.config import SilentReporter
     from dyncli.training.distributed import is_main_process
 

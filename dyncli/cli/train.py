@@ -128,8 +128,8 @@ def run(
     from dyncli.cli.render import TrainReporter, pct
     from dyncli.features import AugmentConfig
     from dyncli.plugins import get_backbone
+    from dyncli.recipes.train import train as train_model
     from dyncli.training import ExitTraining, TrainConfig
-    from dyncli.training import train as train_model
     from dyncli.training.config import SilentReporter, check_config
 
     check_training_paths(output=output, run_dir=run_dir, train=train, dev=dev)
@@ -189,7 +189,7 @@ def run(
         save_every=save_every,
     )
     check_config(config)
-    from dyncli.training import RunOptions
+    from dyncli.recipes.common import RunOptions
     from dyncli.training.distributed import is_main_process
 
     main = is_main_process()

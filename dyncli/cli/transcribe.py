@@ -49,7 +49,7 @@ def run(
     """
     from dyncli.cli.output import transcript_line, warn_skipped
     from dyncli.cli.render import WorkProgress
-    from dyncli.evaluation import transcribe
+    from dyncli.measure.evaluate import transcribe
     from dyncli.training.distributed import is_main_process
 
     if not is_main_process():

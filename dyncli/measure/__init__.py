@@ -11,8 +11,9 @@ module                    what lives there
                           speedups over timed pairs, one system's WER
 ``gate``                  the three-way release gate: PASS, FAIL, INCONCLUSIVE (exit 3)
 ``report``                the ``profile`` report: schema version, definitions, Pareto flags
+``profile``               ``profile()``: resolves the policies and models to run, then calls
+                          the above in order (sweep, timing, stats, gate), builds the report
+``evaluate``              ``evaluate``: one configuration's WER/CER and end-to-end RTF
+``plot``                  the ``--plot`` figure (WER against speedup or FLOPs, per policy)
 ========================  ====================================================================
-
-``dyncli.profiling`` keeps ``profile()`` itself: it resolves the policies and models to run,
-then calls these in order (sweep, timing, stats, gate) and assembles the report.
 """

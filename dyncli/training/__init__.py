@@ -1,4 +1,5 @@
-"""One training engine for every training command (``train``, ``convert``, ``distill``).
+"""One training engine for every training recipe (:mod:`dyncli.recipes`: ``train``,
+``convert``, ``distill``, ``prune``).
 
 ========================  ====================================================================
 module                    what lives there
@@ -10,7 +11,6 @@ module                    what lives there
 ``module``                ``TrainingModule`` (``forward(batch)`` returns the loss), ``Teacher``
 ``trainer``               ``Trainer``: loop, AMP, clipping, dev scoring, best, resume, rank 0 I/O
 ``distributed``           joining the torchrun process group; gather and broadcast helpers
-``recipes``               ``train`` and the shared set-up of the other recipes
 ========================  ====================================================================
 """
 
@@ -24,13 +24,11 @@ from dyncli.training.config import (
     early_exit_method,
 )
 from dyncli.training.objectives import ctc_loss
-from dyncli.training.recipes import RunOptions, train
 from dyncli.training.trainer import dev_scores
 
 __all__ = [
     "ExitTraining",
     "Reporter",
-    "RunOptions",
     "TrainConfig",
     "TrainResult",
     "check_config",
@@ -38,5 +36,4 @@ __all__ = [
     "ctc_loss",
     "dev_scores",
     "early_exit_method",
-    "train",
 ]

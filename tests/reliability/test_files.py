@@ -380,7 +380,7 @@ def test_item8c_prune_resume_message_names_the_removed_layer(
     tiny_ckpt: Path, data: Path, tmp_path: Path
 ) -> None:
     from dyncli.checkpoint import load_checkpoint, save_checkpoint
-    from dyncli.prune import without_layer
+    from dyncli.recipes.prune import without_layer
 
     ckpt = load_checkpoint(tiny_ckpt)
     smaller = without_layer(ckpt.model, 1, ckpt.backbone, ckpt.config)

@@ -273,7 +273,7 @@ def test_item16b_no_progress_when_piped(tiny_ckpt: Path, tmp_path: Path) -> None
 
 
 def test_item16b_evaluate_reports_stages_timed_last(tiny_ckpt: Path, tmp_path: Path) -> None:
-    from dyncli.evaluation import evaluate
+    from dyncli.measure.evaluate import evaluate
 
     events: list[tuple[str, ...]] = []
 

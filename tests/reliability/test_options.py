@@ -91,8 +91,8 @@ def test_item7a_gate_lr_scale_nan_saves_nothing(tiny_ckpt: Path, data: Path, tmp
 
 
 def test_item7a_core_refuses_nan_hyperparameters() -> None:
-    from dyncli.convert import GateTraining
-    from dyncli.distill import DistillOptions
+    from dyncli.recipes.convert import GateTraining
+    from dyncli.recipes.distill import DistillOptions
 
     for field in ("weight", "lr_scale", "temperature"):
         with pytest.raises(UsageError, match="finite"):
@@ -318,7 +318,7 @@ def test_item20e_messages_use_current_flag_names(tiny_ckpt: Path, data: Path, tm
         convert(tiny_ckpt, data, out, "--exits", "1", "--skip-layer", "1", "--freeze-backbone")
     )
     assert "--skip-layer" in line and "--skip-aware" not in line
-    source = (Path(__file__).resolve().parents[2] / "dyncli" / "convert.py").read_text()
+    source = (Path(__file__).resolve().parents[2] / "dyncli" / "recipes" / "convert.py").read_text()
     assert "--skip-aware" not in source and "--skip-thresholds" not in source
 
 

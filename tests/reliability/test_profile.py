@@ -65,7 +65,7 @@ def test_item6_same_file_names_get_unique_labels(setup, tmp_path) -> None:
 
 
 def test_item6_model_labels_are_shortest_unique_suffixes() -> None:
-    from dyncli.profiling import model_labels
+    from dyncli.measure.profile import model_labels
 
     assert model_labels(["/x/dyn.ckpt", "/x/a/m.ckpt", "/y/a/m.ckpt", "/y/b/m.ckpt"]) == [
         "dyn.ckpt",
@@ -114,12 +114,12 @@ def test_item8a_plot_unsupported_extension_refused_before_work(
     setup, tmp_path, monkeypatch
 ) -> None:
     pytest.importorskip("matplotlib")
-    import dyncli.profiling
+    import dyncli.measure.profile
 
     def no_work(**_: object) -> None:
         raise AssertionError("profiling started before --plot was checked")
 
-    monkeypatch.setattr(dyncli.profiling, "profile", no_work)
+    monkeypatch.setattr(dyncli.measure.profile, "profile", no_work)
     for name in ("p.txt", "p"):
         result = _profile(setup["ckpt"], setup["data"], "--plot", tmp_path / name)
         _one_error_line(result, "--plot")

@@ -1,8 +1,11 @@
-"""The training commands as recipes on one engine: set up, build the module, run, publish.
+"""What the training recipes share: run options, device and process start, seeding, the exit
+training path and objectives, and :func:`run_engine` (build the module, run the
+:class:`~dyncli.training.trainer.Trainer`).
 
-``train`` (this module), ``convert`` (:mod:`dyncli.convert`) and ``distill``
-(:mod:`dyncli.distill`) differ only in the model they start from, the path the student runs and
-the objectives; the loop, resume, DDP and output handling are :class:`Trainer`'s.
+``train`` (:mod:`dyncli.recipes.train`), ``convert`` (:mod:`dyncli.recipes.convert`) and
+``distill`` (:mod:`dyncli.recipes.distill`) differ only in the model they start from, the path
+the student runs and the objectives; the loop, resume, DDP and output handling are the
+trainer's.
 """
 
 from __future__ import annotations
@@ -16,24 +19,19 @@ from typing import Any
 import torch
 
 from dyncli.checkpoint import Checkpoint
-from dyncli.data.text import Tokenizer, build_tokenizer
-from dyncli.errors import UsageError
+from dyncli.data.text import Tokenizer
 from dyncli.inference import pick_device
 from dyncli.models.base import CTCEncoder
-from dyncli.models.config import config_to_dict, sample_rate_of
-from dyncli.plugins import get_backbone
+from dyncli.models.config import config_to_dict
 from dyncli.training import distributed
 from dyncli.training.config import (
     ExitTraining,
     Reporter,
-    SilentReporter,
     TrainConfig,
     TrainResult,
     check_config,
-    check_exits,
-    early_exit_method,
 )
-from dyncli.training.data import TrainData, load_data, provenance
+from dyncli.training.data import TrainData
 from dyncli.training.distributed import World
 from dyncli.training.module import Teacher, TrainingModule
 from dyncli.training.objectives import (
@@ -45,7 +43,7 @@ from dyncli.training.objectives import (
     StudentPath,
 )
 from dyncli.training.rundir import claim_run_dir
-from dyncli.training.trainer import Trainer, default_run_dir, publish
+from dyncli.training.trainer import Trainer, default_run_dir
 
 
 @dataclass
@@ -180,55 +178,3 @@ def run_engine(
     if run.resume and world.main:
         reporter.message(f"resuming from {trainer.state_path}")
     return trainer.fit()
-
-
-def train(
-    *,
-    train_manifest: str | Path,
-    dev_manifest: str | Path,
-    output: str | Path,
-    backbone: str = "conformer",
-    model_config: Any = None,
-    config: TrainConfig | None = None,
-    exits: ExitTraining | None = None,
-    reporter: Reporter,
-    run: RunOptions | None = None,
-) -> TrainResult:
-    """Train a CTC model from scratch (with intermediate exit heads when ``exits`` names any);
-    write the checkpoint with the best dev WER to ``output`` when the run ends."""
-    cfg = config or TrainConfig()
-    run = run or RunOptions()
-    device, world = start(cfg, run, output)
-    reporter = reporter if world.main else SilentReporter()
-    spec = get_backbone(backbone)
-    model_config = model_config or spec.presets.get("demo") or next(iter(spec.presets.values()))
-    exit_cfg = exits or ExitTraining()
-    if exit_cfg.freeze_backbone:
-        raise UsageError("--freeze-backbone needs a trained backbone: use 'dyncli convert'")
-    seed_everything(cfg.seed)
-    data = load_data(train_manifest, dev_manifest, sample_rate_of(model_config), cfg, reporter)
-    tokenizer = build_tokenizer(cfg.tokenizer, [u.text for u in data.train], cfg.vocab_size)
-    model = spec.build(model_config, tokenizer.vocab_size)
-    if exit_cfg.exits:
-        model.attach_exits(check_exits(exit_cfg.exits, model.num_layers))
-    method = early_exit_method(exit_cfg, training="from-scratch") if exit_cfg.exits else None
-    result = run_engine(
-        model=model,
-        tokenizer=tokenizer,
-        backbone=backbone,
-        model_config=model_config,
-        data=data,
-        output=output,
-        config=cfg,
-        method=method,
-        provenance=provenance(train_manifest, dev_manifest, data, cfg),
-        objectives=ctc_objectives(exit_cfg),
-        path=exit_path(exit_cfg, cfg.seed, world),
-        reporter=reporter,
-        device=device,
-        world=world,
-        run=run,
-    )
-    publish(world, run.directory(output), output)
-    result.output = Path(output)
-    return result

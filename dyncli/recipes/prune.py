@@ -33,10 +33,10 @@ from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_che
 from dyncli.errors import UsageError
 from dyncli.features import AugmentConfig
 from dyncli.models.base import CTCEncoder
+from dyncli.recipes.common import RunOptions, run_engine, seed_everything, start
 from dyncli.training.config import Reporter, SilentReporter, TrainConfig, TrainResult
 from dyncli.training.data import load_data, provenance
 from dyncli.training.objectives import FinalCTC, FullDepth
-from dyncli.training.recipes import RunOptions, run_engine, seed_everything, start
 from dyncli.training.rundir import remove_run_dir
 from dyncli.training.trainer import dev_scores, publish
 

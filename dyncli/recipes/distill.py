@@ -58,6 +58,7 @@ from dyncli.dynamic.operating_point import (
 from dyncli.errors import UsageError
 from dyncli.features import AugmentConfig
 from dyncli.models.base import CTCEncoder
+from dyncli.recipes.common import RunOptions, run_engine, seed_everything, start
 from dyncli.training.config import Reporter, SilentReporter, TrainConfig, TrainResult
 from dyncli.training.data import load_data, provenance
 from dyncli.training.objectives import (
@@ -72,7 +73,6 @@ from dyncli.training.objectives import (
     SkipAware,
     StudentPath,
 )
-from dyncli.training.recipes import RunOptions, run_engine, seed_everything, start
 from dyncli.training.trainer import publish
 
 METHODS = ("factorized-kd", "dld", "exit-kd")

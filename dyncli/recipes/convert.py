@@ -46,6 +46,14 @@ from dyncli.dynamic.operating_point import (
 from dyncli.errors import UsageError
 from dyncli.features import AugmentConfig
 from dyncli.models.base import CTCEncoder
+from dyncli.recipes.common import (
+    RunOptions,
+    ctc_objectives,
+    exit_path,
+    run_engine,
+    seed_everything,
+    start,
+)
 from dyncli.training.config import (
     ExitTraining,
     Reporter,
@@ -57,14 +65,6 @@ from dyncli.training.config import (
 )
 from dyncli.training.data import load_data, provenance
 from dyncli.training.objectives import GateCost, GatedPath, LayerDrop, Objective, StudentPath
-from dyncli.training.recipes import (
-    RunOptions,
-    ctc_objectives,
-    exit_path,
-    run_engine,
-    seed_everything,
-    start,
-)
 from dyncli.training.trainer import publish
 
 METHODS = ("early-exit", "layerdrop", "gates")

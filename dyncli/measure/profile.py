@@ -43,8 +43,8 @@ from dyncli.dynamic.operating_point import (
 from dyncli.dynamic.run import policy_runs
 from dyncli.environment import describe
 from dyncli.errors import UsageError
-from dyncli.evaluation import model_summary
 from dyncli.inference import pick_device
+from dyncli.measure.evaluate import model_summary
 from dyncli.measure.gate import GateConfig, judge, resolution_warnings, row_label
 from dyncli.measure.report import ProfileReport, Row, pareto_flags
 from dyncli.measure.stats import paired_wer_delta
