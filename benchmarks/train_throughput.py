@@ -84,9 +84,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from dyncli.plugins import get_backbone
     from dyncli.recipes.convert import convert, convert_defaults
     from dyncli.recipes.train import train
+    from dyncli.registry.manager import get_backbone
     from dyncli.training import ExitTraining, TrainConfig
 
     with tempfile.TemporaryDirectory() as tmp:

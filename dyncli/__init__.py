@@ -1,6 +1,6 @@
 """dyncli: input-dependent depth for CTC speech encoders, measured honestly."""
 
-from dyncli.hookspecs import hookimpl
+from dyncli.registry.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 

@@ -40,7 +40,7 @@ from dyncli.errors import CheckpointError, DyncliError, InputError, JobFailed
 from dyncli.fileio import atomic_write
 from dyncli.models.base import EXIT_HEAD_FORMS, CTCEncoder
 from dyncli.models.config import config_from_dict, config_to_dict
-from dyncli.plugins import get_backbone
+from dyncli.registry.manager import get_backbone
 
 FORMAT = "dyncli-checkpoint"
 FORMAT_VERSION = 1
@@ -446,7 +446,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _read_foreign(p: Path) -> Checkpoint:
-    from dyncli.plugins import checkpoint_readers
+    from dyncli.registry.manager import checkpoint_readers
 
     readers = checkpoint_readers()
     for spec in readers.values():

@@ -48,7 +48,7 @@ def test_reference_ignores_terminal_and_environment(
 
 
 def test_reference_restores_plugin_state(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dyncli import plugins
+    from dyncli.registry import manager as plugins
 
     callers_pm = object()
     monkeypatch.setenv("DYNCLI_LOAD_PLUGINS", "someone-elses")

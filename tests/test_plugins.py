@@ -14,9 +14,10 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from dyncli import hookimpl, plugins
+from dyncli import hookimpl
 from dyncli.cli.app import build_app
 from dyncli.errors import UsageError
+from dyncli.registry import manager as plugins
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "dyncli-exit-at"))
 import dyncli_exit_at  # noqa: E402
@@ -301,3 +302,12 @@ def test_load_plugins_env_filters_entry_points(monkeypatch) -> None:
     pm = PM()
     plugins._load_entry_points(pm)
     assert pm.names == ["alpha", "beta"]
+
+
+def test_the_old_plugin_api_path_is_an_alias_of_the_registry() -> None:
+    """Plugins written against ``dyncli.plugins`` (before issue 19) still find the specs."""
+    import dyncli.plugins as old
+    import dyncli.registry as new
+
+    for name in ("BackboneSpec", "CheckpointReaderSpec", "SkipPolicySpec", "hookimpl"):
+        assert getattr(old, name) is getattr(new, name)

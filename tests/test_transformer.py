@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dyncli import plugins
 from dyncli.measure import flops
 from dyncli.measure.flops import FlopTable, flops_by_operator
 from dyncli.methods.blank_skip import BlankSkip
@@ -21,6 +20,7 @@ from dyncli.methods.static import StaticPolicy
 from dyncli.models.config import TRANSFORMER_PRESETS
 from dyncli.models.transformer import transformer_layer
 from dyncli.policy_config import BlankSkipConfig, EarlyExitConfig, GatesConfig
+from dyncli.registry import manager as plugins
 
 CFG = TRANSFORMER_PRESETS["tiny"]
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dyncli import plugins
 from dyncli.measure import flops
 from dyncli.measure.flops import FlopTable, flops_by_operator
 from dyncli.methods.blank_skip import BlankSkip
@@ -22,6 +21,7 @@ from dyncli.methods.static import StaticPolicy
 from dyncli.models.config import WAV2VEC2_PRESETS
 from dyncli.models.wav2vec2 import factory_kwargs, from_torchaudio
 from dyncli.policy_config import BlankSkipConfig, EarlyExitConfig, GatesConfig
+from dyncli.registry import manager as plugins
 
 VOCAB = 7
 

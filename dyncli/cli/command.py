@@ -70,7 +70,7 @@ def rename_deprecated(command: str, args: list[str]) -> list[str]:
 
 def skip_policy_choices() -> str:
     """'blank-skip: ...; early-exit-entropy: ...' from the registry (loads plugins)."""
-    from dyncli.plugins import skip_policies
+    from dyncli.registry.manager import skip_policies
 
     specs = skip_policies()
     return "; ".join(f"{n}: {s.description}" for n, s in sorted(specs.items())) or "none"

@@ -30,12 +30,13 @@ def plugin_commands(reserved: Collection[str] = ()) -> dict[str, Any]:
     """The click commands that plugins add through ``register_commands``, by name.
 
     Loads the plugins. Each plugin adds its commands to a Typer app of its own, so one whose
-    hook raises is skipped whole (see :func:`dyncli.plugins.call_each`). A name in ``reserved``
-    (the built-in commands) or already added by an earlier plugin is skipped with a warning.
+    hook raises is skipped whole (see :func:`dyncli.registry.manager.call_each`). A name in
+    ``reserved`` (the built-in commands) or already added by an earlier plugin is skipped with a
+    warning.
     """
     from typer.main import get_group
 
-    from dyncli.plugins import call_each, warn_name_clash
+    from dyncli.registry.manager import call_each, warn_name_clash
 
     found: dict[str, Any] = {}
     owners: dict[str, str] = {}

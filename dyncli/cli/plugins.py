@@ -29,7 +29,7 @@ def run(json_path: JsonOpt = None) -> None:
 
     from dyncli.cli.plugin_commands import BUILTIN_COMMANDS, plugin_commands
     from dyncli.cli.render import console, write_json
-    from dyncli.plugins import (
+    from dyncli.registry.manager import (
         backbones,
         checkpoint_readers,
         get_plugin_manager,

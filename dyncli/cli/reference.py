@@ -35,7 +35,7 @@ PINNED_ENV: dict[str, str | None] = {
     "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": None,  # changes the completion options
 }
 
-# dyncli.plugins' module state, all reset when its plugin manager is rebuilt.
+# dyncli.registry.manager' module state, all reset when its plugin manager is rebuilt.
 _PLUGIN_STATE = ("_pm", "_failures", "_distributions", "_warned")
 
 _TYPE_NAMES: dict[type, str] = {
@@ -69,12 +69,13 @@ def render_commands(root: Any, name: str) -> str:
 def builtin_cli() -> Iterator[Any]:
     """The app's root click command, built with only the built-in plugins loaded.
 
-    Sets :data:`PINNED_ENV` and a fresh plugin manager for the duration; the environment and
-    ``dyncli.plugins``' state are restored on exit, so a caller's own plugins are untouched.
+    Sets :data:`PINNED_ENV` and a fresh plugin manager for the duration; the environment and the
+    state of ``dyncli.registry.manager`` are restored on exit, so a caller's own plugins are
+    untouched.
     """
     import typer.main
 
-    from dyncli import plugins
+    from dyncli.registry import manager as plugins
 
     saved_env = {name: os.environ.get(name) for name in PINNED_ENV}
     saved_state = {name: getattr(plugins, name) for name in _PLUGIN_STATE if hasattr(plugins, name)}

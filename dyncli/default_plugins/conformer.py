@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dyncli.hookspecs import hookimpl
 from dyncli.models.config import (
     CONFORMER_PRESETS,
     TRANSFORMER_PRESETS,
@@ -14,7 +13,7 @@ from dyncli.models.config import (
     TransformerConfig,
     Wav2Vec2Config,
 )
-from dyncli.plugins import BackboneSpec
+from dyncli.registry import BackboneSpec, hookimpl
 
 
 def _build(config: ConformerConfig, vocab_size: int) -> Any:

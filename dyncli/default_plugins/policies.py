@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dyncli.hookspecs import hookimpl
-from dyncli.plugins import SkipPolicySpec
 from dyncli.policy_config import BlankSkipConfig, DropConfig, EarlyExitConfig, GatesConfig
+from dyncli.registry import SkipPolicySpec, hookimpl
 
 
 def _blank_skip(config: BlankSkipConfig) -> Any:

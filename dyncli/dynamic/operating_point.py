@@ -150,7 +150,7 @@ def check_budget(wer_budget: float | None, policy: str | None) -> None:
             f"absolute (0.01 = 1 point); for {wer_budget:g} points give {wer_budget / 100:g}"
         )
     if policy is not None:
-        from dyncli.plugins import get_skip_policy
+        from dyncli.registry.manager import get_skip_policy
 
         get_skip_policy(policy)
 
@@ -161,7 +161,7 @@ def check_policy_fits(
     """Refuse, before training, a ``--wer-budget`` policy that ``model`` (as it will be trained:
     its heads and gates attached) could not run. ``given``: the user named it (``--policy``)."""
     from dyncli.dynamic import build_policy
-    from dyncli.plugins import get_skip_policy
+    from dyncli.registry.manager import get_skip_policy
 
     subject = f"--policy {name}" if given else f"--wer-budget (its default policy, {name})"
     spec = get_skip_policy(name)
@@ -202,7 +202,7 @@ def resolve_run(
     if not ckpt.model.exits and stored is None:
         if not asked:
             return StaticPolicy(), RunChoice("static", None, {}, "static model")
-        from dyncli.plugins import get_skip_policy
+        from dyncli.registry.manager import get_skip_policy
 
         name = policy or default_policy(ckpt.method)
         if get_skip_policy(name).needs_exits:
@@ -336,7 +336,7 @@ def choose_operating_point(
     from dyncli.dynamic.run import policy_runs
     from dyncli.measure.stats import CONFIDENCE
     from dyncli.measure.sweep import sweep_rows
-    from dyncli.plugins import get_skip_policy
+    from dyncli.registry.manager import get_skip_policy
 
     spec = get_skip_policy(policy)
     merged = policy_settings(ckpt, policy, settings or {})

@@ -9,7 +9,7 @@ import torch
 from dyncli.dynamic.trace import DynamicOutput, SkipPolicy
 from dyncli.errors import UsageError
 from dyncli.models.base import CTCEncoder
-from dyncli.plugins import get_skip_policy
+from dyncli.registry.manager import get_skip_policy
 
 
 def build_policy(name: str, threshold: float, **overrides: Any) -> SkipPolicy:

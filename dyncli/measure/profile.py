@@ -61,7 +61,7 @@ from dyncli.measure.sweep import (
 from dyncli.measure.timing import Arm, TimingRun, dispersion, speedup, time_interleaved
 from dyncli.methods.static import StaticPolicy
 from dyncli.models.base import CTCEncoder
-from dyncli.plugins import get_skip_policy
+from dyncli.registry.manager import get_skip_policy
 
 
 class _Stepper:
@@ -276,7 +276,7 @@ def requested_policies(ckpt: Checkpoint, policy: str | None, models: bool = Fals
     """The policies ``--policy`` names: one, a comma list, or ``all`` (every registered policy
     this checkpoint can run: exits for the exit policies, a gate predictor for gates; with
     ``--models``, every registered policy, each checkpoint running those it can)."""
-    from dyncli.plugins import skip_policies
+    from dyncli.registry.manager import skip_policies
 
     if policy is None:
         stored = stored_point(ckpt.method)

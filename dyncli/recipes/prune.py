@@ -75,7 +75,7 @@ def with_layers(config: Any, count: int, backbone: str) -> Any:
 def without_layer(model: CTCEncoder, index: int, backbone: str, config: Any) -> CTCEncoder:
     """A new model with layer ``index`` removed: one layer fewer in its config, every other
     weight carried over (layers after ``index`` move up by one)."""
-    from dyncli.plugins import get_backbone
+    from dyncli.registry.manager import get_backbone
 
     smaller = get_backbone(backbone).build(
         with_layers(config, model.num_layers - 1, backbone), int(model.head.out_features)

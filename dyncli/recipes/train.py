@@ -8,7 +8,6 @@ from typing import Any
 from dyncli.data.text import build_tokenizer
 from dyncli.errors import UsageError
 from dyncli.models.config import sample_rate_of
-from dyncli.plugins import get_backbone
 from dyncli.recipes.common import (
     RunOptions,
     ctc_objectives,
@@ -17,6 +16,7 @@ from dyncli.recipes.common import (
     seed_everything,
     start,
 )
+from dyncli.registry.manager import get_backbone
 from dyncli.training.config import (
     ExitTraining,
     Reporter,

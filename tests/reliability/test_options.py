@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import typer
 
-from dyncli import hookimpl, plugins
+from dyncli import hookimpl
 from dyncli.errors import UsageError
+from dyncli.registry import manager as plugins
 from tests.conftest import invoke_cli, tone_manifest
 
 

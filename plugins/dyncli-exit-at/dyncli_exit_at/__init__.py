@@ -18,7 +18,7 @@ from typing import Any
 
 from dyncli import hookimpl
 from dyncli.errors import UsageError
-from dyncli.plugins import SkipPolicySpec
+from dyncli.registry import SkipPolicySpec
 
 
 @dataclass

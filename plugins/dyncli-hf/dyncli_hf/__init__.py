@@ -14,7 +14,7 @@ from typing import Any
 
 from dyncli import hookimpl
 from dyncli.errors import CheckpointError, UsageError
-from dyncli.plugins import CheckpointReaderSpec
+from dyncli.registry import CheckpointReaderSpec
 
 ARCHITECTURES = {"Wav2Vec2ForCTC": "wav2vec2", "HubertForCTC": "hubert", "WavLMForCTC": "wavlm"}
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")

@@ -1,0 +1,13 @@
+"""The plugin registry: hook specifications (:mod:`~dyncli.registry.hookspecs`), what a plugin
+registers (:mod:`~dyncli.registry.specs`) and the manager that loads plugins and collects it
+(:mod:`~dyncli.registry.manager`).
+
+A plugin imports what it needs from here::
+
+    from dyncli.registry import BackboneSpec, SkipPolicySpec, hookimpl
+"""
+
+from dyncli.registry.hookspecs import hookimpl
+from dyncli.registry.specs import BackboneSpec, CheckpointReaderSpec, SkipPolicySpec
+
+__all__ = ["BackboneSpec", "CheckpointReaderSpec", "SkipPolicySpec", "hookimpl"]
