@@ -25,11 +25,11 @@ import dyncli
 from dyncli.data.dataset import pad_waves
 from dyncli.dynamic import build_policy, run_policy
 from dyncli.errors import EXIT_USAGE, UsageError
-from dyncli.features import masked_normalize
 from dyncli.inference import pick_device
 from dyncli.measure.flops import FlopTable
 from dyncli.methods.early_exit import exit_confidence
 from dyncli.methods.static import StaticPolicy
+from dyncli.models.components import masked_normalize
 from dyncli.models.config import CONFORMER_PRESETS
 from dyncli.models.conformer import build_conformer_ctc
 

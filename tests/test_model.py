@@ -13,7 +13,7 @@ import torch
 from dyncli.checkpoint import Checkpoint, load_checkpoint, read_payload, save_checkpoint
 from dyncli.data.text import CharTokenizer
 from dyncli.errors import CheckpointError, JobFailed
-from dyncli.features import LogMelFrontend
+from dyncli.models.components import LogMelFrontend
 from dyncli.models.config import CONFORMER_PRESETS, FrontendConfig
 from dyncli.models.conformer import Conv2dSubsampling, build_conformer_ctc
 

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from dyncli.features import (
-    AugmentConfig,
-    LogMelFrontend,
-    perturb_waves,
-    spec_augment,
-    speed_perturb,
-    warp_frequency,
-)
+from dyncli.models.components import LogMelFrontend, warp_frequency
 from dyncli.models.config import FrontendConfig
 from dyncli.training import TrainConfig, ctc_loss
+from dyncli.training.augment import AugmentConfig, perturb_waves, spec_augment, speed_perturb
 from dyncli.training.trainer import lr_lambda
 
 

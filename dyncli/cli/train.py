@@ -126,10 +126,10 @@ def run(
 
     from dyncli.cli.paths import check_training_paths
     from dyncli.cli.render import TrainReporter, pct
-    from dyncli.features import AugmentConfig
     from dyncli.recipes.train import train as train_model
     from dyncli.registry.manager import get_backbone
     from dyncli.training import ExitTraining, TrainConfig
+    from dyncli.training.augment import AugmentConfig
     from dyncli.training.config import SilentReporter, check_config
 
     check_training_paths(output=output, run_dir=run_dir, train=train, dev=dev)

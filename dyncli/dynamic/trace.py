@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 import torch
 
-from dyncli.features import lengths_to_mask
 from dyncli.models.base import CTCEncoder
+from dyncli.models.components import lengths_to_mask
 
 # One executed step: ("layer", 0-based index, frames per utterance) for a whole layer,
 # ("block:NAME", 0-based index, frames per utterance) for one block of a layer (``norm``: its

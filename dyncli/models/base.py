@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 
 from dyncli.data.text import BLANK_ID
-from dyncli.features import lengths_to_mask
+from dyncli.models.components import lengths_to_mask
 
 EXIT_HEAD_FORMS = ("softmax", "factorized")
 

@@ -32,8 +32,8 @@ import torch
 from torchaudio.models.conformer import ConformerLayer
 
 from dyncli.errors import UsageError
-from dyncli.features import LogMelFrontend
 from dyncli.models.base import CTCEncoder, Gates, apply_gate
+from dyncli.models.components import LogMelFrontend
 from dyncli.models.config import ConformerConfig
 
 

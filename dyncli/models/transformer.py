@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from dyncli.errors import UsageError
-from dyncli.features import LogMelFrontend
 from dyncli.models.base import CTCEncoder, Gates, apply_gate
+from dyncli.models.components import LogMelFrontend
 from dyncli.models.config import TransformerConfig
 from dyncli.models.conformer import Conv2dSubsampling
 

@@ -44,7 +44,6 @@ from dyncli.dynamic.operating_point import (
     choose_operating_point,
 )
 from dyncli.errors import UsageError
-from dyncli.features import AugmentConfig
 from dyncli.models.base import CTCEncoder
 from dyncli.recipes.common import (
     RunOptions,
@@ -54,6 +53,7 @@ from dyncli.recipes.common import (
     seed_everything,
     start,
 )
+from dyncli.training.augment import AugmentConfig
 from dyncli.training.config import (
     ExitTraining,
     Reporter,

@@ -56,9 +56,9 @@ from dyncli.dynamic.operating_point import (
     default_policy,
 )
 from dyncli.errors import UsageError
-from dyncli.features import AugmentConfig
 from dyncli.models.base import CTCEncoder
 from dyncli.recipes.common import RunOptions, run_engine, seed_everything, start
+from dyncli.training.augment import AugmentConfig
 from dyncli.training.config import Reporter, SilentReporter, TrainConfig, TrainResult
 from dyncli.training.data import load_data, provenance
 from dyncli.training.objectives import (

@@ -31,9 +31,9 @@ import torch
 
 from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
 from dyncli.errors import UsageError
-from dyncli.features import AugmentConfig
 from dyncli.models.base import CTCEncoder
 from dyncli.recipes.common import RunOptions, run_engine, seed_everything, start
+from dyncli.training.augment import AugmentConfig
 from dyncli.training.config import Reporter, SilentReporter, TrainConfig, TrainResult
 from dyncli.training.data import load_data, provenance
 from dyncli.training.objectives import FinalCTC, FullDepth

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dyncli.errors import UsageError
-from dyncli.features import AugmentConfig
+from dyncli.training.augment import AugmentConfig
 
 
 @dataclass

@@ -32,8 +32,8 @@ from typing import Protocol
 import torch
 
 from dyncli.data.text import BLANK_ID
-from dyncli.features import lengths_to_mask
 from dyncli.models.base import CTCEncoder
+from dyncli.models.components import lengths_to_mask
 
 
 @dataclass

@@ -38,11 +38,11 @@ from dyncli.data.dataset import Utterance, bucket_batches, pad_waves
 from dyncli.data.text import Tokenizer
 from dyncli.decoding import greedy_ctc
 from dyncli.errors import CheckpointError, JobFailed, UsageError
-from dyncli.features import perturb_waves, spec_augment, warp_factors
 from dyncli.fileio import atomic_write
 from dyncli.metrics import ErrorRates, error_rates
 from dyncli.models.base import CTCEncoder
 from dyncli.training import distributed
+from dyncli.training.augment import perturb_waves, spec_augment, warp_factors
 from dyncli.training.config import Reporter, SilentReporter, TrainConfig, TrainResult
 from dyncli.training.data import TrainData, epoch_batches, shard
 from dyncli.training.distributed import World

@@ -58,7 +58,7 @@ class ExitAt:
         t = x.shape[1]
         pad_mask = None
         if x.shape[0] > 1:
-            from dyncli.features import lengths_to_mask
+            from dyncli.models.components import lengths_to_mask
 
             pad_mask = lengths_to_mask(lengths, t)
         trace: list[tuple[str, int, list[int]]] = []
