@@ -33,7 +33,6 @@ from dyncli.cli.options import (
     WerBudgetOpt,
     check_choice,
     check_loss_weights,
-    default_job_threads,
     fine_tune_config,
     parse_exits,
     parse_range,
@@ -182,14 +181,12 @@ def run(
     thresholds with the same dev errors as full depth (interval [0, 0]) qualify.
     """
 
-    import torch
-
+    from dyncli.cli.job import best_epoch_line, training_job
     from dyncli.cli.paths import check_training_paths
-    from dyncli.cli.render import TrainReporter, pct, report_choice
+    from dyncli.cli.render import report_choice
     from dyncli.dynamic.operating_point import default_policy
     from dyncli.recipes.convert import METHODS, GateTraining, convert, convert_defaults
     from dyncli.training import ExitTraining
-    from dyncli.training.config import SilentReporter
 
     check_training_paths(
         CHECKPOINT=checkpoint, output=output, run_dir=run_dir, train=train, dev=dev
@@ -212,7 +209,6 @@ def run(
     if not exit_layers:
         weights.pop("--exit-weight")
     check_loss_weights(weights)
-    torch.set_num_threads(threads or default_job_threads())
     base = convert_defaults()
     config = fine_tune_config(
         base,
@@ -227,11 +223,8 @@ def run(
         augment=augment,
     )
     from dyncli.recipes.common import RunOptions
-    from dyncli.training.distributed import is_main_process
 
-    main = is_main_process()
-    reporter = TrainReporter(log_every) if main else SilentReporter()
-    try:
+    with training_job(threads, log_every) as job:
         result = convert(
             checkpoint=checkpoint,
             output=output,
@@ -258,20 +251,13 @@ def run(
                 temperature=gate_temperature,
                 lr_scale=gate_lr_scale,
             ),
-            reporter=reporter,
+            reporter=job.reporter,
             run=RunOptions(run_dir=run_dir, resume=resume),
         )
-    finally:
-        if isinstance(reporter, TrainReporter):
-            reporter.close()
-    if not main:
+    if not job.main:
         return
-    t = result.train
-    reporter.message(
-        f"best epoch {t.best_epoch}: dev WER {pct(t.best_dev_wer)}"
-        + "".join(f", exit {k}: {pct(v)}" for k, v in t.best_dev_exit_wer.items())
-        + f"; saved {result.output} ({t.seconds / 60:.1f} min)"
-    )
+    reporter = job.reporter
+    reporter.message(best_epoch_line(result.train, result.output))
     gates = (result.method or {}).get("gates") or {}
     rates = gates.get("open_rate") or {}
     if rates:

@@ -32,7 +32,6 @@ from dyncli.cli.options import (
     WarmupStepsOpt,
     WerBudgetOpt,
     check_loss_weights,
-    default_job_threads,
     fine_tune_config,
     refuse_inapplicable,
 )
@@ -147,15 +146,12 @@ def run(
     Defaults are fine-tuning defaults (short, low learning rate, augmentation from step 0).
     """
 
-    import torch
-
+    from dyncli.cli.job import best_epoch_line, training_job
     from dyncli.cli.paths import check_training_paths
-    from dyncli.cli.render import TrainReporter, pct, report_choice
+    from dyncli.cli.render import report_choice
     from dyncli.dynamic.operating_point import default_policy
     from dyncli.recipes.common import RunOptions
     from dyncli.recipes.distill import DistillOptions, distill, distill_defaults
-    from dyncli.training.config import SilentReporter
-    from dyncli.training.distributed import is_main_process
 
     check_training_paths(
         CHECKPOINT=checkpoint, teacher=teacher, output=output, run_dir=run_dir, train=train, dev=dev
@@ -181,7 +177,6 @@ def run(
         "kd_weight": ("--kd-weight", kd_weight, "the student toward the teacher"),
     }
     check_loss_weights({terms[n][0]: terms[n][1:] for n in WEIGHTS[chosen]})
-    torch.set_num_threads(threads or default_job_threads())
     base = distill_defaults()
     config = fine_tune_config(
         base,
@@ -195,9 +190,7 @@ def run(
         save_every=save_every,
         augment=augment,
     )
-    main = is_main_process()
-    reporter = TrainReporter(log_every) if main else SilentReporter()
-    try:
+    with training_job(threads, log_every) as job:
         result = distill(
             checkpoint=checkpoint,
             output=output,
@@ -208,18 +201,11 @@ def run(
             config=config,
             wer_budget=wer_budget,
             policy=policy,
-            reporter=reporter,
+            reporter=job.reporter,
             run=RunOptions(run_dir=run_dir, resume=resume),
         )
-    finally:
-        if isinstance(reporter, TrainReporter):
-            reporter.close()
-    if not main:
+    if not job.main:
         return
-    t = result.train
-    reporter.message(
-        f"best epoch {t.best_epoch}: dev WER {pct(t.best_dev_wer)}"
-        + "".join(f", exit {k}: {pct(v)}" for k, v in t.best_dev_exit_wer.items())
-        + f"; saved {result.output} ({t.seconds / 60:.1f} min)"
-    )
+    reporter = job.reporter
+    reporter.message(best_epoch_line(result.train, result.output))
     report_choice(reporter, result.choice, policy or default_policy(result.method))

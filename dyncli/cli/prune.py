@@ -24,7 +24,6 @@ from dyncli.cli.options import (
     SkipBadOpt,
     TrainDataOpt,
     WarmupStepsOpt,
-    default_job_threads,
     fine_tune_config,
 )
 
@@ -62,19 +61,15 @@ def run(
     inspect shows which layers of the original it kept. Written once, when the last round ends.
     """
 
-    import torch
-
+    from dyncli.cli.job import training_job
     from dyncli.cli.paths import check_training_paths
-    from dyncli.cli.render import TrainReporter, pct
+    from dyncli.cli.render import pct
     from dyncli.recipes.common import RunOptions
     from dyncli.recipes.prune import prune, prune_defaults
-    from dyncli.training.config import SilentReporter
-    from dyncli.training.distributed import is_main_process
 
     check_training_paths(
         CHECKPOINT=checkpoint, output=output, run_dir=run_dir, train=train, dev=dev
     )
-    torch.set_num_threads(threads or default_job_threads())
     base = prune_defaults()
     config = fine_tune_config(
         base,
@@ -88,9 +83,7 @@ def run(
         save_every=save_every,
         augment=augment,
     )
-    main = is_main_process()
-    reporter = TrainReporter(log_every) if main else SilentReporter()
-    try:
+    with training_job(threads, log_every) as job:
         result = prune(
             checkpoint=checkpoint,
             output=output,
@@ -98,16 +91,13 @@ def run(
             train_manifest=train,
             dev_manifest=dev,
             config=config,
-            reporter=reporter,
+            reporter=job.reporter,
             run=RunOptions(run_dir=run_dir, resume=resume),
         )
-    finally:
-        if isinstance(reporter, TrainReporter):
-            reporter.close()
-    if not main:
+    if not job.main:
         return
     last = result.rounds[-1] if result.rounds else None
-    reporter.message(
+    job.reporter.message(
         f"kept layers {[i + 1 for i in result.kept]} of the original"
         + (f"; dev WER {pct(last.dev_wer_after)}" if last else "")
         + f"; saved {result.output}"

@@ -29,7 +29,6 @@ from dyncli.cli.options import (
     WarmupStepsOpt,
     check_choice,
     check_loss_weights,
-    default_job_threads,
     parse_exits,
     parse_range,
     refuse_inapplicable,
@@ -122,18 +121,15 @@ def run(
     """
     import dataclasses
 
-    import torch
-
+    from dyncli.cli.job import best_epoch_line, training_job
     from dyncli.cli.paths import check_training_paths
-    from dyncli.cli.render import TrainReporter, pct
     from dyncli.recipes.train import train as train_model
     from dyncli.registry.manager import get_backbone
     from dyncli.training import ExitTraining, TrainConfig
     from dyncli.training.augment import AugmentConfig
-    from dyncli.training.config import SilentReporter, check_config
+    from dyncli.training.config import check_config
 
     check_training_paths(output=output, run_dir=run_dir, train=train, dev=dev)
-    torch.set_num_threads(threads or default_job_threads())
     spec = get_backbone(backbone)
     if preset not in spec.presets:
         raise UsageError(
@@ -190,11 +186,8 @@ def run(
     )
     check_config(config)
     from dyncli.recipes.common import RunOptions
-    from dyncli.training.distributed import is_main_process
 
-    main = is_main_process()
-    reporter = TrainReporter(log_every) if main else SilentReporter()
-    try:
+    with training_job(threads, log_every) as job:
         result = train_model(
             train_manifest=train,
             dev_manifest=dev,
@@ -205,19 +198,12 @@ def run(
             exits=ExitTraining(
                 exits=exit_layers, exit_weight=exit_weight, final_weight=final_weight
             ),
-            reporter=reporter,
+            reporter=job.reporter,
             run=RunOptions(run_dir=run_dir, resume=resume),
         )
-    finally:
-        if isinstance(reporter, TrainReporter):
-            reporter.close()
-    if not main:
+    if not job.main:
         return
-    reporter.message(
-        f"best epoch {result.best_epoch}: dev WER {pct(result.best_dev_wer)}, "
-        f"CER {pct(result.best_dev_cer)}"
-        + "".join(f", exit {k}: {pct(v)}" for k, v in result.best_dev_exit_wer.items())
-        + f"; saved {Path(result.output)} "
-        f"({result.seconds / 60:.1f} min)"
+    job.reporter.message(
+        best_epoch_line(result, Path(result.output), cer=True)
         + (f"; skipped {len(result.skipped)} bad entries" if result.skipped else "")
     )

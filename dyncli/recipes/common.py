@@ -88,15 +88,37 @@ def ctc_objectives(exits: ExitTraining) -> list[tuple[Objective, float]]:
     return [(FinalCTC(), exits.final_weight), (ExitCTC(), exits.exit_weight)]
 
 
-def exit_path(exits: ExitTraining, seed: int, world: World) -> StudentPath:
+# Offsets added to --seed, one per stream of random draws, so that no two streams coincide.
+SEED_SKIP_AWARE = 104729  # which steps run blank-skip in the loop (SkipAware)
+SEED_LAYER_DROP = 15485863  # which layers a LayerDrop / DLD step runs
+SEED_GATES = 32452843  # the Gumbel noise of I3D gates in training
+SEED_RANK_STRIDE = 7919  # between DDP ranks, for the streams that differ per rank
+
+
+def seeded(seed: int, offset: int, rank: int = 0) -> torch.Generator:
+    """The generator of one stream: ``seed + offset + SEED_RANK_STRIDE * rank``."""
+    return torch.Generator().manual_seed(seed + offset + SEED_RANK_STRIDE * rank)
+
+
+def skip_aware_path(
+    layer: int,
+    thresholds: tuple[float, float],
+    neighbours: int,
+    share: float,
+    seed: int,
+    rank: int = 0,
+) -> SkipAware:
+    """Blank-skip in the loop at ``layer`` on a ``share`` of steps (``convert --skip-layer``,
+    and ``distill`` of a model trained so)."""
+    return SkipAware(layer, thresholds, neighbours, share, seeded(seed, SEED_SKIP_AWARE, rank))
+
+
+def exit_path(exits: ExitTraining, seed: int, rank: int = 0) -> StudentPath:
+    """The path exit training runs: full depth, or blank-skip in the loop with ``skip_layer``."""
     if exits.skip_layer is None:
         return FullDepth()
-    return SkipAware(
-        exits.skip_layer,
-        exits.skip_thresholds,
-        exits.skip_neighbours,
-        exits.skip_prob,
-        torch.Generator().manual_seed(seed + 104729 + 7919 * world.rank),
+    return skip_aware_path(
+        exits.skip_layer, exits.skip_thresholds, exits.skip_neighbours, exits.skip_prob, seed, rank
     )
 
 

@@ -46,11 +46,14 @@ from dyncli.dynamic.operating_point import (
 from dyncli.errors import UsageError
 from dyncli.models.base import CTCEncoder
 from dyncli.recipes.common import (
+    SEED_GATES,
+    SEED_LAYER_DROP,
     RunOptions,
     ctc_objectives,
     exit_path,
     run_engine,
     seed_everything,
+    seeded,
     start,
 )
 from dyncli.training.augment import AugmentConfig
@@ -240,7 +243,7 @@ def convert(
     lr_scales: list[tuple[torch.nn.Module, float]] = []
     if method == "layerdrop":
         method_record = layerdrop_method(exit_cfg.exits, drop_rate)
-        path: StudentPath = LayerDrop(drop_rate, torch.Generator().manual_seed(cfg.seed + 15485863))
+        path: StudentPath = LayerDrop(drop_rate, seeded(cfg.seed, SEED_LAYER_DROP))
     elif method == "gates":
         from dyncli.methods.gates.predictor import attach_gates, gates_method
 
@@ -254,12 +257,11 @@ def convert(
             gate_cfg.hidden,
         )
         method_record["gates"]["lr_scale"] = gate_cfg.lr_scale
-        generator = torch.Generator().manual_seed(cfg.seed + 32452843 + 7919 * world.rank)
-        path = GatedPath(gate_cfg.temperature, generator)
+        path = GatedPath(gate_cfg.temperature, seeded(cfg.seed, SEED_GATES, world.rank))
         objectives.append((GateCost(gate_cfg.target), gate_cfg.weight))
     else:
         method_record = early_exit_method(exit_cfg, training="fine-tune")
-        path = exit_path(exit_cfg, cfg.seed, world)
+        path = exit_path(exit_cfg, cfg.seed, world.rank)
     method_record["source"] = {"path": str(checkpoint), "metrics": static.metrics}
     prov = provenance(train_manifest, dev_manifest, data, cfg)
     prov["converted_from"] = str(checkpoint)

@@ -57,7 +57,15 @@ from dyncli.dynamic.operating_point import (
 )
 from dyncli.errors import UsageError
 from dyncli.models.base import CTCEncoder
-from dyncli.recipes.common import RunOptions, run_engine, seed_everything, start
+from dyncli.recipes.common import (
+    SEED_LAYER_DROP,
+    RunOptions,
+    run_engine,
+    seed_everything,
+    seeded,
+    skip_aware_path,
+    start,
+)
 from dyncli.training.augment import AugmentConfig
 from dyncli.training.config import Reporter, SilentReporter, TrainConfig, TrainResult
 from dyncli.training.data import load_data, provenance
@@ -70,7 +78,6 @@ from dyncli.training.objectives import (
     LayerDrop,
     Objective,
     PosteriorKD,
-    SkipAware,
     StudentPath,
 )
 from dyncli.training.trainer import publish
@@ -203,36 +210,37 @@ def choose_teacher(student: Checkpoint, teacher: str | Path | None) -> TeacherCh
     )
 
 
-def exit_path(method: dict[str, Any] | None, seed: int) -> StudentPath:
-    """The path a model with exits keeps training on: blank-skip in the loop when it was
-    trained skip-aware (so the layers after the trigger stay adapted to compacted sequences),
-    else full depth."""
+def stored_exit_path(method: dict[str, Any] | None, seed: int, rank: int = 0) -> StudentPath:
+    """The path a model with exits keeps training on: blank-skip in the loop as its record
+    says it was trained (so the layers after the trigger stay adapted to compacted
+    sequences), else full depth."""
     skip = (method or {}).get("skip_aware_training")
     if not skip:
         return FullDepth()
     lo, hi = skip["thresholds"]
-    return SkipAware(
+    thresholds = (float(lo), float(hi))
+    return skip_aware_path(
         int(skip["layer"]),
-        (float(lo), float(hi)),
+        thresholds,
         int(skip["neighbours"]),
         float(skip["share_of_steps"]),
-        torch.Generator().manual_seed(seed + 104729),
+        seed,
+        rank,
     )
 
 
 def plan(
-    opts: DistillOptions, seed: int, method: dict[str, Any] | None = None
+    opts: DistillOptions, seed: int, method: dict[str, Any] | None = None, rank: int = 0
 ) -> tuple[StudentPath, list[tuple[Objective, float]]]:
     """The path and weighted objectives of each method."""
     if opts.method == "factorized-kd":
-        return exit_path(method, seed), [
+        return stored_exit_path(method, seed, rank), [
             (FinalCTC(), opts.final_weight),
             (ExitCTC(), opts.exit_weight),
             (FactorizedKD(temperature=opts.temperature), opts.kd_weight),
         ]
     if opts.method == "dld":
-        gen = torch.Generator().manual_seed(seed + 15485863)
-        return LayerDrop(opts.drop_rate, gen), [
+        return LayerDrop(opts.drop_rate, seeded(seed, SEED_LAYER_DROP)), [
             (FinalCTC(), opts.final_weight),
             (PosteriorKD(temperature=opts.temperature), opts.kd_weight),
         ]
@@ -243,7 +251,7 @@ def plan(
     ]
     if opts.kd_kl:
         objectives.append((ExitKD(kl=True, temperature=opts.temperature), opts.kd_weight))
-    return exit_path(method, seed), objectives
+    return stored_exit_path(method, seed, rank), objectives
 
 
 def distill(
@@ -312,7 +320,7 @@ def distill(
         if key in student.provenance:
             prov[key] = student.provenance[key]
     prov["distilled_from"] = str(checkpoint)
-    path, objectives = plan(options, cfg.seed, student.method)
+    path, objectives = plan(options, cfg.seed, student.method, world.rank)
     if options.freeze_backbone:
         # Nothing the final CTC term reaches can learn: leave it out rather than compute it.
         objectives = [(o, w) for o, w in objectives if not isinstance(o, FinalCTC)]

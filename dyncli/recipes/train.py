@@ -71,7 +71,7 @@ def train(
         method=method,
         provenance=provenance(train_manifest, dev_manifest, data, cfg),
         objectives=ctc_objectives(exit_cfg),
-        path=exit_path(exit_cfg, cfg.seed, world),
+        path=exit_path(exit_cfg, cfg.seed, world.rank),
         reporter=reporter,
         device=device,
         world=world,
