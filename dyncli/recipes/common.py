@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dyncli.checkpoint import Checkpoint
+from dyncli.data.dataset import Utterance
 from dyncli.data.text import Tokenizer
+from dyncli.dynamic.operating_point import PointChoice, choose_operating_point
 from dyncli.inference import pick_device
 from dyncli.models.base import CTCEncoder
 from dyncli.models.config import config_to_dict
@@ -200,3 +202,37 @@ def run_engine(
     if run.resume and world.main:
         reporter.message(f"resuming from {trainer.state_path}")
     return trainer.fit()
+
+
+@dataclass
+class RecipeResult:
+    """What a recipe that makes a dynamic model returns: the training run, where the checkpoint
+    went, the method record it carries, and, with ``--wer-budget``, the operating point chosen
+    on dev (with the rows it was chosen from)."""
+
+    train: TrainResult
+    output: Path
+    method: dict[str, Any]
+    operating_point: dict[str, Any] | None = None
+    sweep: list[dict[str, Any]] = field(default_factory=list)
+    choice: PointChoice | None = None
+
+    def store_operating_point(
+        self,
+        ckpt: Checkpoint,
+        dev: Sequence[Utterance],
+        policy: str,
+        wer_budget: float,
+        settings: dict[str, Any] | None = None,
+    ) -> Checkpoint:
+        """Sweep ``ckpt`` on ``dev``, store the chosen point in its method record (the
+        ``--wer-budget`` rule of :func:`~dyncli.dynamic.operating_point.choose_operating_point`)
+        and here; ``ckpt`` comes back, ready to publish."""
+        choice = choose_operating_point(
+            ckpt, dev, policy=policy, wer_budget=wer_budget, settings=settings
+        )
+        assert ckpt.method is not None
+        ckpt.method["operating_point"] = choice.point
+        self.operating_point, self.sweep, self.choice = choice.point, choice.rows, choice
+        self.method = ckpt.method
+        return ckpt

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +38,15 @@ import torch
 
 from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from dyncli.dynamic.operating_point import (
-    PointChoice,
     check_budget,
     check_policy_fits,
-    choose_operating_point,
 )
 from dyncli.errors import UsageError
 from dyncli.models.base import CTCEncoder
 from dyncli.recipes.common import (
     SEED_GATES,
     SEED_LAYER_DROP,
+    RecipeResult,
     RunOptions,
     ctc_objectives,
     exit_path,
@@ -62,7 +61,6 @@ from dyncli.training.config import (
     Reporter,
     SilentReporter,
     TrainConfig,
-    TrainResult,
     check_exits,
     early_exit_method,
 )
@@ -135,13 +133,8 @@ def convert_defaults() -> TrainConfig:
 
 
 @dataclass
-class ConvertResult:
-    train: TrainResult
-    output: Path
-    method: dict[str, Any]
-    operating_point: dict[str, Any] | None = None
-    sweep: list[dict[str, Any]] = field(default_factory=list)
-    choice: PointChoice | None = None
+class ConvertResult(RecipeResult):
+    """What ``convert`` returns (see :class:`~dyncli.recipes.common.RecipeResult`)."""
 
 
 def convert(
@@ -303,17 +296,11 @@ def convert(
         return store_point(converted) if wer_budget is not None else converted
 
     def store_point(converted: Checkpoint) -> Checkpoint:
-        """Sweep the trained model on dev and store the chosen operating point."""
         assert wer_budget is not None
         name = policy or default_policy
-        choice = choose_operating_point(
-            converted, data.dev, policy=name, wer_budget=wer_budget, settings=point_settings(name)
+        return out.store_operating_point(
+            converted, data.dev, name, wer_budget, settings=point_settings(name)
         )
-        assert converted.method is not None
-        converted.method["operating_point"] = choice.point
-        out.operating_point, out.sweep, out.method = choice.point, choice.rows, converted.method
-        out.choice = choice
-        return converted
 
     publish(
         world,

@@ -49,16 +49,15 @@ import torch
 
 from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from dyncli.dynamic.operating_point import (
-    PointChoice,
     check_budget,
     check_policy_fits,
-    choose_operating_point,
     default_policy,
 )
 from dyncli.errors import UsageError
 from dyncli.models.base import CTCEncoder
 from dyncli.recipes.common import (
     SEED_LAYER_DROP,
+    RecipeResult,
     RunOptions,
     run_engine,
     seed_everything,
@@ -67,7 +66,7 @@ from dyncli.recipes.common import (
     start,
 )
 from dyncli.training.augment import AugmentConfig
-from dyncli.training.config import Reporter, SilentReporter, TrainConfig, TrainResult
+from dyncli.training.config import Reporter, SilentReporter, TrainConfig
 from dyncli.training.data import load_data, provenance
 from dyncli.training.objectives import (
     ExitCTC,
@@ -144,14 +143,11 @@ class TeacherChoice:
 
 
 @dataclass
-class DistillResult:
-    train: TrainResult
-    output: Path
-    method: dict[str, Any]
-    teacher: dict[str, Any]
-    operating_point: dict[str, Any] | None = None
-    choice: PointChoice | None = None
-    sweep: list[dict[str, Any]] = field(default_factory=list)
+class DistillResult(RecipeResult):
+    """What ``distill`` returns: a :class:`~dyncli.recipes.common.RecipeResult` and the
+    teacher's record."""
+
+    teacher: dict[str, Any] = field(default_factory=dict)
 
 
 def frame_rate(model: CTCEncoder) -> float:
@@ -348,12 +344,7 @@ def distill(
     def store_point(ckpt: Checkpoint) -> Checkpoint:
         assert wer_budget is not None
         name = policy or default_policy(ckpt.method)
-        choice = choose_operating_point(ckpt, data.dev, policy=name, wer_budget=wer_budget)
-        assert ckpt.method is not None
-        ckpt.method["operating_point"] = choice.point
-        out.operating_point, out.choice, out.sweep = choice.point, choice, choice.rows
-        out.method = ckpt.method
-        return ckpt
+        return out.store_operating_point(ckpt, data.dev, name, wer_budget)
 
     publish(
         world,
