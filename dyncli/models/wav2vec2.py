@@ -284,8 +284,8 @@ def _feed_forward(ff: Any, x: torch.Tensor, lean: bool) -> torch.Tensor:
 # Intermediate columns per feed-forward chunk. MKL's single-thread GEMM of a few tens of rows
 # into 3072 columns (wav2vec2 base) ran at 121-127 GFLOP/s on the 2-core Xeon where the same
 # work in 768-column pieces ran at 155-175, and the whole block (both projections and GELU) at
-# 42-160 rows was 6-19% faster chunked, equal at 256 rows and within 4% either way at 512-2048
-# (``benchmarks/scale.py``: the tens of rows are what blank-skip leaves the later layers).
+# 42-160 rows was 6-19% faster chunked, equal at 256 rows, and from 4% slower to 6% faster at
+# 512-2048 (``benchmarks/scale.py``: the tens of rows are what blank-skip leaves the later layers).
 FFN_CHUNK = 768
 
 
