@@ -13,10 +13,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python requirements-lock.txt pyproject.toml plugins/dyncli-hf/pyproject.toml
+$(STAMP): $(BIN)/python requirements-lock.txt pyproject.toml plugins/dyncli-hf/pyproject.toml \
+		plugins/dyncli-blank-reg/pyproject.toml
 	$(BIN)/python -m pip install -q -r requirements-lock.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -m pip install -q --no-deps -e plugins/dyncli-hf
+	$(BIN)/python -m pip install -q --no-deps -e plugins/dyncli-blank-reg
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,10 +28,10 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check dyncli tests
+	$(BIN)/ruff format --check dyncli tests plugins/dyncli-blank-reg
 
 typecheck: $(STAMP)
-	$(BIN)/mypy dyncli
+	$(BIN)/mypy dyncli plugins/dyncli-blank-reg/dyncli_blank_reg
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -9,16 +9,16 @@ With random weights the exit heads' posteriors mean nothing, so the decisions ar
 documented in the JSON, both run through dyncli's own policy code, the code ``dyncli profile``
 times; only the decision is replaced):
 
-* blank-skip: :class:`dyncli.methods.blank_skip.BlankSkip` triggered after layer 3 (the bundled
-  model's layer), with ``keep_mask`` overridden to keep a fixed 21% of each utterance's frames,
-  evenly spread (frame t is kept when floor((t+1) * 21/100) > floor(t * 21/100)), about the
-  share the bundled model keeps at its stored point (it skips ~72-79% of frames, see
+* blank-skip: :class:`dyncli.methods.blank_skip.policy.BlankSkip` triggered after layer 3 (the
+  bundled model's layer), with ``keep_mask`` overridden to keep a fixed 21% of each utterance's
+  frames, evenly spread (frame t is kept when floor((t+1) * 21/100) > floor(t * 21/100)), about
+  the share the bundled model keeps at its stored point (it skips ~72-79% of frames, see
   ``examples/digits/RESULTS.md``). The real keep decision is still computed (its cost is timed)
   and then replaced. Compaction, re-padding, the remaining layers on the kept frames and the
   scatter back are the policy's own.
-* early exit: :class:`dyncli.methods.early_exit.EarlyExit` (entropy criterion) with ``passes``
-  overridden so every utterance leaves at the exit after layer 6 (the exit after layer 3 is
-  computed and fails). The exit confidences are still computed.
+* early exit: :class:`dyncli.methods.early_exit.policy.EarlyExit` (entropy criterion) with
+  ``passes`` overridden so every utterance leaves at the exit after layer 6 (the exit after
+  layer 3 is computed and fails). The exit confidences are still computed.
 
 Timing covers the encoder only (``policy.encode`` on the embedded input, after the wav2vec2 conv
 front end and positional convolution, which every configuration runs alike), on random 2-6 s
@@ -73,12 +73,13 @@ from dyncli.environment import describe
 from dyncli.fileio import atomic_write_text
 from dyncli.measure.flops import FlopTable
 from dyncli.measure.stats import Interval, paired_speedup
-from dyncli.methods.blank_skip import BlankSkip
-from dyncli.methods.early_exit import EarlyExit
+from dyncli.methods.blank_skip import BlankSkipConfig
+from dyncli.methods.blank_skip.policy import BlankSkip
+from dyncli.methods.early_exit import EarlyExitConfig
+from dyncli.methods.early_exit.policy import EarlyExit
 from dyncli.methods.static import StaticPolicy
 from dyncli.models.config import WAV2VEC2_PRESETS, config_to_dict
 from dyncli.models.wav2vec2 import build_wav2vec2_ctc
-from dyncli.policy_config import BlankSkipConfig, EarlyExitConfig
 
 HERE = Path(__file__).resolve().parent
 TARGET = 0.9

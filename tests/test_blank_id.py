@@ -14,11 +14,12 @@ from dyncli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from dyncli.data.text import CharTokenizer
 from dyncli.decoding import greedy_ctc
 from dyncli.errors import CheckpointError
-from dyncli.methods.blank_skip import BlankSkip
-from dyncli.methods.early_exit import EarlyExit
+from dyncli.methods.blank_skip import BlankSkipConfig
+from dyncli.methods.blank_skip.policy import BlankSkip
+from dyncli.methods.early_exit import EarlyExitConfig
+from dyncli.methods.early_exit.policy import EarlyExit
 from dyncli.models.config import CONFORMER_PRESETS
 from dyncli.models.conformer import build_conformer_ctc
-from dyncli.policy_config import BlankSkipConfig, EarlyExitConfig
 from dyncli.training import ExitTraining, early_exit_method
 from dyncli.training.kd import factorized_kd
 from dyncli.training.objectives import ctc_loss

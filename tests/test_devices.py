@@ -27,7 +27,7 @@ from dyncli.dynamic import build_policy, run_policy
 from dyncli.errors import EXIT_USAGE, UsageError
 from dyncli.inference import pick_device
 from dyncli.measure.flops import FlopTable
-from dyncli.methods.early_exit import exit_confidence
+from dyncli.methods.early_exit.policy import exit_confidence
 from dyncli.methods.static import StaticPolicy
 from dyncli.models.components import masked_normalize
 from dyncli.models.config import CONFORMER_PRESETS

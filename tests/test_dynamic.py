@@ -11,12 +11,13 @@ import torch
 from dyncli.data.dataset import pad_waves
 from dyncli.dynamic import build_policy, run_policy
 from dyncli.errors import UsageError
-from dyncli.methods.blank_skip import BlankSkip, keep_mask
-from dyncli.methods.early_exit import EarlyExit, exit_confidence
+from dyncli.methods.blank_skip import BlankSkipConfig
+from dyncli.methods.blank_skip.policy import BlankSkip, keep_mask
+from dyncli.methods.early_exit import EarlyExitConfig
+from dyncli.methods.early_exit.policy import EarlyExit, exit_confidence
 from dyncli.methods.static import StaticPolicy
 from dyncli.models.config import CONFORMER_PRESETS
 from dyncli.models.conformer import build_conformer_ctc
-from dyncli.policy_config import BlankSkipConfig, EarlyExitConfig
 
 LENGTHS = (8000, 5600, 12000, 4000)
 

@@ -12,12 +12,12 @@ import torch
 from dyncli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from dyncli.measure.flops import FlopTable
 from dyncli.measure.sweep import _encoder_flops
+from dyncli.methods.gates import GatesConfig
 from dyncli.methods.gates.policy import GatePolicy
 from dyncli.methods.gates.predictor import GatePredictor, attach_gates, gumbel_gates, predictor_of
 from dyncli.methods.static import StaticPolicy
 from dyncli.models.config import CONFORMER_PRESETS
 from dyncli.models.conformer import build_conformer_ctc
-from dyncli.policy_config import GatesConfig
 from tests.conftest import invoke_cli, tone_manifest
 
 CFG = CONFORMER_PRESETS["tiny"]
@@ -133,7 +133,8 @@ def test_mixed_gates_in_a_batch_equal_each_utterance_alone() -> None:
 
 
 def test_straight_through_gumbel_gradient_reaches_the_predictor() -> None:
-    from dyncli.training.objectives import GatedPath, ctc_loss
+    from dyncli.methods.gates.training import GatedPath
+    from dyncli.training.objectives import ctc_loss
 
     torch.manual_seed(0)
     model = build_conformer_ctc(CFG, 9).train()

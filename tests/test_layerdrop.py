@@ -10,9 +10,9 @@ import torch
 
 from dyncli.checkpoint import load_checkpoint
 from dyncli.errors import UsageError
-from dyncli.methods.drop import DropLayers, kept_layers
+from dyncli.methods.drop import DropConfig
+from dyncli.methods.drop.policy import DropLayers, kept_layers
 from dyncli.methods.static import StaticPolicy
-from dyncli.policy_config import DropConfig
 from tests.conftest import invoke_cli, tone_manifest
 
 

@@ -12,14 +12,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dyncli.measure import flops
 from dyncli.measure.flops import FlopTable, flops_by_operator
-from dyncli.methods.blank_skip import BlankSkip
-from dyncli.methods.early_exit import EarlyExit
+from dyncli.methods.blank_skip import BlankSkipConfig
+from dyncli.methods.blank_skip.policy import BlankSkip
+from dyncli.methods.early_exit import EarlyExitConfig
+from dyncli.methods.early_exit.policy import EarlyExit
+from dyncli.methods.gates import GatesConfig
 from dyncli.methods.gates.policy import GatePolicy
 from dyncli.methods.gates.predictor import attach_gates
 from dyncli.methods.static import StaticPolicy
 from dyncli.models.config import TRANSFORMER_PRESETS
 from dyncli.models.transformer import transformer_layer
-from dyncli.policy_config import BlankSkipConfig, EarlyExitConfig, GatesConfig
 from dyncli.registry import manager as plugins
 
 CFG = TRANSFORMER_PRESETS["tiny"]

@@ -13,14 +13,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dyncli.measure import flops
 from dyncli.measure.flops import FlopTable, flops_by_operator
-from dyncli.methods.blank_skip import BlankSkip
-from dyncli.methods.early_exit import EarlyExit
+from dyncli.methods.blank_skip import BlankSkipConfig
+from dyncli.methods.blank_skip.policy import BlankSkip
+from dyncli.methods.early_exit import EarlyExitConfig
+from dyncli.methods.early_exit.policy import EarlyExit
+from dyncli.methods.gates import GatesConfig
 from dyncli.methods.gates.policy import GatePolicy
 from dyncli.methods.gates.predictor import attach_gates
 from dyncli.methods.static import StaticPolicy
 from dyncli.models.config import WAV2VEC2_PRESETS
 from dyncli.models.wav2vec2 import factory_kwargs, from_torchaudio
-from dyncli.policy_config import BlankSkipConfig, EarlyExitConfig, GatesConfig
 from dyncli.registry import manager as plugins
 
 VOCAB = 7
@@ -215,8 +217,8 @@ def test_wavlm_equals_torchaudio_with_the_bias_recomputed_per_layer(pre_ln: bool
 
 @torch.inference_mode()
 def test_wavlm_policies_off_equal_static() -> None:
-    from dyncli.methods.drop import DropLayers
-    from dyncli.policy_config import DropConfig
+    from dyncli.methods.drop import DropConfig
+    from dyncli.methods.drop.policy import DropLayers
 
     _, model = wavlm_pair()
     model.attach_exits([1, 2])

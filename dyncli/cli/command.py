@@ -5,9 +5,12 @@ It adds three things to Typer's command:
 * **Deprecated spellings.** Flags renamed for one option vocabulary (see CHANGELOG) keep their
   old spelling for one release as hidden aliases: ``--layer 3`` is read as ``--skip-layer 3``,
   with one warning on stderr. The table is :data:`RENAMED`; it never shows in ``--help``.
-* **Help built from the registry, when help is shown.** An option whose help holds
-  ``{skip_policies}`` gets the registered skip policies filled in only when that command's
-  ``--help`` is rendered, so importing the CLI (and ``dyncli --help``) loads no plugin.
+* **Help and method flags from the registry, when needed.** An option whose help holds
+  ``{skip_policies}`` (``{methods}``) gets the registered skip policies (the command's trained
+  methods) filled in only when that command's ``--help`` is rendered; ``convert`` and
+  ``distill`` gain their methods' own flags only when they parse arguments or show help
+  (:mod:`dyncli.cli.method_options`). So importing the CLI (and ``dyncli --help``) loads no
+  plugin.
 * **Finite floats.** ``nan`` or ``inf`` for any float option is a usage error naming the flag.
 
 Usage errors (unknown option, missing argument, bad value) print one ``error:`` line and exit
@@ -34,6 +37,7 @@ RENAMED: dict[str, dict[str, str]] = {
 }
 
 SKIP_POLICIES_TOKEN = "{skip_policies}"
+METHODS_TOKEN = "{methods}"  # the registered methods of the command (convert, distill)
 
 
 def rename_deprecated(command: str, args: list[str]) -> list[str]:
@@ -74,6 +78,18 @@ def skip_policy_choices() -> str:
 
     specs = skip_policies()
     return "; ".join(f"{n}: {s.description}" for n, s in sorted(specs.items())) or "none"
+
+
+def registry_help(text: str, command: str) -> str:
+    """``text`` with its registry tokens filled in: ``{skip_policies}`` and, for ``command``,
+    ``{methods}`` (loads plugins)."""
+    if SKIP_POLICIES_TOKEN in text:
+        text = text.replace(SKIP_POLICIES_TOKEN, skip_policy_choices())
+    if METHODS_TOKEN in text:
+        from dyncli.cli.method_options import method_choices
+
+        text = text.replace(METHODS_TOKEN, method_choices(command))
+    return text
 
 
 def flag_name(param: Any) -> str:
@@ -117,14 +133,40 @@ class DyncliCommand(TyperCommand):
     Non-finite float values are refused here, once for every command (:func:`refuse_non_finite`).
     """
 
+    def get_params(self, ctx: Any) -> list[Any]:
+        """The command's parameters; ``convert`` and ``distill`` also get the flags their
+        registered methods declare (:mod:`dyncli.cli.method_options`), made once per context."""
+        params = super().get_params(ctx)
+        from dyncli.cli import method_options
+
+        if self.name not in method_options.METHOD_COMMANDS:
+            return params
+        key = f"{method_options.PARAMS}:{self.name}"  # ctx.meta is shared by nested contexts
+        if key not in ctx.meta:
+            taken = {p.name for p in self.params}
+            ctx.meta[key] = method_options.method_params(self.name, taken)
+        extra: list[Any] = ctx.meta[key]
+        help_option = self.get_help_option(ctx)
+        if help_option is not None and params and params[-1] is help_option:
+            return params[:-1] + extra + [help_option]
+        return params + extra
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         rest = super().parse_args(ctx, rename_deprecated(self.name or "", list(args)))
-        refuse_non_finite(ctx, self.params)
+        params = self.get_params(ctx)
+        refuse_non_finite(ctx, params)
+        own = {p.name for p in self.params}
+        extra = [p.name for p in params if p.name not in own and p.name in ctx.params]
+        if extra:  # method flags: read by method_values, never passed to the function
+            from dyncli.cli.method_options import VALUES
+
+            ctx.meta[VALUES] = {name: ctx.params.pop(name) for name in extra}
         return rest
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
-        for param in self.params:
+        for param in self.get_params(ctx):
             help_text = getattr(param, "help", None)
-            if help_text and SKIP_POLICIES_TOKEN in help_text:
-                param.help = help_text.replace(SKIP_POLICIES_TOKEN, skip_policy_choices())  # type: ignore[attr-defined]
+            if not help_text:
+                continue
+            param.help = registry_help(help_text, self.name or "")
         super().format_help(ctx, formatter)

@@ -13,7 +13,6 @@ from dyncli.cli.options import (
     CheckpointArg,
     DevDataOpt,
     DeviceOpt,
-    DropRateOpt,
     EpochsOpt,
     ExitWeightOpt,
     FinalWeightOpt,
@@ -33,31 +32,12 @@ from dyncli.cli.options import (
     WerBudgetOpt,
     check_loss_weights,
     fine_tune_config,
-    refuse_inapplicable,
 )
 
 NAME = "distill"
 
-# Each method-specific option and the methods it applies to (the others apply to every method);
-# exit-kd's KL term (--kd-kl) is the one place --temperature and --kd-weight enter exit-kd.
-KL = "exit-kd --kd-kl"
-APPLIES: dict[str, tuple[str, ...]] = {
-    "temperature": ("factorized-kd", "dld", KL),
-    "kd_weight": ("factorized-kd", "dld", KL),
-    "factorized_head": ("factorized-kd",),
-    "drop_rate": ("dld",),
-    "alpha": ("exit-kd", KL),
-    "kd_kl": ("exit-kd", KL),
-    "exit_weight": ("factorized-kd", "exit-kd", KL),
-    "freeze_backbone": ("factorized-kd", "exit-kd", KL),
-}
-# What each loss weight trains, by method.
-WEIGHTS: dict[str, tuple[str, ...]] = {
-    "factorized-kd": ("final_weight", "exit_weight", "kd_weight"),
-    "dld": ("final_weight", "kd_weight"),
-    "exit-kd": ("final_weight", "exit_weight"),
-    KL: ("final_weight", "exit_weight", "kd_weight"),
-}
+# The options every method may read; each method's spec says which it does (``uses``).
+SHARED = ("temperature", "kd_weight", "exit_weight", "freeze_backbone")
 
 
 def run(
@@ -70,11 +50,7 @@ def run(
         str,
         typer.Option(
             "--method",
-            help="factorized-kd: the teacher's final posteriors into every exit, factorized "
-            "into blank / non-blank (arXiv 2401.02046). dld: distillation-based layer dropping, "
-            "a sampled sub-network per step learns the teacher's posteriors (arXiv 2601.16117). "
-            "exit-kd: the teacher's greedy transcript as a CTC pseudo-label for every exit "
-            "(arXiv 2309.09546).",
+            help="The method to train (each adds its own options). {methods}",
         ),
     ] = "factorized-kd",
     teacher: Annotated[
@@ -96,28 +72,6 @@ def run(
     kd_weight: Annotated[
         float, typer.Option("--kd-weight", min=0.0, help="Weight of the distillation terms.")
     ] = 1.0,
-    factorized_head: Annotated[
-        bool,
-        typer.Option(
-            "--factorized-head",
-            help="factorized-kd: read each exit head in factorized form (its blank logit a "
-            "Bernoulli logit of its own, the rest a softmax over non-blank tokens).",
-        ),
-    ] = False,
-    drop_rate: DropRateOpt = 0.5,
-    alpha: Annotated[
-        float,
-        typer.Option(
-            "--alpha",
-            min=0.0,
-            max=1.0,
-            help="exit-kd: weight of the pseudo-label CTC against the reference CTC at each exit.",
-        ),
-    ] = 0.3,
-    kd_kl: Annotated[
-        bool,
-        typer.Option("--kd-kl", help="exit-kd: also add the posterior KL into each exit."),
-    ] = False,
     freeze_backbone: FreezeBackboneOpt = False,
     exit_weight: ExitWeightOpt = 1.0,
     final_weight: FinalWeightOpt = 1.0,
@@ -147,36 +101,45 @@ def run(
     """
 
     from dyncli.cli.job import best_epoch_line, training_job
+    from dyncli.cli.method_options import (
+        loss_weights,
+        method_values,
+        refuse_inapplicable_options,
+    )
     from dyncli.cli.paths import check_training_paths
     from dyncli.cli.render import report_choice
     from dyncli.dynamic.operating_point import default_policy
     from dyncli.recipes.common import RunOptions
     from dyncli.recipes.distill import DistillOptions, distill, distill_defaults
+    from dyncli.registry.manager import get_method
 
     check_training_paths(
         CHECKPOINT=checkpoint, teacher=teacher, output=output, run_dir=run_dir, train=train, dev=dev
     )
+    spec = get_method(method, NAME)
+    values = method_values(ctx, spec)
+    own = spec.make_options(values)
+    refuse_inapplicable_options(ctx, NAME, spec, SHARED, own)
     options = DistillOptions(
         method=method,
         temperature=temperature,
         kd_weight=kd_weight,
         exit_weight=exit_weight,
         final_weight=final_weight,
-        factorized_head=factorized_head,
-        drop_rate=drop_rate,
-        alpha=alpha,
-        kd_kl=kd_kl,
         freeze_backbone=freeze_backbone,
     )
     options.check()
-    chosen = KL if method == "exit-kd" and kd_kl else method
-    refuse_inapplicable(ctx, chosen, APPLIES)
     terms = {
         "final_weight": ("--final-weight", final_weight, "the final CTC head"),
         "exit_weight": ("--exit-weight", exit_weight, "the exit heads on the reference"),
         "kd_weight": ("--kd-weight", kd_weight, "the student toward the teacher"),
     }
-    check_loss_weights({terms[n][0]: terms[n][1:] for n in WEIGHTS[chosen]})
+    shared = {
+        flag: (value, what)
+        for name, (flag, value, what) in terms.items()
+        if name == "final_weight" or spec.uses_option(name, own)
+    }
+    check_loss_weights(loss_weights(spec, own, shared))
     base = distill_defaults()
     config = fine_tune_config(
         base,
@@ -197,6 +160,7 @@ def run(
             train_manifest=train,
             dev_manifest=dev,
             options=options,
+            method_options=values,
             teacher=teacher,
             config=config,
             wer_budget=wer_budget,
@@ -208,4 +172,6 @@ def run(
         return
     reporter = job.reporter
     reporter.message(best_epoch_line(result.train, result.output))
+    for line in spec.summary(result.method or {}) if spec.summary is not None else []:
+        reporter.message(line)
     report_choice(reporter, result.choice, policy or default_policy(result.method))

@@ -335,16 +335,6 @@ BudgetPolicyOpt = Annotated[
         show_default=False,
     ),
 ]
-DropRateOpt = Annotated[
-    float,
-    typer.Option(
-        "--drop-rate",
-        min=0.0,
-        max=0.99,
-        help="Layer drop (convert --method layerdrop, distill --method dld): the probability "
-        "that a layer is dropped (bypassed, not computed) in a training step.",
-    ),
-]
 AugmentOpt = Annotated[
     bool,
     typer.Option(

@@ -6,6 +6,8 @@
      "commands": {name: {"help": str}},
      "backbones": {name: {"presets": [str], "description": str}},
      "skip_policies": {name: {"description": str}},
+     "methods": {name: {"command": "convert" | "distill", "description": str}},
+     "checkpoint_readers": {name: {"description": str}},
      "failed": [{"name": str, "distribution": str | null, "reason": "ExcType: message"}]}
 """
 
@@ -21,7 +23,8 @@ NAME = "plugins"
 def run(json_path: JsonOpt = None) -> None:
     """List loaded plugins, what they register, and the plugins that failed.
 
-    Shows the commands, backbones, skip policies and checkpoint readers plugins register. A
+    Shows the commands, backbones, skip policies, trained methods (convert / distill --method)
+    and checkpoint readers plugins register. A
     plugin that failed to load, or whose hook raised, is skipped and listed with the reason;
     this still exits 0."""
     from rich.markup import escape
@@ -33,12 +36,13 @@ def run(json_path: JsonOpt = None) -> None:
         backbones,
         checkpoint_readers,
         get_plugin_manager,
+        methods,
         plugin_failures,
         skip_policies,
     )
 
     found_backbones, found_policies = backbones(), skip_policies()
-    found_readers = checkpoint_readers()
+    found_readers, found_methods = checkpoint_readers(), methods()
     commands = plugin_commands(reserved=set(BUILTIN_COMMANDS))
     # after the hooks ran: a plugin whose hook raised is unregistered and listed as failed
     pm = get_plugin_manager()
@@ -53,6 +57,10 @@ def run(json_path: JsonOpt = None) -> None:
             for n, s in found_backbones.items()
         },
         "skip_policies": {n: {"description": s.description} for n, s in found_policies.items()},
+        "methods": {
+            n: {"command": s.command, "description": s.description}
+            for n, s in found_methods.items()
+        },
         "checkpoint_readers": {n: {"description": s.description} for n, s in found_readers.items()},
         "failed": [
             {"name": f.name, "distribution": f.distribution, "reason": f.reason}
@@ -74,6 +82,8 @@ def run(json_path: JsonOpt = None) -> None:
         table.add_row("backbone", name, f"{b['description']} (presets: {', '.join(b['presets'])})")
     for name, p in info["skip_policies"].items():
         table.add_row("skip policy", name, p["description"])
+    for name, m in info["methods"].items():
+        table.add_row("method", name, f"{m['command']} --method {name}: {m['description']}")
     for name, r in info["checkpoint_readers"].items():
         table.add_row("checkpoint reader", name, r["description"])
     for f in info["failed"]:

@@ -184,7 +184,7 @@ def _details(param: Any, ctx: Any) -> list[str]:
         _code(_value(param)),
         _code(default) if default else "",
         "yes" if param.required else "",
-        _escape(" ".join(_paragraphs(getattr(param, "help", None)))),
+        _escape(" ".join(_paragraphs(getattr(param, "help", None), ctx.command.name or ""))),
     ]
 
 
@@ -273,23 +273,20 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-def _with_registry(text: str | None) -> str:
-    """``text`` with the ``{skip_policies}`` token filled in from the plugin registry."""
-    from dyncli.cli.command import SKIP_POLICIES_TOKEN, skip_policy_choices
+def _with_registry(text: str | None, command: str = "") -> str:
+    """``text`` with its registry tokens filled in (see ``dyncli.cli.command.registry_help``)."""
+    from dyncli.cli.command import registry_help
 
-    text = text or ""
-    if SKIP_POLICIES_TOKEN in text:
-        text = text.replace(SKIP_POLICIES_TOKEN, skip_policy_choices())
-    return text
+    return registry_help(text or "", command)
 
 
-def _paragraphs(text: str | None) -> list[str]:
+def _paragraphs(text: str | None, command: str = "") -> list[str]:
     """Help text as paragraphs, each on one line (Click's ``\\b`` markers dropped, and
     nothing after its ``\\f``; rich markup rendered, ``\\[plot]`` as ``[plot]``: as ``--help``
     shows it)."""
     from rich.text import Text
 
-    text = inspect.cleandoc(_with_registry(text).split("\f")[0])
+    text = inspect.cleandoc(_with_registry(text, command).split("\f")[0])
     paragraphs = (" ".join(p.strip().removeprefix("\b").split()) for p in text.split("\n\n"))
     return [Text.from_markup(p).plain for p in paragraphs if p]
 

@@ -71,10 +71,12 @@ def stored_point(method: dict[str, Any] | None) -> tuple[str, float, dict[str, A
     point = (method or {}).get("operating_point")
     if not point:
         return None
-    settings: dict[str, Any] = {}
-    if point.get("policy") == "blank-skip":
-        settings = {"layer": point.get("layer"), "neighbours": point.get("neighbours", 1)}
-    return str(point["policy"]), canonical_threshold(point["threshold"]), settings
+    from dyncli.registry.manager import skip_policies
+
+    name = str(point["policy"])
+    spec = skip_policies().get(name)  # unknown: refused where the point is run
+    settings = spec.settings_of_point(point) if spec is not None else {}
+    return name, canonical_threshold(point["threshold"]), settings
 
 
 def check_stored_point(ckpt: Checkpoint, remedy: str) -> None:
@@ -106,28 +108,34 @@ def policy_settings(ckpt: Checkpoint, name: str, overrides: dict[str, Any]) -> d
     if stored and stored[0] == name:
         merged.update({k: v for k, v in stored[2].items() if v is not None})
     merged.update({k: v for k, v in overrides.items() if v is not None})
-    if name == "blank-skip" and merged.get("layer") is None:
-        from dyncli.methods.blank_skip import default_trigger
+    from dyncli.registry.manager import skip_policies
 
-        merged["layer"] = default_trigger(ckpt.model, ckpt.method)
+    spec = skip_policies().get(name)
+    if spec is not None and spec.model_defaults is not None:
+        merged = spec.model_defaults(ckpt.model, ckpt.method, merged)
     return merged
 
 
 def default_policy(method: dict[str, Any] | None) -> str:
     """The policy a model runs when none is named and no operating point is stored: the one
-    its training prepared it for (``drop`` after layer-drop training), else blank-skip."""
+    its training prepared it for (``drop`` after layer-drop training), else the policy
+    registered as the default for models with exits (blank-skip)."""
     name = (method or {}).get("default_policy")
-    return name if isinstance(name, str) else "blank-skip"
+    if isinstance(name, str):
+        return name
+    from dyncli.registry.manager import default_exit_policy
+
+    return default_exit_policy()
 
 
 def given_flags(
     policy: str | None, threshold: float | None, overrides: dict[str, Any]
 ) -> list[str]:
     """The flags a run was given (``overrides`` holds only the settings given)."""
-    from dyncli.policy_config import SETTING_FLAGS
+    from dyncli.registry.manager import setting_flag
 
     flags = [f for f, v in (("--policy", policy), ("--threshold", threshold)) if v is not None]
-    return flags + [SETTING_FLAGS.get(k, "--" + k.replace("_", "-")) for k in overrides]
+    return flags + [setting_flag(k) for k in overrides]
 
 
 def check_budget(wer_budget: float | None, policy: str | None) -> None:
@@ -336,7 +344,7 @@ def choose_operating_point(
     from dyncli.dynamic.run import policy_runs
     from dyncli.measure.stats import CONFIDENCE
     from dyncli.measure.sweep import sweep_rows
-    from dyncli.registry.manager import get_skip_policy
+    from dyncli.registry.manager import get_skip_policy, setting_flag
 
     spec = get_skip_policy(policy)
     merged = policy_settings(ckpt, policy, settings or {})
@@ -361,7 +369,7 @@ def choose_operating_point(
             choice.excess = choice.closest["dwer_high"] - wer_budget
         return choice
     best = min(ok, key=lambda r: (r["flops_ratio"], r["wer"]))
-    config = dataclasses.asdict(spec.make_config(best["threshold"], **merged))
+    config = dataclasses.asdict(spec.make_config(best["threshold"], setting_flag, **merged))
     choice.point = {
         "policy": policy,
         "threshold": best["threshold"],

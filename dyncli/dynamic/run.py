@@ -9,13 +9,13 @@ import torch
 from dyncli.dynamic.trace import DynamicOutput, SkipPolicy
 from dyncli.errors import UsageError
 from dyncli.models.base import CTCEncoder
-from dyncli.registry.manager import get_skip_policy
+from dyncli.registry.manager import get_skip_policy, setting_flag
 
 
 def build_policy(name: str, threshold: float, **overrides: Any) -> SkipPolicy:
     """A registered policy at ``threshold`` (``overrides`` set other config fields)."""
     spec = get_skip_policy(name)
-    policy: SkipPolicy = spec.build(spec.make_config(threshold, **overrides))
+    policy: SkipPolicy = spec.build(spec.make_config(threshold, setting_flag, **overrides))
     return policy
 
 

@@ -61,7 +61,7 @@ from dyncli.measure.sweep import (
 from dyncli.measure.timing import Arm, TimingRun, dispersion, speedup, time_interleaved
 from dyncli.methods.static import StaticPolicy
 from dyncli.models.base import CTCEncoder
-from dyncli.registry.manager import get_skip_policy
+from dyncli.registry.manager import get_skip_policy, setting_flag
 
 
 class _Stepper:
@@ -267,7 +267,7 @@ def resolve_policy(
         values.append(at)
     values = sorted({canonical_threshold(v) for v in values})
     for v in values:
-        spec.make_config(v, **merged)  # range check: refuses before any work
+        spec.make_config(v, setting_flag, **merged)  # range check: refuses before any work
     stored_threshold = stored[1] if stored and stored[0] == name else None
     return name, values, merged, stored_threshold
 

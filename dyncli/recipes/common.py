@@ -11,7 +11,7 @@ trainer's.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import torch
 from dyncli.checkpoint import Checkpoint
 from dyncli.data.dataset import Utterance
 from dyncli.data.text import Tokenizer
-from dyncli.dynamic.operating_point import PointChoice, choose_operating_point
+from dyncli.dynamic.operating_point import PointChoice, choose_operating_point, default_policy
 from dyncli.inference import pick_device
 from dyncli.models.base import CTCEncoder
 from dyncli.models.config import config_to_dict
@@ -29,11 +29,12 @@ from dyncli.training import distributed
 from dyncli.training.config import (
     ExitTraining,
     Reporter,
+    SilentReporter,
     TrainConfig,
     TrainResult,
     check_config,
 )
-from dyncli.training.data import TrainData
+from dyncli.training.data import TrainData, load_data, provenance
 from dyncli.training.distributed import World
 from dyncli.training.module import Teacher, TrainingModule
 from dyncli.training.objectives import (
@@ -45,7 +46,7 @@ from dyncli.training.objectives import (
     StudentPath,
 )
 from dyncli.training.rundir import claim_run_dir
-from dyncli.training.trainer import Trainer, default_run_dir
+from dyncli.training.trainer import Trainer, default_run_dir, publish
 
 
 @dataclass
@@ -65,6 +66,48 @@ class RunOptions:
             claim_run_dir(directory, output)
         distributed.barrier(world)
         return directory
+
+
+@dataclass
+class MethodContext:
+    """What a trained method's ``train`` (:class:`~dyncli.registry.specs.MethodSpec`) is given.
+
+    ``model`` is the model to train, exit heads already attached (``convert``: the static
+    model; ``distill``: the student); ``options`` the method's own options (its
+    ``options_cls``, or None); ``shared`` the command's shared settings
+    (:class:`~dyncli.training.config.ExitTraining` for ``convert``,
+    :class:`~dyncli.recipes.distill.DistillOptions` for ``distill``); ``record`` the input
+    checkpoint's method record (None for a static model); ``seed`` and ``rank`` seed the
+    method's random streams (:func:`seeded`).
+    """
+
+    model: CTCEncoder
+    options: Any
+    shared: Any
+    record: dict[str, Any] | None
+    seed: int
+    rank: int = 0
+
+
+@dataclass
+class MethodPlan:
+    """What a trained method returns: how the student runs each step (``path``), the weighted
+    ``objectives``, and the ``record`` stored in the checkpoint (``convert``: the whole method
+    record; ``distill``: the keys it sets in the student's record).
+
+    ``lr_scales`` gives modules a learning rate of their own (a multiple of ``--lr``);
+    ``point_settings`` the settings of a ``--wer-budget`` operating point, per policy name (the
+    trigger layer the model was trained to skip at, ...); ``finish(checkpoint, dev)``, when
+    given, runs on the trained checkpoint before the operating point is chosen (records
+    statistics measured on the dev set into ``checkpoint.method``).
+    """
+
+    path: StudentPath
+    objectives: list[tuple[Objective, float]]
+    record: dict[str, Any]
+    lr_scales: list[tuple[torch.nn.Module, float]] = field(default_factory=list)
+    point_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    finish: Callable[[Checkpoint, Sequence[Utterance]], None] | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -113,6 +156,24 @@ def skip_aware_path(
     """Blank-skip in the loop at ``layer`` on a ``share`` of steps (``convert --skip-layer``,
     and ``distill`` of a model trained so)."""
     return SkipAware(layer, thresholds, neighbours, share, seeded(seed, SEED_SKIP_AWARE, rank))
+
+
+def stored_exit_path(method: dict[str, Any] | None, seed: int, rank: int = 0) -> StudentPath:
+    """The path a model with exits keeps training on (``distill``): blank-skip in the loop as
+    its record says it was trained (so the layers after the trigger stay adapted to compacted
+    sequences), else full depth."""
+    skip = (method or {}).get("skip_aware_training")
+    if not skip:
+        return FullDepth()
+    lo, hi = skip["thresholds"]
+    return skip_aware_path(
+        int(skip["layer"]),
+        (float(lo), float(hi)),
+        int(skip["neighbours"]),
+        float(skip["share_of_steps"]),
+        seed,
+        rank,
+    )
 
 
 def exit_path(exits: ExitTraining, seed: int, rank: int = 0) -> StudentPath:
@@ -236,3 +297,102 @@ class RecipeResult:
         self.operating_point, self.sweep, self.choice = choice.point, choice.rows, choice
         self.method = ckpt.method
         return ckpt
+
+
+@dataclass
+class PreparedRun:
+    """A training run set up by :func:`prepare_run`: the device and process group claimed, the
+    random number generators seeded, the data loaded and its provenance recorded."""
+
+    config: TrainConfig
+    run: RunOptions
+    output: Path
+    device: torch.device
+    world: World
+    reporter: Reporter
+    data: TrainData
+    provenance: dict[str, Any]
+
+    def train(
+        self,
+        source: Checkpoint,
+        model: CTCEncoder,
+        record: dict[str, Any] | None,
+        plan: MethodPlan,
+        *,
+        teacher: CTCEncoder | None = None,
+        freeze_backbone: bool = False,
+    ) -> TrainResult:
+        """Train ``model`` (made from ``source``: its tokenizer, backbone and config) on the
+        plan's path with its objectives; the best epoch stays in the run directory."""
+        return run_engine(
+            model=model,
+            tokenizer=source.tokenizer,
+            backbone=source.backbone,
+            model_config=source.config,
+            data=self.data,
+            output=self.output,
+            config=self.config,
+            method=record,
+            provenance=self.provenance,
+            objectives=plan.objectives,
+            path=plan.path,
+            reporter=self.reporter,
+            device=self.device,
+            world=self.world,
+            run=self.run,
+            teacher=teacher,
+            freeze_backbone=freeze_backbone,
+            lr_scales=plan.lr_scales,
+        )
+
+
+def prepare_run(
+    config: TrainConfig,
+    run: RunOptions,
+    output: str | Path,
+    reporter: Reporter,
+    train_manifest: str | Path,
+    dev_manifest: str | Path,
+    sample_rate: int,
+    announce: str | None = None,
+) -> PreparedRun:
+    """Set up a training run: the device and process group, the run directory claimed before
+    any work, the reporter (silent off the main rank), the seed, then ``announce`` (one line)
+    and the data at ``sample_rate``."""
+    device, world = start(config, run, output)
+    reporter = reporter if world.main else SilentReporter()
+    if announce:
+        reporter.message(announce)
+    seed_everything(config.seed)
+    data = load_data(train_manifest, dev_manifest, sample_rate, config, reporter)
+    prov = provenance(train_manifest, dev_manifest, data, config)
+    return PreparedRun(config, run, Path(output), device, world, reporter, data, prov)
+
+
+def finish_with_operating_point(
+    job: PreparedRun,
+    out: RecipeResult,
+    plan: MethodPlan,
+    wer_budget: float | None,
+    policy: str | None,
+) -> None:
+    """Publish the best epoch to ``job.output``: first the plan's ``finish`` (statistics on
+    dev) and, with ``wer_budget``, the operating point chosen on dev for ``policy`` (default:
+    the one the record names), both stored in the checkpoint and in ``out``."""
+
+    def finish(ckpt: Checkpoint) -> Checkpoint:
+        if plan.finish is not None:
+            plan.finish(ckpt, job.data.dev)
+        if wer_budget is not None:
+            name = policy or default_policy(ckpt.method)
+            settings = plan.point_settings.get(name)
+            out.store_operating_point(ckpt, job.data.dev, name, wer_budget, settings=settings)
+        out.method = ckpt.method or out.method
+        return ckpt
+
+    wanted = (wer_budget is not None or plan.finish is not None) and job.world.main
+    publish(
+        job.world, job.run.directory(job.output), job.output, transform=finish if wanted else None
+    )
+    out.train.output = job.output

@@ -1,19 +1,9 @@
 """``dyncli distill``: knowledge distillation from a full-depth teacher into the shallow paths.
 
-Methods (each a path and weighted objectives on the training engine):
-
-* ``factorized-kd`` (arXiv 2401.02046): the teacher's final posteriors are distilled into every
-  intermediate head, each CTC distribution factorized into a blank / non-blank Bernoulli and a
-  distribution over the non-blank tokens; loss = CTC(final) + exit-weight * sum CTC(exit) +
-  kd-weight * sum over exits [KL_Bernoulli + P_teacher(non-blank) * KL_non-blank]. With
-  ``factorized_head`` the exit heads are parameterized in factorized form (their blank logit
-  is a Bernoulli logit of its own), as the paper does to sharpen blank decisions for skipping.
-* ``dld`` (distillation-based layer dropping, arXiv 2601.16117): each step runs a sub-network
-  (each layer kept with probability 1 - ``drop_rate``; dropped layers are not computed) and
-  distils the full-depth teacher's posteriors into it: CTC(final) + kd-weight * KL(final).
-* ``exit-kd`` (arXiv 2309.09546): the teacher's greedy transcript is a CTC pseudo-label for
-  every exit: (1 - alpha) * CTC(exit, reference) + alpha * CTC(exit, teacher's transcript) per
-  exit, plus CTC(final); ``kd_kl`` also adds kd-weight * KL(teacher || exit).
+The method is a registered :class:`~dyncli.registry.specs.MethodSpec` of command ``distill``,
+a path and weighted objectives on the training engine. Built in: ``factorized-kd``
+(:mod:`dyncli.methods.blank_skip.training`), ``exit-kd``
+(:mod:`dyncli.methods.early_exit.training`) and ``dld`` (:mod:`dyncli.methods.drop.training`).
 
 A model trained skip-aware (``convert --skip-layer K``) keeps blank-skip in the loop on the same
 share of steps for ``factorized-kd`` and ``exit-kd``.
@@ -48,67 +38,39 @@ from typing import Any
 import torch
 
 from dyncli.checkpoint import Checkpoint, file_sha256, load_checkpoint
-from dyncli.dynamic.operating_point import (
-    check_budget,
-    check_policy_fits,
-    default_policy,
-)
+from dyncli.dynamic.operating_point import check_budget, check_policy_fits, default_policy
 from dyncli.errors import UsageError
 from dyncli.models.base import CTCEncoder
 from dyncli.recipes.common import (
-    SEED_LAYER_DROP,
+    MethodContext,
     RecipeResult,
     RunOptions,
-    run_engine,
-    seed_everything,
-    seeded,
-    skip_aware_path,
-    start,
+    finish_with_operating_point,
+    prepare_run,
 )
+from dyncli.registry.manager import get_method
 from dyncli.training.augment import AugmentConfig
-from dyncli.training.config import Reporter, SilentReporter, TrainConfig
-from dyncli.training.data import load_data, provenance
-from dyncli.training.objectives import (
-    ExitCTC,
-    ExitKD,
-    FactorizedKD,
-    FinalCTC,
-    FullDepth,
-    LayerDrop,
-    Objective,
-    PosteriorKD,
-    StudentPath,
-)
-from dyncli.training.trainer import publish
-
-METHODS = ("factorized-kd", "dld", "exit-kd")
+from dyncli.training.config import Reporter, TrainConfig
+from dyncli.training.objectives import FinalCTC
 
 
 @dataclass
 class DistillOptions:
+    """What every ``distill`` method shares (its own settings are the method's options)."""
+
     method: str = "factorized-kd"
     temperature: float = 1.0
     kd_weight: float = 1.0
     exit_weight: float = 1.0
     final_weight: float = 1.0
-    factorized_head: bool = False  # factorized-kd
-    drop_rate: float = 0.5  # dld
-    alpha: float = 0.3  # exit-kd: weight of the teacher's pseudo-label loss
-    kd_kl: bool = False  # exit-kd
-    freeze_backbone: bool = False  # factorized-kd, exit-kd: only the exit heads learn
+    freeze_backbone: bool = False  # only the exit heads learn
 
     def check(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(
-                f"unknown --method {self.method!r}; choose one of: {', '.join(METHODS)}"
-            )
         for flag, value in (
             ("--temperature", self.temperature),
             ("--kd-weight", self.kd_weight),
             ("--exit-weight", self.exit_weight),
             ("--final-weight", self.final_weight),
-            ("--drop-rate", self.drop_rate),
-            ("--alpha", self.alpha),
         ):
             if not math.isfinite(value):
                 raise UsageError(f"{flag} must be a finite number, got {value}")
@@ -116,18 +78,11 @@ class DistillOptions:
                 raise UsageError(f"{flag} must be >= 0, got {value}")
         if self.temperature <= 0:
             raise UsageError(f"--temperature must be positive, got {self.temperature}")
-        if not 0 <= self.drop_rate < 1:
-            raise UsageError(f"--drop-rate must lie in [0, 1), got {self.drop_rate}")
-        if not 0 <= self.alpha <= 1:
-            raise UsageError(f"--alpha must lie in [0, 1], got {self.alpha}")
-        if self.factorized_head and self.method != "factorized-kd":
-            raise UsageError("--factorized-head applies to --method factorized-kd only")
-        if self.kd_kl and self.method != "exit-kd":
-            raise UsageError("--kd-kl applies to --method exit-kd only")
-        if self.freeze_backbone and self.method == "dld":
+        spec = get_method(self.method, "distill")
+        if self.freeze_backbone and not spec.uses_option("freeze_backbone"):
             raise UsageError(
-                "--freeze-backbone applies to --method factorized-kd and exit-kd only "
-                "(dld trains the layers themselves)"
+                f"--freeze-backbone does not apply to --method {self.method} (it trains the "
+                "layers themselves)"
             )
 
 
@@ -206,50 +161,6 @@ def choose_teacher(student: Checkpoint, teacher: str | Path | None) -> TeacherCh
     )
 
 
-def stored_exit_path(method: dict[str, Any] | None, seed: int, rank: int = 0) -> StudentPath:
-    """The path a model with exits keeps training on: blank-skip in the loop as its record
-    says it was trained (so the layers after the trigger stay adapted to compacted
-    sequences), else full depth."""
-    skip = (method or {}).get("skip_aware_training")
-    if not skip:
-        return FullDepth()
-    lo, hi = skip["thresholds"]
-    thresholds = (float(lo), float(hi))
-    return skip_aware_path(
-        int(skip["layer"]),
-        thresholds,
-        int(skip["neighbours"]),
-        float(skip["share_of_steps"]),
-        seed,
-        rank,
-    )
-
-
-def plan(
-    opts: DistillOptions, seed: int, method: dict[str, Any] | None = None, rank: int = 0
-) -> tuple[StudentPath, list[tuple[Objective, float]]]:
-    """The path and weighted objectives of each method."""
-    if opts.method == "factorized-kd":
-        return stored_exit_path(method, seed, rank), [
-            (FinalCTC(), opts.final_weight),
-            (ExitCTC(), opts.exit_weight),
-            (FactorizedKD(temperature=opts.temperature), opts.kd_weight),
-        ]
-    if opts.method == "dld":
-        return LayerDrop(opts.drop_rate, seeded(seed, SEED_LAYER_DROP)), [
-            (FinalCTC(), opts.final_weight),
-            (PosteriorKD(temperature=opts.temperature), opts.kd_weight),
-        ]
-    objectives: list[tuple[Objective, float]] = [
-        (FinalCTC(), opts.final_weight),
-        (ExitCTC(), (1 - opts.alpha) * opts.exit_weight),
-        (ExitKD(kl=False), opts.alpha * opts.exit_weight),
-    ]
-    if opts.kd_kl:
-        objectives.append((ExitKD(kl=True, temperature=opts.temperature), opts.kd_weight))
-    return stored_exit_path(method, seed, rank), objectives
-
-
 def distill(
     *,
     checkpoint: str | Path,
@@ -257,6 +168,7 @@ def distill(
     train_manifest: str | Path,
     dev_manifest: str | Path,
     options: DistillOptions,
+    method_options: dict[str, Any] | None = None,
     teacher: str | Path | None = None,
     config: TrainConfig | None = None,
     wer_budget: float | None = None,
@@ -264,15 +176,18 @@ def distill(
     reporter: Reporter,
     run: RunOptions | None = None,
 ) -> DistillResult:
-    """Distil a teacher into the model at ``checkpoint``; write ``output`` when the run ends."""
+    """Distil a teacher into the model at ``checkpoint`` with ``options.method`` (its own
+    options in ``method_options``, field -> value); write ``output`` when the run ends."""
     options.check()
+    spec = get_method(options.method, "distill")
+    own = spec.make_options(method_options or {})
     cfg = config or distill_defaults()
     run = run or RunOptions()
     if Path(output).resolve() == Path(checkpoint).resolve():
         raise UsageError("-o must differ from the input checkpoint (the input is kept)")
     check_budget(wer_budget, policy)
     student = load_checkpoint(checkpoint)
-    if options.method in ("factorized-kd", "exit-kd") and not student.model.exits:
+    if spec.needs_exits and not student.model.exits:
         raise UsageError(
             f"{checkpoint}: --method {options.method} distils into the intermediate heads and "
             "this model has none; run 'dyncli convert --exits ...' first"
@@ -282,75 +197,57 @@ def distill(
             f"{checkpoint}: this model was trained skip-aware (blank-skip in the loop), so the "
             "layers after the trigger must keep learning: drop --freeze-backbone"
         )
+    if spec.check is not None:
+        spec.check(student.model, own, options)
+
+    def plan_on(model: CTCEncoder, seed: int, rank: int) -> Any:
+        return spec.train(MethodContext(model, own, options, student.method, seed, rank))
+
     if wer_budget is not None:  # the model's structure does not change: fail now, not after
-        name = policy or ("drop" if options.method == "dld" else default_policy(student.method))
-        check_policy_fits(student.model, name, policy is not None)
+        with torch.random.fork_rng(devices=[]):
+            probe = copy.deepcopy(student.model)
+            probe_record = {**(student.method or {}), **plan_on(probe, cfg.seed, 0).record}
+        name = policy or default_policy(probe_record)
+        check_policy_fits(probe, name, policy is not None)
     chosen = choose_teacher(student, teacher)
-    device, world = start(cfg, run, output)
-    reporter = reporter if world.main else SilentReporter()
-    reporter.message(
-        f"teacher: {chosen.record['path']} ({chosen.record['kind']}"
-        + (", the student's own full-depth path, frozen" if chosen.record["kind"] == "self" else "")
-        + ")"
+    kind = chosen.record["kind"]
+    self_note = ", the student's own full-depth path, frozen" if kind == "self" else ""
+    job = prepare_run(
+        cfg,
+        run,
+        output,
+        reporter,
+        train_manifest,
+        dev_manifest,
+        student.model.sample_rate,
+        announce=f"teacher: {chosen.record['path']} ({kind}{self_note})",
     )
-    seed_everything(cfg.seed)
-    data = load_data(train_manifest, dev_manifest, student.model.sample_rate, cfg, reporter)
     model = student.model
-    if options.factorized_head:
-        model.exit_head_form = "factorized"
+    plan = plan_on(model, cfg.seed, job.world.rank)
     method = dict(student.method or {"name": "static", "exits": []})
     method["distillation"] = {
         "method": options.method,
         "teacher": chosen.record,
-        "options": asdict(options),
+        "options": {**asdict(options), **(asdict(own) if own is not None else {})},
         "source": {"path": str(checkpoint), "sha256": file_sha256(checkpoint)},
     }
-    if options.factorized_head:
-        method["exit_head"] = "factorized"
     method["operating_point"] = None  # the old one was chosen for other weights
-    if options.method == "dld":
-        method["default_policy"] = "drop"
-        method["drop_rate"] = options.drop_rate
-    prov = provenance(train_manifest, dev_manifest, data, cfg)
+    method.update(plan.record)
     for key in ("converted_from", "converted_from_sha256"):
         if key in student.provenance:
-            prov[key] = student.provenance[key]
-    prov["distilled_from"] = str(checkpoint)
-    path, objectives = plan(options, cfg.seed, student.method, world.rank)
+            job.provenance[key] = student.provenance[key]
+    job.provenance["distilled_from"] = str(checkpoint)
     if options.freeze_backbone:
         # Nothing the final CTC term reaches can learn: leave it out rather than compute it.
-        objectives = [(o, w) for o, w in objectives if not isinstance(o, FinalCTC)]
-    result = run_engine(
-        model=model,
-        tokenizer=student.tokenizer,
-        backbone=student.backbone,
-        model_config=student.config,
-        data=data,
-        output=output,
-        config=cfg,
-        method=method,
-        provenance=prov,
-        objectives=objectives,
-        path=path,
-        reporter=reporter,
-        device=device,
-        world=world,
-        run=run,
+        plan.objectives = [(o, w) for o, w in plan.objectives if not isinstance(o, FinalCTC)]
+    result = job.train(
+        student,
+        model,
+        method,
+        plan,
         teacher=chosen.model,
         freeze_backbone=options.freeze_backbone,
     )
     out = DistillResult(train=result, output=Path(output), method=method, teacher=chosen.record)
-
-    def store_point(ckpt: Checkpoint) -> Checkpoint:
-        assert wer_budget is not None
-        name = policy or default_policy(ckpt.method)
-        return out.store_operating_point(ckpt, data.dev, name, wer_budget)
-
-    publish(
-        world,
-        run.directory(output),
-        output,
-        transform=store_point if wer_budget is not None and world.main else None,
-    )
-    result.output = Path(output)
+    finish_with_operating_point(job, out, plan, wer_budget, policy)
     return out

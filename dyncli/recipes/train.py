@@ -12,21 +12,18 @@ from dyncli.recipes.common import (
     RunOptions,
     ctc_objectives,
     exit_path,
+    prepare_run,
     run_engine,
-    seed_everything,
-    start,
 )
 from dyncli.registry.manager import get_backbone
 from dyncli.training.config import (
     ExitTraining,
     Reporter,
-    SilentReporter,
     TrainConfig,
     TrainResult,
     check_exits,
     early_exit_method,
 )
-from dyncli.training.data import load_data, provenance
 from dyncli.training.trainer import publish
 
 
@@ -46,16 +43,15 @@ def train(
     write the checkpoint with the best dev WER to ``output`` when the run ends."""
     cfg = config or TrainConfig()
     run = run or RunOptions()
-    device, world = start(cfg, run, output)
-    reporter = reporter if world.main else SilentReporter()
     spec = get_backbone(backbone)
     model_config = model_config or spec.presets.get("demo") or next(iter(spec.presets.values()))
     exit_cfg = exits or ExitTraining()
     if exit_cfg.freeze_backbone:
         raise UsageError("--freeze-backbone needs a trained backbone: use 'dyncli convert'")
-    seed_everything(cfg.seed)
-    data = load_data(train_manifest, dev_manifest, sample_rate_of(model_config), cfg, reporter)
-    tokenizer = build_tokenizer(cfg.tokenizer, [u.text for u in data.train], cfg.vocab_size)
+    job = prepare_run(
+        cfg, run, output, reporter, train_manifest, dev_manifest, sample_rate_of(model_config)
+    )
+    tokenizer = build_tokenizer(cfg.tokenizer, [u.text for u in job.data.train], cfg.vocab_size)
     model = spec.build(model_config, tokenizer.vocab_size)
     if exit_cfg.exits:
         model.attach_exits(check_exits(exit_cfg.exits, model.num_layers))
@@ -65,18 +61,18 @@ def train(
         tokenizer=tokenizer,
         backbone=backbone,
         model_config=model_config,
-        data=data,
+        data=job.data,
         output=output,
         config=cfg,
         method=method,
-        provenance=provenance(train_manifest, dev_manifest, data, cfg),
+        provenance=job.provenance,
         objectives=ctc_objectives(exit_cfg),
-        path=exit_path(exit_cfg, cfg.seed, world.rank),
-        reporter=reporter,
-        device=device,
-        world=world,
+        path=exit_path(exit_cfg, cfg.seed, job.world.rank),
+        reporter=job.reporter,
+        device=job.device,
+        world=job.world,
         run=run,
     )
-    publish(world, run.directory(output), output)
+    publish(job.world, run.directory(output), output)
     result.output = Path(output)
     return result

@@ -4,10 +4,23 @@ registers (:mod:`~dyncli.registry.specs`) and the manager that loads plugins and
 
 A plugin imports what it needs from here::
 
-    from dyncli.registry import BackboneSpec, SkipPolicySpec, hookimpl
+    from dyncli.registry import BackboneSpec, MethodFlag, MethodSpec, SkipPolicySpec, hookimpl
 """
 
 from dyncli.registry.hookspecs import hookimpl
-from dyncli.registry.specs import BackboneSpec, CheckpointReaderSpec, SkipPolicySpec
+from dyncli.registry.specs import (
+    BackboneSpec,
+    CheckpointReaderSpec,
+    MethodFlag,
+    MethodSpec,
+    SkipPolicySpec,
+)
 
-__all__ = ["BackboneSpec", "CheckpointReaderSpec", "SkipPolicySpec", "hookimpl"]
+__all__ = [
+    "BackboneSpec",
+    "CheckpointReaderSpec",
+    "MethodFlag",
+    "MethodSpec",
+    "SkipPolicySpec",
+    "hookimpl",
+]

@@ -1,4 +1,5 @@
-"""Hook specifications: the one way backbones, skip policies and commands get into dyncli.
+"""Hook specifications: the one way backbones, skip policies, trained methods and commands get
+into dyncli.
 
 A plugin is a module (or an installed package with an entry point in the ``dyncli`` group)
 that implements any of these hooks with ``@dyncli.hookimpl``. Built-in components are
@@ -24,6 +25,12 @@ def register_backbones(register: Callable[[Any], None]) -> None:
 @hookspec
 def register_skip_policies(register: Callable[[Any], None]) -> None:
     """Call ``register(SkipPolicySpec(...))`` for each skip policy the plugin provides."""
+
+
+@hookspec
+def register_methods(register: Callable[[Any], None]) -> None:
+    """Call ``register(MethodSpec(...))`` for each trained method the plugin provides: it becomes
+    a ``--method`` choice of ``dyncli convert`` or ``dyncli distill``, with its own flags."""
 
 
 @hookspec

@@ -32,12 +32,21 @@ from dyncli.registry import hookspecs
 from dyncli.registry.specs import (
     BackboneSpec,
     CheckpointReaderSpec,
+    MethodSpec,
     PluginFailure,
     SkipPolicySpec,
 )
 
 ENTRY_POINT_GROUP = "dyncli"
-DEFAULT_PLUGINS = ("dyncli.default_plugins.conformer", "dyncli.default_plugins.policies")
+# The built-in plugins: the backbones, and each method's home (its skip policies and trained
+# methods), registered through the same hooks as third-party plugins.
+DEFAULT_PLUGINS = (
+    "dyncli.default_plugins.conformer",
+    "dyncli.methods.blank_skip",
+    "dyncli.methods.early_exit",
+    "dyncli.methods.drop",
+    "dyncli.methods.gates",
+)
 
 
 _pm: pluggy.PluginManager | None = None
@@ -168,6 +177,37 @@ def backbones() -> dict[str, BackboneSpec]:
 
 def skip_policies() -> dict[str, SkipPolicySpec]:
     return _collect("register_skip_policies", "skip policy")
+
+
+def methods(command: str | None = None) -> dict[str, MethodSpec]:
+    """The trained methods, all or those of ``command`` (``convert`` or ``distill``)."""
+    found: dict[str, MethodSpec] = _collect("register_methods", "method")
+    return {n: s for n, s in found.items() if command is None or s.command == command}
+
+
+def get_method(name: str, command: str) -> MethodSpec:
+    found = methods(command)
+    if name not in found:
+        raise UsageError(f"unknown --method {name!r}; choose one of: {', '.join(found) or 'none'}")
+    return found[name]
+
+
+def setting_flag(setting: str) -> str:
+    """The command-line flag of skip-policy setting ``setting`` (``layer`` -> ``--skip-layer``)."""
+    for spec in skip_policies().values():
+        flags = dict(spec.setting_flags)
+        if setting in flags:
+            return flags[setting]
+    return "--" + setting.replace("_", "-")
+
+
+def default_exit_policy() -> str:
+    """The policy a model with exit heads runs when its record names none (the one registered
+    with ``default_for_exits``)."""
+    for name, spec in skip_policies().items():
+        if spec.default_for_exits:
+            return name
+    raise UsageError("no skip policy is registered as the default for models with exits")
 
 
 def checkpoint_readers() -> dict[str, CheckpointReaderSpec]:

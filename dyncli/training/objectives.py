@@ -4,7 +4,9 @@ A step runs in two halves. The *path* decides how the student runs this step (fu
 blank-skip in the loop, or a sub-network with layers dropped) and yields a
 :class:`StudentPass`: CTC log-probs at every exit that ran and at the final head. Each
 *objective* then maps the step to named loss terms; the training module weights and adds them.
-Every term is logged under its name.
+Every term is logged under its name. A method's own paths and objectives live in its home
+under :mod:`dyncli.methods` (e.g. I3D's gate cost in :mod:`dyncli.methods.gates.training`);
+these are the shared ones.
 
 =================  ==========================================================================
 objective          terms
@@ -18,8 +20,6 @@ objective          terms
                    final head (DLD, arXiv 2601.16117, on a sampled sub-network)
 ``exit_kd``        CTC of each exit on the teacher's greedy transcript as pseudo-label
                    (arXiv 2309.09546); with ``kl`` also the posterior KL into each exit
-``gate_cost``      (mean gate-open probability - target)^2: the expected fraction of executed
-                   attention / feed-forward modules driven toward the target (I3D)
 =================  ==========================================================================
 """
 
@@ -215,23 +215,6 @@ class ExitKD:
         return out
 
 
-class GateCost:
-    """I3D's cost term: ``(mean p - target)^2`` over utterances, layers and gated blocks, where
-    p is a gate's open probability (weighted by the objective's weight, lambda)."""
-
-    name = "gate_cost"
-    needs_teacher = False
-
-    def __init__(self, target: float) -> None:
-        self.target = target
-
-    def __call__(self, step: Step) -> dict[str, torch.Tensor]:
-        probs = step.student.gate_probs
-        if probs is None:
-            return {}
-        return {"gate_cost": (probs.float().mean() - self.target).square()}
-
-
 def pseudo_labels(greedy: list[list[int]], references: list[list[int]]) -> list[list[int]]:
     """The teacher's greedy transcripts; where one is empty (the teacher emitted nothing), the
     reference stands in, so no utterance trains its exits towards silence."""
@@ -241,8 +224,9 @@ def pseudo_labels(greedy: list[list[int]], references: list[list[int]]) -> list[
 # --- paths: how the student runs one step ------------------------------------------------------
 
 
-def _grad(enabled: bool) -> torch.set_grad_enabled:
-    return torch.set_grad_enabled(enabled and torch.is_grad_enabled())
+def grad_unless(frozen: bool) -> torch.set_grad_enabled:
+    """Gradients for the backbone's layers unless ``frozen`` (and only where they are on)."""
+    return torch.set_grad_enabled(not frozen and torch.is_grad_enabled())
 
 
 class FullDepth:
@@ -258,7 +242,7 @@ class FullDepth:
         pad_mask = lengths_to_mask(lengths, x.shape[1])
         out: dict[int, torch.Tensor] = {}
         for i in range(depth):
-            with _grad(not frozen):
+            with grad_unless(frozen):
                 x = model.run_layer(i, x, pad_mask)
             if i + 1 in exits:
                 out[i + 1] = model.exit_log_probs(i + 1, x)
@@ -293,8 +277,8 @@ class SkipAware:
     def run(
         self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor, frozen: bool
     ) -> StudentPass:
-        from dyncli.methods.blank_skip import BlankSkip
-        from dyncli.policy_config import BlankSkipConfig
+        from dyncli.methods.blank_skip import BlankSkipConfig
+        from dyncli.methods.blank_skip.policy import BlankSkip
 
         draw = torch.rand(2, generator=self.generator).tolist()
         if frozen or draw[0] >= self.prob:
@@ -344,50 +328,11 @@ class LayerDrop:
         out: dict[int, torch.Tensor] = {}
         for i in range(model.num_layers):
             if kept is None or i in kept:
-                with _grad(not frozen):
+                with grad_unless(frozen):
                     x = model.run_layer(i, x, pad_mask)
             if i + 1 in exits:
                 out[i + 1] = model.exit_log_probs(i + 1, x)
         return StudentPass(out, model.log_probs(x), lengths, self.name)
-
-
-class GatedPath:
-    """I3D training: every layer's attention and feed-forward blocks computed with a
-    straight-through Gumbel gate ``x + g * f(x)`` (hard forward, soft backward) from the
-    model's gate predictor (:mod:`dyncli.methods.gates`); the open probabilities go to
-    :class:`GateCost`."""
-
-    name = "gates"
-
-    def __init__(self, temperature: float, generator: torch.Generator) -> None:
-        self.temperature = temperature
-        self.generator = generator
-
-    def run(
-        self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor, frozen: bool
-    ) -> StudentPass:
-        from dyncli.methods.gates.predictor import gumbel_gates, predictor_of
-
-        gp = predictor_of(model)
-        if gp is None:
-            raise ValueError("the gates path needs a model with a gate predictor")
-        pad_mask = lengths_to_mask(lengths, x.shape[1])
-        plan = gp.plan(x, pad_mask)
-        exits = set(model.exits)
-        out: dict[int, torch.Tensor] = {}
-        probs = []
-        for i in range(model.num_layers):
-            logits = gp.layer_logits(i, x, pad_mask, plan)
-            g = gumbel_gates(logits, self.temperature, self.generator)
-            probs.append(torch.sigmoid(logits))
-            gates = {name: g[:, j] for j, name in enumerate(gp.blocks)}
-            with _grad(not frozen):
-                x = model.run_layer(i, x, pad_mask, gates=gates)
-            if i + 1 in exits:
-                out[i + 1] = model.exit_log_probs(i + 1, x)
-        return StudentPass(
-            out, model.log_probs(x), lengths, self.name, gate_probs=torch.stack(probs, 1)
-        )
 
 
 class StudentPath(Protocol):

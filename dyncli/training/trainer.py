@@ -483,9 +483,9 @@ def dev_scores(
     Under torchrun each rank decodes every ``world_size``-th utterance and the transcripts are
     gathered, so every rank computes the same scores from one pass over the dev set.
     """
+    from dyncli.methods.gates import GatesConfig
     from dyncli.methods.gates.policy import GatePolicy
     from dyncli.methods.gates.predictor import predictor_of
-    from dyncli.policy_config import GatesConfig
 
     gated = GatePolicy(GatesConfig(threshold=0.5)) if predictor_of(model) else None
     if gated is not None and layers is not None:

@@ -92,7 +92,7 @@ def test_item7a_gate_lr_scale_nan_saves_nothing(tiny_ckpt: Path, data: Path, tmp
 
 
 def test_item7a_core_refuses_nan_hyperparameters() -> None:
-    from dyncli.recipes.convert import GateTraining
+    from dyncli.methods.gates import GateTraining
     from dyncli.recipes.distill import DistillOptions
 
     for field in ("weight", "lr_scale", "temperature"):

@@ -174,7 +174,7 @@ def test_item16a_non_finite_gate_values_refused(setup, flag) -> None:
 
 
 def test_item16a_drop_config_non_finite_is_a_usage_error() -> None:
-    from dyncli.policy_config import DropConfig
+    from dyncli.methods.drop import DropConfig
 
     for value in (float("nan"), float("inf")):
         with pytest.raises(UsageError, match="layer count"):
@@ -235,7 +235,7 @@ def test_item21_data_sweep_crosses_one_breakpoint_per_row(setup) -> None:
     from dyncli.data.dataset import load_utterances
     from dyncli.data.manifest import read_manifest
     from dyncli.measure.sweep import accuracy_sweep
-    from dyncli.methods.early_exit import early_exit_thresholds_from_data
+    from dyncli.methods.early_exit.policy import early_exit_thresholds_from_data
 
     ckpt = load_checkpoint(setup["ckpt"])
     utts, _ = load_utterances(read_manifest(setup["data"]), ckpt.model.sample_rate, False)

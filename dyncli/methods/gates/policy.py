@@ -16,13 +16,13 @@ from dyncli.dynamic.trace import (
     valid_frames,
 )
 from dyncli.errors import UsageError
+from dyncli.methods.gates import GatesConfig
 from dyncli.methods.gates.predictor import GateDecision, predictor_of
 from dyncli.models.base import CTCEncoder
-from dyncli.policy_config import GatesConfig
 
 
 class GatePolicy:
-    """I3D gates at inference; see :class:`dyncli.policy_config.GatesConfig` and
+    """I3D gates at inference; see :class:`dyncli.methods.gates.GatesConfig` and
     :mod:`dyncli.methods.gates`. A closed block is never computed; in a batch only the
     utterances whose gate is open run it."""
 

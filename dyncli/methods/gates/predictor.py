@@ -34,9 +34,9 @@ from typing import Any
 import torch
 
 from dyncli.errors import UsageError
+from dyncli.methods.gates import NAME, PREDICTORS
 from dyncli.models.base import CTCEncoder
 
-PREDICTORS = ("local", "global")
 OPEN_BIAS = 3.0  # sigmoid(3) = 0.95: every gate starts (almost always) open
 DEFAULT_HIDDEN = 32
 
@@ -148,10 +148,10 @@ def gates_method(
 ) -> dict[str, Any]:
     """The checkpoint ``method`` record of a gated model (``convert --method gates``)."""
     return {
-        "name": "gates",
+        "name": NAME,
         "exits": [],
         "training": "fine-tune",
-        "default_policy": "gates",
+        "default_policy": NAME,
         "operating_point": None,
         "gates": {
             "predictor": predictor,

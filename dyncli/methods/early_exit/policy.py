@@ -19,8 +19,8 @@ from dyncli.dynamic.trace import (
     valid_frames,
 )
 from dyncli.errors import UsageError
+from dyncli.methods.early_exit import EarlyExitConfig
 from dyncli.models.base import CTCEncoder
-from dyncli.policy_config import EarlyExitConfig
 
 
 def exit_confidence(
@@ -66,7 +66,7 @@ def _confidence_one(log_probs: torch.Tensor, criterion: str, blank: int) -> torc
 
 
 class EarlyExit:
-    """Utterance-level early exit; see :class:`dyncli.policy_config.EarlyExitConfig`."""
+    """Utterance-level early exit; see :class:`dyncli.methods.early_exit.EarlyExitConfig`."""
 
     def __init__(self, config: EarlyExitConfig) -> None:
         config.validate()

@@ -14,13 +14,13 @@ from dyncli.dynamic.trace import (
     valid_frames,
 )
 from dyncli.errors import UsageError
+from dyncli.methods.drop import DropConfig
 from dyncli.models.base import CTCEncoder
-from dyncli.policy_config import DropConfig
 
 
 def kept_layers(num_layers: int, count: int) -> list[int]:
     """The 0-based layers a ``count``-layer sub-network runs: evenly spaced, first and last
-    kept (see :class:`dyncli.policy_config.DropConfig`)."""
+    kept (see :class:`dyncli.methods.drop.DropConfig`)."""
     if count >= num_layers:
         return list(range(num_layers))
     if count == 1:
@@ -30,7 +30,7 @@ def kept_layers(num_layers: int, count: int) -> list[int]:
 
 class DropLayers:
     """A fixed sub-network of N layers for every utterance; see
-    :class:`dyncli.policy_config.DropConfig`. Dropped layers are never computed."""
+    :class:`dyncli.methods.drop.DropConfig`. Dropped layers are never computed."""
 
     name = "drop"
 

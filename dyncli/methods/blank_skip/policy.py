@@ -24,8 +24,8 @@ from dyncli.dynamic.trace import (
     valid_frames,
 )
 from dyncli.errors import UsageError
+from dyncli.methods.blank_skip import BlankSkipConfig
 from dyncli.models.base import CTCEncoder
-from dyncli.policy_config import BlankSkipConfig
 
 
 def default_trigger(model: CTCEncoder, ckpt_method: dict[str, Any] | None = None) -> int:
@@ -65,7 +65,8 @@ def keep_mask(
 
 
 class BlankSkip:
-    """CTC blank-triggered layer skipping; see :class:`dyncli.policy_config.BlankSkipConfig`."""
+    """CTC blank-triggered layer skipping
+    (see :class:`~dyncli.methods.blank_skip.BlankSkipConfig`)."""
 
     name = "blank-skip"
 
