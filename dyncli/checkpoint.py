@@ -298,6 +298,38 @@ def _validate_tokenizer(p: Path, tok: Any) -> None:
         _expect(p, ok, "tokenizer.model_proto", proto, "sentencepiece model bytes")
 
 
+def _method_spec(method: dict[str, Any] | None) -> Any:
+    """The registered method that wrote ``method`` (None: static, or not installed)."""
+    name = (method or {}).get("name")
+    if not isinstance(name, str):
+        return None
+    from dyncli.registry.manager import methods
+
+    return methods().get(name)
+
+
+def restore_method(p: Path, model: Any, method: dict[str, Any] | None) -> None:
+    """Re-attach the modules the checkpoint's method added to the model (its spec's
+    ``restore``), before the weights load; a bad record is a corrupt checkpoint."""
+    spec = _method_spec(method)
+    if spec is None or spec.restore is None or method is None:
+        return
+    try:
+        spec.restore(model, method)
+    except (KeyError, TypeError, ValueError, DyncliError) as exc:
+        part = method.get(spec.name)
+        raise CheckpointError(f"{p}: bad {spec.name} {part!r} in the method ({exc})") from None
+
+
+def _method_part(method: dict[str, Any]) -> dict[str, Any]:
+    """The method's own part of its record (``record[name]``, e.g. the gates' predictor and
+    open rates), under its name, for ``inspect``'s JSON."""
+    name = method.get("name")
+    if not isinstance(name, str) or not isinstance(method.get(name), dict):
+        return {}
+    return {name: method[name]}
+
+
 def _validate_method(p: Path, method: dict[str, Any]) -> None:
     exits = method.get("exits") or []
     ok = isinstance(exits, list) and all(_is_int(k) and k > 0 for k in exits)
@@ -305,17 +337,13 @@ def _validate_method(p: Path, method: dict[str, Any]) -> None:
     for key in ("name", "exit_head", "default_policy"):
         value = method.get(key)
         _expect(p, value is None or isinstance(value, str), f"method.{key}", value, "a string")
-    for key in ("gates", "operating_point", "distillation", "skip_aware_training"):
-        value = method.get(key)
+    own = method.get("name")  # the method's own part of the record is under its name
+    for part in (own, "operating_point", "distillation", "skip_aware_training"):
+        if not isinstance(part, str) or part == "static":
+            continue
+        value = method.get(part)
         ok = value is None or isinstance(value, dict)
-        _expect(p, ok, f"method.{key}", value, "a mapping")
-    gates = method.get("gates")
-    if gates is not None:
-        name = gates.get("predictor")
-        _expect(p, isinstance(name, str), "method.gates.predictor", name, "a predictor name")
-        hidden = gates.get("hidden", 32)
-        ok = _is_int(hidden) and hidden > 0
-        _expect(p, ok, "method.gates.hidden", hidden, "a positive integer")
+        _expect(p, ok, f"method.{part}", value, "a mapping")
     point = method.get("operating_point")
     if point:
         policy = point.get("policy")
@@ -396,14 +424,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{p}: unknown exit head form {form!r} in checkpoint method")
     model.exit_head_form = str(form)
     model.blank_id = int(payload.get("blank_id", 0))  # version 0: dyncli's tokenizers, blank 0
-    gates = (method or {}).get("gates")
-    if gates is not None:
-        from dyncli.methods.gates.predictor import attach_gates
-
-        try:
-            attach_gates(model, str(gates["predictor"]), int(gates.get("hidden", 32)))
-        except (KeyError, TypeError, ValueError, DyncliError) as exc:
-            raise CheckpointError(f"{p}: bad gates {gates!r} in the method ({exc})") from None
+    restore_method(p, model, method)
     state = {
         k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()
     }
@@ -508,7 +529,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "exits": model.exits,
         "operating_point": method.get("operating_point"),
         "distillation": method.get("distillation"),
-        "gates": method.get("gates"),
+        **_method_part(method),
         "metrics": ckpt.metrics,
         "provenance": ckpt.provenance,
         "sha256": file_sha256(path),

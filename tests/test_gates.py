@@ -111,7 +111,7 @@ def test_a_closed_block_is_not_computed(eager: bool, monkeypatch: pytest.MonkeyP
     table = FlopTable(model)
     static = StaticPolicy().encode(model, x, torch.tensor([11]))
     saved = table.block(0, "attn", 11) + table.block(2, "ffn1", 11) + table.block(2, "ffn2", 11)
-    predictor = sum(table.gates(i) for i in range(model.num_layers))
+    predictor = sum(table.predictor(i) for i in range(model.num_layers))
     assert predictor > 0
     assert (
         _encoder_flops(table, out.trace) == _encoder_flops(table, static.trace) - saved + predictor
@@ -176,7 +176,7 @@ def test_gated_checkpoint_round_trip(tmp_path: Path) -> None:
         a = GatePolicy(GatesConfig()).encode(model, x, torch.tensor([8]))
         b = GatePolicy(GatesConfig()).encode(loaded, x, torch.tensor([8]))
     torch.testing.assert_close(a.log_probs, b.log_probs)
-    assert a.trace == b.trace and ("gates", -1, [1]) in a.trace
+    assert a.trace == b.trace and ("predictor", -1, [1]) in a.trace
 
 
 def test_convert_gates_then_inspect_and_profile(tiny_ckpt, data, tmp_path) -> None:

@@ -51,7 +51,7 @@ def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
         ("tokenizer", f"{info['tokenizer']} ({info['vocab_size']} classes incl. blank)"),
         ("sample rate", f"{info['sample_rate']} Hz"),
         ("method", info["method"] + distilled(info["distillation"])),
-        *gate_rows(info["gates"]),
+        *method_rows(info),
         *pruned_rows(info["provenance"], info["layers"]),
         *imported_rows(info["provenance"]),
         (
@@ -88,28 +88,6 @@ def distilled(record: dict[str, Any] | None) -> str:
     return f", distilled: {record.get('method', '?')} (teacher: {who})"
 
 
-def gate_rows(record: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """The gate predictor and, per gated block, the average gate-open rate on the data the
-    model was tuned on (with the rate of each layer)."""
-    if not record:
-        return []
-    rows = [
-        (
-            "gates",
-            f"predictor {record.get('predictor')}, target {record.get('target_modules')} of "
-            f"attention and feed-forward modules",
-        )
-    ]
-    rates: dict[str, list[float]] = record.get("open_rate") or {}
-    for name, per_layer in rates.items():
-        mean = sum(per_layer) / max(len(per_layer), 1)
-        layers = " ".join(f"{r:.2f}" for r in per_layer)
-        rows.append((f"gate open: {name}", f"{mean:.0%} (by layer: {layers})"))
-    if rates:
-        rows.append(("gate rates on", str(record.get("open_rate_on", "-"))))
-    return rows
-
-
 def pruned_rows(provenance: dict[str, Any], layers: int) -> list[tuple[str, str]]:
     """For a model made by ``dyncli prune``: which layers of the original it kept."""
     kept = provenance.get("kept_layers")
@@ -134,3 +112,15 @@ def imported_rows(provenance: dict[str, Any]) -> list[tuple[str, str]]:
     what = provenance.get("architecture", "?")
     weights = provenance.get("weights")
     return [("imported", f"{what} from {source}" + (f" ({weights})" if weights else ""))]
+
+
+def method_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """The rows the checkpoint's method gives for its own part of the record (its spec's
+    ``rows``: the gates' predictor and open rates, a plugin's settings, ...)."""
+    from dyncli.registry.manager import methods
+
+    spec = methods().get(info["method"])
+    name = info["method"]
+    if spec is None or not isinstance(info.get(name), dict):
+        return []
+    return spec.rows({"name": name, name: info[name]})

@@ -28,7 +28,7 @@ from dyncli.models.components import lengths_to_mask
 # One executed step: ("layer", 0-based index, frames per utterance) for a whole layer,
 # ("block:NAME", 0-based index, frames per utterance) for one block of a layer (``norm``: its
 # closing norm; a layer's blocks and norm add up to the layer), ("exit", 1-based layer, frames
-# per utterance), ("head", num_layers, frames per utterance) or ("gates", 0-based index or -1
+# per utterance), ("head", num_layers, frames per utterance) or ("predictor", 0-based index or -1
 # for a global plan, 1 per utterance) for a gate predictor.
 TraceStep = tuple[str, int, list[int]]
 

@@ -389,7 +389,7 @@ class FlopTable:
                 module: torch.nn.Module = _Frontend(self.model)
             elif part == "layer":
                 module = _Layer(self.model, index)
-            elif part == "gates":
+            elif part == "predictor":
                 module = _GateNet(self.model, index)
             elif part.startswith("block:"):
                 module = _Block(self.model, index, part.removeprefix("block:"))
@@ -429,11 +429,11 @@ class FlopTable:
             raise KeyError(f"layer {index} has no block {name!r}")
         return self._per_frame_part(f"block:{name}", index, frames)
 
-    def gates(self, index: int) -> int:
+    def predictor(self, index: int) -> int:
         """The gate predictor of layer ``index`` (``-1``: the global predictor's whole plan) on
         one utterance's pooled input; the pooling itself is element-wise (not counted)."""
         return self._count(
-            ("gates", index, 1),
+            ("predictor", index, 1),
             lambda: (torch.zeros(1, self._width, device=self._device, dtype=self._dtype),),
         )
 

@@ -46,8 +46,8 @@ def _step_flops(table: Any, kind: str, index: int, frames: int) -> int:
         return int(table.layer(index, frames))
     if kind.startswith("block:"):
         return int(table.block(index, kind.removeprefix("block:"), frames))
-    if kind == "gates":  # the gate predictor: once per utterance, whatever its length
-        return int(table.gates(index))
+    if kind == "predictor":  # a gate predictor: once per utterance, whatever its length
+        return int(table.predictor(index))
     if kind == "exit":
         return int(table.exit_head(index, frames))
     return int(table.head(frames))

@@ -158,6 +158,22 @@ class MethodSpec:
     check: Callable[[Any, Any, Any], None] | None = None
     # Lines the command prints after training, from the stored record (gates: open rates).
     summary: Callable[[dict[str, Any]], list[str]] | None = None
+    # On load, before the weights: re-attach the modules the method added, from its record
+    # (gates: the predictor); raises (ValueError, KeyError, TypeError, DyncliError) on a bad
+    # record, which the loader reports as a corrupt checkpoint.
+    restore: Callable[[Any, dict[str, Any]], None] | None = None
+    # ``dyncli inspect`` rows (label, text) for the method's own part of the record; default:
+    # one row with the record's ``record[name]`` mapping, if any.
+    describe: Callable[[dict[str, Any]], list[tuple[str, str]]] | None = None
+
+    def rows(self, record: dict[str, Any]) -> list[tuple[str, str]]:
+        """``dyncli inspect``'s rows for this method's part of ``record``."""
+        if self.describe is not None:
+            return self.describe(record)
+        own = record.get(self.name)
+        if not isinstance(own, dict) or not own:
+            return []
+        return [(self.name, ", ".join(f"{k}={v}" for k, v in own.items()))]
 
     def uses_option(self, option: str, options: Any = None) -> bool:
         """Whether the method reads the command's shared option ``option`` (with ``options``,

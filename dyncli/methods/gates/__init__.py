@@ -99,6 +99,44 @@ def _summary(record: dict[str, Any]) -> list[str]:
     ]
 
 
+def _describe(method: dict[str, Any]) -> list[tuple[str, str]]:
+    """The gate predictor and, per gated block, the average gate-open rate on the data the
+    model was tuned on (with the rate of each layer)."""
+    record = method.get(NAME)
+    if not record:
+        return []
+    rows = [
+        (
+            NAME,
+            f"predictor {record.get('predictor')}, target {record.get('target_modules')} of "
+            f"attention and feed-forward modules",
+        )
+    ]
+    rates: dict[str, list[float]] = record.get("open_rate") or {}
+    for name, per_layer in rates.items():
+        mean = sum(per_layer) / max(len(per_layer), 1)
+        layers = " ".join(f"{r:.2f}" for r in per_layer)
+        rows.append((f"gate open: {name}", f"{mean:.0%} (by layer: {layers})"))
+    if rates:
+        rows.append(("gate rates on", str(record.get("open_rate_on", "-"))))
+    return rows
+
+
+def _restore(model: Any, method: dict[str, Any]) -> None:
+    """Re-attach the gate predictor the record describes (before the weights load)."""
+    record = method.get(NAME)
+    if record is None:
+        return
+    from dyncli.methods.gates.predictor import attach_gates
+
+    predictor, hidden = record["predictor"], record.get("hidden", 32)
+    if not isinstance(predictor, str):
+        raise TypeError(f"predictor {predictor!r} is not a predictor name")
+    if not (isinstance(hidden, int) and not isinstance(hidden, bool) and hidden > 0):
+        raise ValueError(f"hidden {hidden!r} is not a positive integer")
+    attach_gates(model, predictor, hidden)
+
+
 @hookimpl
 def register_skip_policies(register: Callable[[Any], None]) -> None:
     register(
@@ -160,5 +198,7 @@ def register_methods(register: Callable[[Any], None]) -> None:
             ),
             check=_check,
             summary=_summary,
+            restore=_restore,
+            describe=_describe,
         )
     )

@@ -53,7 +53,7 @@ class GatePolicy:
         pad_mask = padding_mask(lengths, x.shape[1])
         threshold = self.config.threshold
         plan = gp.plan(x, pad_mask)
-        trace: list[TraceStep] = [("gates", -1, [1] * len(n))] if plan is not None else []
+        trace: list[TraceStep] = [("predictor", -1, [1] * len(n))] if plan is not None else []
         # Decisions go to the host once (the whole plan, or once per layer), so that a block
         # closed for every utterance is a plain bool: no per-gate device ops, and the layer
         # runs as the trace of its open blocks.
@@ -66,7 +66,7 @@ class GatePolicy:
                 z = gp.layer_logits(i, x, pad_mask, None)
                 logits.append(z)
                 is_open = (torch.sigmoid(z) >= threshold).cpu()  # (B, blocks)
-                trace.append(("gates", i, [1] * len(n)))
+                trace.append(("predictor", i, [1] * len(n)))
             gates = _host_gates(is_open, gp.blocks, x.device)
             x = model.run_layer(i, x, pad_mask, gates=gates)
             trace.extend(_gated_trace(model, i, is_open, gp.blocks, n))
