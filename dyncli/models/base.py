@@ -139,15 +139,43 @@ class CTCEncoder(torch.nn.Module):
         pad_mask: torch.Tensor | None,
         layers: Iterable[int] | None = None,
         positions: torch.Tensor | None = None,
+        exits: dict[int, torch.Tensor] | None = None,
+        gates: Callable[[int, torch.Tensor], Gates | None] | None = None,
+        grad: bool = True,
     ) -> torch.Tensor:
         """The 0-based ``layers`` in the order given (every layer when None) on (B, T, D): the
         one loop every policy, training path and full-depth pass runs its layers through
-        (those that decide between layers, early exit and gates, call :meth:`run_layer`)."""
-        for i in range(self.num_layers) if layers is None else layers:
-            if positions is None:  # (a plugin backbone need not know ``positions``)
-                x = self.run_layer(i, x, pad_mask)
-            else:
-                x = self.run_layer(i, x, pad_mask, positions=positions)
+        (early exit, which stops between layers, calls :meth:`run_layer` itself).
+
+        ``exits``, when given (``layers`` then ascending), is filled with the CTC log-probs of
+        every exit head (1-based layer -> (B, T, V)); an exit reads the output of the last
+        layer run before it. ``gates(i, x)`` gives layer ``i``'s gates from its input (see
+        :meth:`run_layer`). ``grad`` False: the layers record no gradients (a frozen
+        backbone); the exit heads still do.
+        """
+        if exits is None and gates is None and grad:
+            for i in range(self.num_layers) if layers is None else layers:
+                if positions is None:  # (a plugin backbone need not know ``positions``)
+                    x = self.run_layer(i, x, pad_mask)
+                else:
+                    x = self.run_layer(i, x, pad_mask, positions=positions)
+            return x
+        run = set(range(self.num_layers) if layers is None else layers)
+        heads = set(self.exits) if exits is not None else set()
+        for i in range(self.num_layers):
+            if i in run:
+                g = gates(i, x) if gates is not None else None
+                with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                    if positions is not None:
+                        x = self.run_layer(i, x, pad_mask, gates=g, positions=positions)
+                    elif g is not None:
+                        x = self.run_layer(i, x, pad_mask, gates=g)
+                    else:
+                        x = self.run_layer(i, x, pad_mask)
+            if exits is not None and i + 1 in heads:
+                exits[i + 1] = self.exit_log_probs(i + 1, x)
+            if not heads and i >= max(run, default=-1):
+                break
         return x
 
     def blocks(self, index: int) -> tuple[str, ...]:
@@ -222,14 +250,8 @@ class CTCEncoder(torch.nn.Module):
         feats, frames = self.features(wave, lengths)
         x, out_lengths = self.embed(feats, frames.to(feats.device))
         pad_mask = lengths_to_mask(out_lengths, x.shape[1]) if x.shape[0] > 1 else None
-        exits = set(self.exits)
-        run = set(range(self.num_layers) if layers is None else layers)
         out: dict[int, torch.Tensor] = {}
-        for i in range(self.num_layers):
-            if i in run:
-                x = self.run_layer(i, x, pad_mask)
-            if i + 1 in exits:
-                out[i + 1] = self.exit_log_probs(i + 1, x)
+        x = self.run_layers(x, pad_mask, layers, exits=out)
         out[self.num_layers] = self.log_probs(x)
         return out, out_lengths
 

@@ -224,11 +224,6 @@ def pseudo_labels(greedy: list[list[int]], references: list[list[int]]) -> list[
 # --- paths: how the student runs one step ------------------------------------------------------
 
 
-def grad_unless(frozen: bool) -> torch.set_grad_enabled:
-    """Gradients for the backbone's layers unless ``frozen`` (and only where they are on)."""
-    return torch.set_grad_enabled(not frozen and torch.is_grad_enabled())
-
-
 class FullDepth:
     """Every layer on every frame; with a frozen backbone, only up to the deepest exit."""
 
@@ -237,15 +232,10 @@ class FullDepth:
     def run(
         self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor, frozen: bool
     ) -> StudentPass:
-        exits = set(model.exits)
-        depth = max(exits) if frozen and exits else model.num_layers
+        depth = max(model.exits) if frozen and model.exits else model.num_layers
         pad_mask = lengths_to_mask(lengths, x.shape[1])
         out: dict[int, torch.Tensor] = {}
-        for i in range(depth):
-            with grad_unless(frozen):
-                x = model.run_layer(i, x, pad_mask)
-            if i + 1 in exits:
-                out[i + 1] = model.exit_log_probs(i + 1, x)
+        x = model.run_layers(x, pad_mask, range(depth), exits=out, grad=not frozen)
         final = None if frozen else model.log_probs(x)
         return StudentPass(out, final, lengths, self.name)
 
@@ -322,16 +312,10 @@ class LayerDrop:
     def run(
         self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor, frozen: bool
     ) -> StudentPass:
-        kept = set(self.sample(model.num_layers)) if self.rate > 0 else None
-        exits = set(model.exits)
+        kept = self.sample(model.num_layers) if self.rate > 0 else None
         pad_mask = lengths_to_mask(lengths, x.shape[1])
         out: dict[int, torch.Tensor] = {}
-        for i in range(model.num_layers):
-            if kept is None or i in kept:
-                with grad_unless(frozen):
-                    x = model.run_layer(i, x, pad_mask)
-            if i + 1 in exits:
-                out[i + 1] = model.exit_log_probs(i + 1, x)
+        x = model.run_layers(x, pad_mask, kept, exits=out, grad=not frozen)
         return StudentPass(out, model.log_probs(x), lengths, self.name)
 
 

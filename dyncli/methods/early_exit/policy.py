@@ -166,17 +166,15 @@ class EarlyExit:
         """One pass through every exit serves all thresholds."""
         b, t, _ = x.shape
         big_l = model.num_layers
-        exits = set(model.exits)
         lengths = lengths.to(x.device)
         pad_mask = padding_mask(lengths, t)
         valid = valid_frames(lengths, t).long()
-        heads: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (layer, log-probs, conf)
-        for i in range(big_l):
-            x = model.run_layer(i, x, pad_mask)
-            if i + 1 in exits:
-                lp = model.exit_log_probs(i + 1, x)
-                conf = exit_confidence(lp, lengths, self.config.criterion, model.blank_id)
-                heads.append((i + 1, lp, conf))
+        at_exits: dict[int, torch.Tensor] = {}
+        x = model.run_layers(x, pad_mask, exits=at_exits)
+        heads = [  # (layer, log-probs, confidence)
+            (k, lp, exit_confidence(lp, lengths, self.config.criterion, model.blank_id))
+            for k, lp in sorted(at_exits.items())
+        ]
         final = model.log_probs(x)
         outputs = []
         for th in thresholds:
@@ -240,14 +238,13 @@ def early_exit_thresholds_from_data(
         x, n = model.embed(feats, frames)
         pad_mask = padding_mask(n, x.shape[1])
         best = math.inf if entropy else -math.inf
-        for i in range(last):
-            x = model.run_layer(i, x, pad_mask)
-            if i + 1 in model.exits:
-                lp = model.exit_log_probs(i + 1, x)
-                conf = float(exit_confidence(lp, n, criterion, model.blank_id)[0])
-                if (conf < best) if entropy else (conf > best):
-                    best = conf
-                    points.append(conf)
+        at_exits: dict[int, torch.Tensor] = {}
+        model.run_layers(x, pad_mask, range(last), exits=at_exits)
+        for _, lp in sorted(at_exits.items()):
+            conf = float(exit_confidence(lp, n, criterion, model.blank_id)[0])
+            if (conf < best) if entropy else (conf > best):
+                best = conf
+                points.append(conf)
     if not points:
         return ()
     scores = torch.tensor(sorted(points, reverse=not entropy), dtype=torch.float32)

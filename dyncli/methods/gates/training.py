@@ -18,7 +18,7 @@ from dyncli.methods.gates.predictor import attach_gates, gates_method
 from dyncli.models.base import CTCEncoder
 from dyncli.models.components import lengths_to_mask
 from dyncli.recipes.common import SEED_GATES, MethodContext, MethodPlan, ctc_objectives, seeded
-from dyncli.training.objectives import Objective, Step, StudentPass, grad_unless
+from dyncli.training.objectives import Objective, Step, StudentPass
 
 
 class GateCost:
@@ -60,18 +60,16 @@ class GatedPath:
             raise ValueError("the gates path needs a model with a gate predictor")
         pad_mask = lengths_to_mask(lengths, x.shape[1])
         plan = gp.plan(x, pad_mask)
-        exits = set(model.exits)
         out: dict[int, torch.Tensor] = {}
         probs = []
-        for i in range(model.num_layers):
-            logits = gp.layer_logits(i, x, pad_mask, plan)
+
+        def sampled(i: int, h: torch.Tensor) -> dict[str, torch.Tensor]:
+            logits = gp.layer_logits(i, h, pad_mask, plan)
             g = gumbel_gates(logits, self.temperature, self.generator)
             probs.append(torch.sigmoid(logits))
-            gates = {name: g[:, j] for j, name in enumerate(gp.blocks)}
-            with grad_unless(frozen):
-                x = model.run_layer(i, x, pad_mask, gates=gates)
-            if i + 1 in exits:
-                out[i + 1] = model.exit_log_probs(i + 1, x)
+            return {name: g[:, j] for j, name in enumerate(gp.blocks)}
+
+        x = model.run_layers(x, pad_mask, exits=out, gates=sampled, grad=not frozen)
         return StudentPass(
             out, model.log_probs(x), lengths, self.name, gate_probs=torch.stack(probs, 1)
         )

@@ -62,9 +62,8 @@ class ExitAt:
 
             pad_mask = lengths_to_mask(lengths, t)
         trace: list[tuple[str, int, list[int]]] = []
-        for i in range(self.layer):
-            x = model.run_layer(i, x, pad_mask)
-            trace.append(("layer", i, frames))
+        x = model.run_layers(x, pad_mask, range(self.layer))
+        trace.extend(("layer", i, frames) for i in range(self.layer))
         trace.append(("exit", self.layer, frames))
         log_probs = model.exit_log_probs(self.layer, x)
         import torch
