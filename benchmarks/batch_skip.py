@@ -110,7 +110,7 @@ def main() -> None:
         )
     out = {
         "checkpoint": str(args.checkpoint),
-        "operating_point": ckpt.method["operating_point"] if ckpt.method else None,
+        "operating_point": dict(ckpt.method["operating_point"] or {}) if ckpt.method else None,
         "environment": describe(torch.device("cpu")),
         "rows": results,
     }

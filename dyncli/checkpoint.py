@@ -3,7 +3,7 @@
 A checkpoint is a ``torch.save`` archive of one dict of plain types and tensors::
 
     format          "dyncli-checkpoint"
-    format_version  1 (files without ``blank_id`` are version 0; both are read)
+    format_version  2 (1 and older are read: :func:`migrate` brings them up to date on load)
     dyncli_version  version that wrote it
     backbone        registered backbone name, e.g. "conformer"
     config          the backbone's config dataclass as a dict (front end included)
@@ -11,7 +11,8 @@ A checkpoint is a ``torch.save`` archive of one dict of plain types and tensors:
     tokenizer       tokenizer state (kind + symbols or sentencepiece proto bytes)
     state_dict      weights (float32, or float16 when saved with ``half=True``)
     dtype           "float32" or "float16"
-    method          None for a static model; a dict describing the dynamic method otherwise
+    method          None for a static model; the dynamic method's record otherwise
+                    (:class:`~dyncli.dynamic.records.MethodRecord`, stored as plain types)
     provenance      training data fingerprint, seed, command, dates
     metrics         e.g. dev WER at the saved epoch
 
@@ -36,6 +37,7 @@ import torch
 
 from dyncli import __version__
 from dyncli.data.text import Tokenizer, tokenizer_from_state
+from dyncli.dynamic.records import MethodRecord, OperatingPoint, point_from_flat
 from dyncli.errors import CheckpointError, DyncliError, InputError, JobFailed
 from dyncli.fileio import atomic_write
 from dyncli.models.base import EXIT_HEAD_FORMS, CTCEncoder
@@ -43,7 +45,7 @@ from dyncli.models.config import config_from_dict, config_to_dict
 from dyncli.registry.manager import get_backbone
 
 FORMAT = "dyncli-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -52,12 +54,17 @@ class Checkpoint:
     tokenizer: Tokenizer
     backbone: str
     config: Any
-    method: dict[str, Any] | None = None
+    method: MethodRecord | None = None  # a mapping given here is read into a MethodRecord
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     dtype: str = "float32"
     path: Path | None = None
     format_version: int | None = None  # as stored; None for a model read by a plugin
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "method" and value is not None and not isinstance(value, MethodRecord):
+            value = MethodRecord.from_payload(value)
+        super().__setattr__(name, value)
 
 
 class NonFiniteWeights(JobFailed):
@@ -113,7 +120,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint, half: bool = False) -> N
         "tokenizer": ckpt.tokenizer.to_state(),
         "state_dict": state,
         "dtype": "float16" if half else "float32",
-        "method": plain(ckpt.method),
+        "method": None if ckpt.method is None else plain(ckpt.method.to_payload()),
         "provenance": plain(ckpt.provenance),
         "metrics": plain(ckpt.metrics),
     }
@@ -220,8 +227,29 @@ def read_payload(path: str | Path) -> dict[str, Any]:
     for key in ("backbone", "config", "vocab_size", "tokenizer", "state_dict"):
         if key not in payload:
             raise CheckpointError(f"{p}: checkpoint is missing '{key}'")
+    migrate(p, payload)
     validate_record(p, payload)
     return payload
+
+
+def migrate(p: Path, payload: dict[str, Any]) -> None:
+    """Bring a checkpoint payload of an older format up to :data:`FORMAT_VERSION`, in place:
+    the one place where older files are read differently (``format_version`` keeps what was
+    stored).
+
+    * Files written before blank ids were stored (no ``blank_id``): the blank is id 0
+      (dyncli's own tokenizers put it there).
+    * Format 1: the operating point was flat (``{"policy", "threshold", "layer", ...,
+      "dev_wer", ...}``); format 2 nests the policy's settings and how the point was chosen
+      (:class:`~dyncli.dynamic.records.OperatingPoint`), split with the policy's config fields.
+    """
+    version = payload["format_version"]
+    payload.setdefault("blank_id", 0)
+    if version < 2:
+        method = payload.get("method")
+        point = method.get("operating_point") if isinstance(method, dict) else None
+        if isinstance(point, dict) and isinstance(point.get("policy"), str):
+            method["operating_point"] = point_from_flat(point).to_payload()  # type: ignore[index]
 
 
 def _is_int(value: Any) -> bool:
@@ -298,17 +326,16 @@ def _validate_tokenizer(p: Path, tok: Any) -> None:
         _expect(p, ok, "tokenizer.model_proto", proto, "sentencepiece model bytes")
 
 
-def _method_spec(method: dict[str, Any] | None) -> Any:
+def _method_spec(method: MethodRecord | None) -> Any:
     """The registered method that wrote ``method`` (None: static, or not installed)."""
-    name = (method or {}).get("name")
-    if not isinstance(name, str):
+    if method is None:
         return None
     from dyncli.registry.manager import methods
 
-    return methods().get(name)
+    return methods().get(method.name)
 
 
-def restore_method(p: Path, model: Any, method: dict[str, Any] | None) -> None:
+def restore_method(p: Path, model: Any, method: MethodRecord | None) -> None:
     """Re-attach the modules the checkpoint's method added to the model (its spec's
     ``restore``), before the weights load; a bad record is a corrupt checkpoint."""
     spec = _method_spec(method)
@@ -321,13 +348,11 @@ def restore_method(p: Path, model: Any, method: dict[str, Any] | None) -> None:
         raise CheckpointError(f"{p}: bad {spec.name} {part!r} in the method ({exc})") from None
 
 
-def _method_part(method: dict[str, Any]) -> dict[str, Any]:
+def _method_part(method: MethodRecord) -> dict[str, Any]:
     """The method's own part of its record (``record[name]``, e.g. the gates' predictor and
     open rates), under its name, for ``inspect``'s JSON."""
-    name = method.get("name")
-    if not isinstance(name, str) or not isinstance(method.get(name), dict):
-        return {}
-    return {name: method[name]}
+    own = method.extra.get(method.name)
+    return {method.name: own} if isinstance(own, dict) else {}
 
 
 def _validate_method(p: Path, method: dict[str, Any]) -> None:
@@ -351,6 +376,11 @@ def _validate_method(p: Path, method: dict[str, Any]) -> None:
         threshold = point.get("threshold")
         ok = _is_number(threshold)
         _expect(p, ok, "operating_point.threshold", threshold, "a finite number")
+        for part in ("settings", "chosen"):
+            value = point.get(part)
+            ok = value is None or isinstance(value, dict)
+            _expect(p, ok, f"operating_point.{part}", value, "a mapping")
+        point = OperatingPoint.from_payload(point).flat()
         layer = point.get("layer")
         ok = layer is None or (_is_int(layer) and layer > 0)
         _expect(p, ok, "operating_point.layer", layer, "a layer number")
@@ -413,17 +443,18 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"{p}: the stored model config does not build a model "
             f"({type(exc).__name__}: {_first_line(exc)})"
         ) from exc
-    method = payload.get("method")
-    exits = (method or {}).get("exits") or []
+    stored = payload.get("method")
+    method = None if stored is None else MethodRecord.from_payload(stored)
+    exits = method.exits if method is not None else []
     try:
         model.attach_exits([int(k) for k in exits], init_from_final=False)
     except (TypeError, ValueError, DyncliError) as exc:
         raise CheckpointError(f"{p}: bad exits {exits!r} in checkpoint method ({exc})") from None
-    form = (method or {}).get("exit_head") or "softmax"
+    form = (method.exit_head if method is not None else None) or "softmax"
     if form not in EXIT_HEAD_FORMS:
         raise CheckpointError(f"{p}: unknown exit head form {form!r} in checkpoint method")
     model.exit_head_form = str(form)
-    model.blank_id = int(payload.get("blank_id", 0))  # version 0: dyncli's tokenizers, blank 0
+    model.blank_id = int(payload["blank_id"])
     restore_method(p, model, method)
     state = {
         k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()
@@ -511,8 +542,8 @@ def summarize(path: str | Path) -> dict[str, Any]:
     ckpt = load_checkpoint(path)
     model = ckpt.model
     params = sum(p.numel() for p in model.parameters())
-    method = ckpt.method or {}
-    heads = method.get("exits") or []
+    method = ckpt.method or MethodRecord()
+    point = method.operating_point
     return {
         "path": str(path),
         "format_version": ckpt.format_version,
@@ -520,16 +551,17 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "parameters": params,
         "layers": model.num_layers,
         "config": config_to_dict(ckpt.config),
-        "ctc_heads": 1 + len(heads),
+        "ctc_heads": 1 + len(method.exits),
         "vocab_size": int(model.head.out_features),
         "tokenizer": ckpt.tokenizer.kind,
         "sample_rate": model.sample_rate,
         "stored_dtype": ckpt.dtype,
-        "method": method.get("name", "static"),
+        "method": method.name,
         "exits": model.exits,
-        "operating_point": method.get("operating_point"),
-        "distillation": method.get("distillation"),
+        "operating_point": None if point is None else point.flat(),
+        "distillation": method.distillation,
         **_method_part(method),
+        "record": None if ckpt.method is None else ckpt.method.json(),
         "metrics": ckpt.metrics,
         "provenance": ckpt.provenance,
         "sha256": file_sha256(path),

@@ -51,6 +51,7 @@ def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
         ("tokenizer", f"{info['tokenizer']} ({info['vocab_size']} classes incl. blank)"),
         ("sample rate", f"{info['sample_rate']} Hz"),
         ("method", info["method"] + distilled(info["distillation"])),
+        *record_rows(info["record"]),
         *method_rows(info),
         *pruned_rows(info["provenance"], info["layers"]),
         *imported_rows(info["provenance"]),
@@ -124,3 +125,18 @@ def method_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
     if spec is None or not isinstance(info.get(name), dict):
         return []
     return spec.rows({"name": name, name: info[name]})
+
+
+def record_rows(record: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The method record's settings (how the model was trained, what it runs by default);
+    the operating point, the distillation and the method's own part have rows of their own."""
+    if not record:
+        return []
+    shown = {
+        k: v
+        for k, v in record.items()
+        if k not in ("name", "exits", "operating_point", "distillation", record.get("name"))
+        and v not in (None, [], {})
+    }
+    text = ", ".join(f"{k}={v}" for k, v in shown.items())
+    return [("record", text)] if text else []

@@ -19,7 +19,7 @@ threshold enters, so a value the user typed matches the row a sweep made for it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +66,7 @@ class RunChoice:
         }
 
 
-def stored_point(method: dict[str, Any] | None) -> tuple[str, float, dict[str, Any]] | None:
+def stored_point(method: Mapping[str, Any] | None) -> tuple[str, float, dict[str, Any]] | None:
     """The operating point a converted checkpoint recommends: (policy, threshold, settings)."""
     point = (method or {}).get("operating_point")
     if not point:
@@ -116,7 +116,7 @@ def policy_settings(ckpt: Checkpoint, name: str, overrides: dict[str, Any]) -> d
     return merged
 
 
-def default_policy(method: dict[str, Any] | None) -> str:
+def default_policy(method: Mapping[str, Any] | None) -> str:
     """The policy a model runs when none is named and no operating point is stored: the one
     its training prepared it for (``drop`` after layer-drop training), else the policy
     registered as the default for models with exits (blank-skip)."""

@@ -78,7 +78,7 @@ def model_summary(ckpt: Checkpoint, path: Path) -> dict[str, Any]:
         "sha256": file_sha256(path),
         "backbone": ckpt.backbone,
         "layers": ckpt.model.num_layers,
-        "method": (ckpt.method or {}).get("name", "static"),
+        "method": ckpt.method.name if ckpt.method is not None else "static",
     }
 
 

@@ -645,7 +645,8 @@ def profile(
     )
     summary = model_summary(ckpt, Path(checkpoint))
     summary["exits"] = model.exits
-    summary["operating_point"] = (ckpt.method or {}).get("operating_point")
+    point = ckpt.method.operating_point if ckpt.method is not None else None
+    summary["operating_point"] = None if point is None else point.flat()
     if multi:
         policy_info: dict[str, Any] = {
             "name": ",".join(name for name, _, _ in plans),

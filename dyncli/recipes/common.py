@@ -22,6 +22,7 @@ from dyncli.checkpoint import Checkpoint
 from dyncli.data.dataset import Utterance
 from dyncli.data.text import Tokenizer
 from dyncli.dynamic.operating_point import PointChoice, choose_operating_point, default_policy
+from dyncli.dynamic.records import MethodRecord, OperatingPoint
 from dyncli.inference import pick_device
 from dyncli.models.base import CTCEncoder
 from dyncli.models.config import config_to_dict
@@ -84,7 +85,7 @@ class MethodContext:
     model: CTCEncoder
     options: Any
     shared: Any
-    record: dict[str, Any] | None
+    record: MethodRecord | None
     seed: int
     rank: int = 0
 
@@ -158,11 +159,11 @@ def skip_aware_path(
     return SkipAware(layer, thresholds, neighbours, share, seeded(seed, SEED_SKIP_AWARE, rank))
 
 
-def stored_exit_path(method: dict[str, Any] | None, seed: int, rank: int = 0) -> StudentPath:
+def stored_exit_path(method: MethodRecord | None, seed: int, rank: int = 0) -> StudentPath:
     """The path a model with exits keeps training on (``distill``): blank-skip in the loop as
     its record says it was trained (so the layers after the trigger stay adapted to compacted
     sequences), else full depth."""
-    skip = (method or {}).get("skip_aware_training")
+    skip = method.skip_aware_training if method is not None else None
     if not skip:
         return FullDepth()
     lo, hi = skip["thresholds"]
@@ -235,7 +236,7 @@ def run_engine(
             tokenizer=tokenizer,
             backbone=backbone,
             config=model_config,
-            method=method,
+            method=None if method is None else MethodRecord.from_payload(method),
             provenance=provenance,
             metrics=metrics,
         )
@@ -273,7 +274,7 @@ class RecipeResult:
 
     train: TrainResult
     output: Path
-    method: dict[str, Any]
+    method: MethodRecord | dict[str, Any]
     operating_point: dict[str, Any] | None = None
     sweep: list[dict[str, Any]] = field(default_factory=list)
     choice: PointChoice | None = None
@@ -293,7 +294,9 @@ class RecipeResult:
             ckpt, dev, policy=policy, wer_budget=wer_budget, settings=settings
         )
         assert ckpt.method is not None
-        ckpt.method["operating_point"] = choice.point
+        ckpt.method.operating_point = (
+            None if choice.point is None else OperatingPoint.from_payload(choice.point)
+        )
         self.operating_point, self.sweep, self.choice = choice.point, choice.rows, choice
         self.method = ckpt.method
         return ckpt

@@ -192,7 +192,7 @@ def distill(
             f"{checkpoint}: --method {options.method} distils into the intermediate heads and "
             "this model has none; run 'dyncli convert --exits ...' first"
         )
-    if options.freeze_backbone and (student.method or {}).get("skip_aware_training"):
+    if options.freeze_backbone and student.method and student.method.skip_aware_training:
         raise UsageError(
             f"{checkpoint}: this model was trained skip-aware (blank-skip in the loop), so the "
             "layers after the trigger must keep learning: drop --freeze-backbone"

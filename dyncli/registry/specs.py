@@ -4,7 +4,7 @@ called, so reading the registry does not import torch."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,16 +157,16 @@ class MethodSpec:
     needs_exits: bool = False
     check: Callable[[Any, Any, Any], None] | None = None
     # Lines the command prints after training, from the stored record (gates: open rates).
-    summary: Callable[[dict[str, Any]], list[str]] | None = None
+    summary: Callable[[Mapping[str, Any]], list[str]] | None = None
     # On load, before the weights: re-attach the modules the method added, from its record
     # (gates: the predictor); raises (ValueError, KeyError, TypeError, DyncliError) on a bad
     # record, which the loader reports as a corrupt checkpoint.
-    restore: Callable[[Any, dict[str, Any]], None] | None = None
+    restore: Callable[[Any, Mapping[str, Any]], None] | None = None
     # ``dyncli inspect`` rows (label, text) for the method's own part of the record; default:
     # one row with the record's ``record[name]`` mapping, if any.
-    describe: Callable[[dict[str, Any]], list[tuple[str, str]]] | None = None
+    describe: Callable[[Mapping[str, Any]], list[tuple[str, str]]] | None = None
 
-    def rows(self, record: dict[str, Any]) -> list[tuple[str, str]]:
+    def rows(self, record: Mapping[str, Any]) -> list[tuple[str, str]]:
         """``dyncli inspect``'s rows for this method's part of ``record``."""
         if self.describe is not None:
             return self.describe(record)

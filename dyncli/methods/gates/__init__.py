@@ -10,7 +10,7 @@ import torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +86,7 @@ def _check(model: Any, options: Any, exits: Any) -> None:
         )
 
 
-def _summary(record: dict[str, Any]) -> list[str]:
+def _summary(record: Mapping[str, Any]) -> list[str]:
     """The gate-open rate measured on dev after training."""
     gates = record.get(NAME) or {}
     rates = gates.get("open_rate") or {}
@@ -99,7 +99,7 @@ def _summary(record: dict[str, Any]) -> list[str]:
     ]
 
 
-def _describe(method: dict[str, Any]) -> list[tuple[str, str]]:
+def _describe(method: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The gate predictor and, per gated block, the average gate-open rate on the data the
     model was tuned on (with the rate of each layer)."""
     record = method.get(NAME)
@@ -122,7 +122,7 @@ def _describe(method: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _restore(model: Any, method: dict[str, Any]) -> None:
+def _restore(model: Any, method: Mapping[str, Any]) -> None:
     """Re-attach the gate predictor the record describes (before the weights load)."""
     record = method.get(NAME)
     if record is None:
