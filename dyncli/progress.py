@@ -1,5 +1,5 @@
 """Progress of long work, as the library reports it; the command layer decides whether and how
-to show it (see :class:`dyncli.cli.render.WorkProgress`)."""
+to show it (see :class:`dyncli.cli.progress.WorkProgress`)."""
 
 from __future__ import annotations
 

@@ -233,7 +233,7 @@ def test_nothing_qualifies_names_the_closest_upper_bound(doctored) -> None:
 
 
 def test_report_shows_the_interval_and_the_warning(doctored, capsys) -> None:
-    from dyncli.cli.render import report_choice
+    from dyncli.cli.job import report_choice
     from dyncli.dynamic.operating_point import choose_operating_point
 
     class Lines:

@@ -63,10 +63,9 @@ def rename_deprecated(command: str, args: list[str]) -> list[str]:
             out.append(arg)
             continue
         if flag not in warned:
-            typer.echo(
-                f"warning: {flag} is deprecated and will be removed in the next release; use {new}",
-                err=True,
-            )
+            from dyncli.cli.output import warn
+
+            warn(f"{flag} is deprecated and will be removed in the next release; use {new}")
             warned.add(flag)
         out.append(f"{new}{eq}{value}" if eq else new)
     return out

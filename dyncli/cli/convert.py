@@ -126,14 +126,13 @@ def run(
     thresholds with the same dev errors as full depth (interval [0, 0]) qualify.
     """
 
-    from dyncli.cli.job import best_epoch_line, training_job
+    from dyncli.cli.job import best_epoch_line, report_choice, training_job
     from dyncli.cli.method_options import (
         loss_weights,
         method_values,
         refuse_inapplicable_options,
     )
     from dyncli.cli.paths import check_training_paths
-    from dyncli.cli.render import report_choice
     from dyncli.dynamic.operating_point import default_policy
     from dyncli.recipes.common import RunOptions
     from dyncli.recipes.convert import convert, convert_defaults

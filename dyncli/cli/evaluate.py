@@ -53,12 +53,14 @@ def run(
     from dyncli.cli.output import (
         check_stdout,
         emit_machine,
+        pct,
         print_line,
         print_table,
         warn_skipped,
+        write_json,
     )
     from dyncli.cli.paths import check_paths
-    from dyncli.cli.render import WorkProgress, pct, write_json
+    from dyncli.cli.progress import WorkProgress
     from dyncli.measure.evaluate import evaluate
 
     check_stdout(output_format, json_path)

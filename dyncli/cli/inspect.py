@@ -15,9 +15,8 @@ def run(checkpoint: CheckpointArg, json_path: JsonOpt = None) -> None:
     from rich.table import Table
 
     from dyncli.checkpoint import summarize
-    from dyncli.cli.output import print_table
+    from dyncli.cli.output import print_table, write_json
     from dyncli.cli.paths import check_paths
-    from dyncli.cli.render import write_json
 
     check_paths(
         inputs={"CHECKPOINT": checkpoint}, outputs={"--json": json_path}, streams=["--json"]

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from dyncli.cli.output import warn
 from dyncli.errors import UsageError
 from dyncli.registry.specs import MethodFlag, MethodSpec
 
@@ -61,10 +62,9 @@ def method_params(command: str, taken: set[str]) -> list[Any]:
             if name in seen:
                 continue
             if name in taken:
-                typer.echo(
-                    f"warning: method {spec.name!r} declares {flag.flag}, which 'dyncli "
-                    f"{command}' already has; the method's declaration is ignored",
-                    err=True,
+                warn(
+                    f"method {spec.name!r} declares {flag.flag}, which 'dyncli {command}' "
+                    "already has; the method's declaration is ignored"
                 )
                 continue
             seen.add(name)

@@ -456,7 +456,9 @@ def check_loss_weights(weights: Mapping[str, tuple[float, str]]) -> None:
         )
     for flag, (w, what) in weights.items():
         if w == 0:
-            typer.echo(f"warning: {flag} 0 switches off the loss that trains {what}", err=True)
+            from dyncli.cli.output import warn
+
+            warn(f"{flag} 0 switches off the loss that trains {what}")
 
 
 MAX_THRESHOLDS = 1000  # --thresholds: more rows than any table or timing run can use

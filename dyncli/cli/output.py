@@ -1,22 +1,62 @@
-"""One output sink for reports: a rich table on a terminal, the same table at full width when
-piped, TSV for scripts and spreadsheets, or JSON.
+"""The one output sink of every command: results on stdout (a rich table on a terminal, the
+same table at full width when piped, plain lines, TSV for scripts and spreadsheets, JSON, or
+transcripts), and on stderr what a person reads beside them (``warning:`` lines, notes).
+Progress displays (:mod:`dyncli.cli.progress`) print through its consoles, and errors through
+:mod:`dyncli.cli.errors`.
 
 Off a terminal nothing is cut: a table is printed at its natural width (however wide) and text
-lines are never wrapped, so ``dyncli profile > out.txt`` keeps every header and figure.
+lines are never wrapped, so ``dyncli profile > out.txt`` keeps every header and figure. Results
+go to stdout and nothing else does, so a pipe receives the result alone.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from dyncli.cli.options import OutputFormat
-from dyncli.cli.render import console
+# Off a terminal (CI logs, pipes) rich would wrap at 80 columns and cut table cells.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True)
+
+
+def interactive() -> bool:
+    """stdout is a terminal outside CI: progress bars and live displays are wanted."""
+    return sys.stdout.isatty() and not os.environ.get("CI")
+
+
+def warn(text: str) -> None:
+    """One ``warning:`` line on stderr."""
+    note(f"warning: {text}")
+
+
+def note(text: str) -> None:
+    """One line on stderr, beside the result (what ran, what was skipped)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path`` atomically, or to stdout when ``path`` is '-'."""
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+        return
+    from dyncli.fileio import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def print_table(table: Table) -> None:
@@ -35,10 +75,16 @@ def print_table(table: Table) -> None:
 
 
 def print_line(text: str) -> None:
-    """A line of plain text (no markup); off a terminal it is never wrapped."""
+    """A line of plain text (no markup) on stdout; off a terminal it is never wrapped."""
     console.print(
         text, highlight=False, markup=False, soft_wrap=not console.is_terminal, crop=False
     )
+
+
+def print_record(line: str) -> None:
+    """One machine-read line on stdout, exactly as given (a transcript, a TSV row)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def tsv_value(value: Any) -> str:
@@ -73,14 +119,13 @@ def format_tsv(records: Sequence[Mapping[str, Any]], columns: Iterable[str] | No
     return "\n".join(lines) + "\n"
 
 
-def emit_machine(fmt: OutputFormat, report: dict[str, Any], records: list[dict[str, Any]]) -> bool:
-    """Write ``report`` (json) or ``records`` (tsv) to stdout; False for the table format."""
-    import sys
-
-    if fmt is OutputFormat.json:
+def emit_machine(fmt: Any, report: dict[str, Any], records: list[dict[str, Any]]) -> bool:
+    """Write ``report`` (json) or ``records`` (tsv) to stdout; False for the table format
+    (``fmt``: a ``dyncli.cli.options.OutputFormat``)."""
+    if fmt.value == "json":
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return True
-    if fmt is OutputFormat.tsv:
+    if fmt.value == "tsv":
         sys.stdout.write(format_tsv(records))
         return True
     return False
@@ -103,12 +148,12 @@ def _is_stdout(path: Any) -> bool:
     return same and not stat.S_ISCHR(out.st_mode)
 
 
-def check_stdout(fmt: OutputFormat, json_path: Any) -> None:
+def check_stdout(fmt: Any, json_path: Any) -> None:
     """Refuse two things writing to stdout at once (--json - with --format tsv/json): the JSON
     report would be followed by another document on the same stream."""
     from dyncli.errors import UsageError
 
-    if json_path is not None and fmt is not OutputFormat.table and _is_stdout(json_path):
+    if json_path is not None and fmt.value != "table" and _is_stdout(json_path):
         raise UsageError(
             f"--json {json_path} and --format {fmt.value} both write to stdout: pick one"
         )
@@ -139,6 +184,4 @@ def transcript_line(path: str, text: str, fmt: str) -> str:
 
 def warn_skipped(message: str) -> None:
     """One stderr line for an entry --skip-bad left out."""
-    import typer
-
-    typer.echo(f"skipped: {message}", err=True)
+    note(f"skipped: {message}")

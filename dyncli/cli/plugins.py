@@ -30,8 +30,8 @@ def run(json_path: JsonOpt = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from dyncli.cli.output import print_table, write_json
     from dyncli.cli.plugin_commands import BUILTIN_COMMANDS, plugin_commands
-    from dyncli.cli.render import console, write_json
     from dyncli.registry.manager import (
         backbones,
         checkpoint_readers,
@@ -89,4 +89,4 @@ def run(json_path: JsonOpt = None) -> None:
     for f in info["failed"]:
         where = f" (distribution {f['distribution']})" if f["distribution"] else ""
         table.add_row("failed plugin", f["name"], escape(f"{f['reason']}{where}"))
-    console.print(table)
+    print_table(table)

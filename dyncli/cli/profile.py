@@ -188,9 +188,16 @@ def run(
     this run cannot tell; see --on-inconclusive).
     """
     from dyncli import assets
-    from dyncli.cli.output import check_stdout, emit_machine
+    from dyncli.cli.output import (
+        check_stdout,
+        emit_machine,
+        err_console,
+        interactive,
+        note,
+        warn,
+        write_json,
+    )
     from dyncli.cli.paths import check_paths
-    from dyncli.cli.render import err_console, interactive, write_json
     from dyncli.measure.gate import GateConfig
     from dyncli.measure.profile import profile
 
@@ -241,7 +248,7 @@ def run(
         time_budget=time_budget,
         calibrate=calibrate,
         baseline=baseline,
-        warn=lambda line: typer.echo(f"warning: {line}", err=True),
+        warn=warn,
         device=device,
         skip_bad=skip_bad,
         gate=gate,
@@ -262,9 +269,9 @@ def run(
         render(report)
     gate_result = report.gate
     for line in gate_result["violations"]:
-        typer.echo(f"gate failed: {line}", err=True)
+        note(f"gate failed: {line}")
     for line in gate_result["inconclusive"]:
-        typer.echo(f"gate inconclusive: {line}", err=True)
+        note(f"gate inconclusive: {line}")
     if gate_result["exit_code"]:
         raise typer.Exit(gate_result["exit_code"])
 
@@ -321,8 +328,7 @@ def render(report: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from dyncli.cli.output import print_line, print_table
-    from dyncli.cli.render import pct
+    from dyncli.cli.output import pct, print_line, print_table
     from dyncli.measure.gate import row_label
 
     op = report.gate["operating_point"]

@@ -62,8 +62,8 @@ def run(
     """
 
     from dyncli.cli.job import training_job
+    from dyncli.cli.output import pct
     from dyncli.cli.paths import check_training_paths
-    from dyncli.cli.render import pct
     from dyncli.recipes.common import RunOptions
     from dyncli.recipes.prune import prune, prune_defaults
 

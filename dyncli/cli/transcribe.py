@@ -47,8 +47,8 @@ def run(
     \\r (an undecodable file-name byte as \\xNN); --format jsonl writes JSON objects instead.
     Under torchrun only rank 0 works and prints; the other ranks exit at once.
     """
-    from dyncli.cli.output import transcript_line, warn_skipped
-    from dyncli.cli.render import WorkProgress
+    from dyncli.cli.output import note, print_record, transcript_line, warn_skipped
+    from dyncli.cli.progress import WorkProgress
     from dyncli.measure.evaluate import transcribe
     from dyncli.training.distributed import is_main_process
 
@@ -71,6 +71,6 @@ def run(
         )
     finally:
         progress.end()
-    typer.echo(f"ran: {choice.describe()}", err=True)
+    note(f"ran: {choice.describe()}")
     for path, text in results:
-        typer.echo(transcript_line(str(path), text, output_format.value))
+        print_record(transcript_line(str(path), text, output_format.value))

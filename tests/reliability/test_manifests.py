@@ -226,7 +226,7 @@ class FakeTerminal(io.StringIO):
 
 
 def test_item16b_progress_wanted_decision(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dyncli.cli.render import progress_wanted
+    from dyncli.cli.progress import progress_wanted
 
     monkeypatch.delenv("CI", raising=False)
     tty = FakeTerminal()
@@ -241,7 +241,7 @@ def test_item16b_progress_wanted_decision(monkeypatch: pytest.MonkeyPatch) -> No
 def test_item16b_progress_goes_to_stderr_only(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from dyncli.cli.render import WorkProgress
+    from dyncli.cli.progress import WorkProgress
 
     monkeypatch.delenv("CI", raising=False)
     tty = FakeTerminal()

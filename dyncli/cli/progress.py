@@ -1,11 +1,10 @@
-"""Rendering helpers: rich on a terminal, plain lines in CI logs."""
+"""Progress displays of the commands: a rich bar on a terminal, plain log lines in CI logs and
+pipes. They print through the one output sink, :mod:`dyncli.cli.output`."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
@@ -19,13 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-# Off a terminal (CI logs, pipes) rich would wrap at 80 columns and cut table cells.
-console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True)
-
-
-def interactive() -> bool:
-    return sys.stdout.isatty() and not os.environ.get("CI")
+from dyncli.cli.output import console, interactive, print_line
 
 
 class TrainReporter:
@@ -56,7 +49,7 @@ class TrainReporter:
         if self.progress is not None:
             self.progress.update(self.task, completed=step, loss=loss)
         elif step % self.log_every == 0 or step == self.total:
-            print(f"step {step}/{self.total} loss {loss:.3f} lr {lr:.2e}", flush=True)
+            print_line(f"step {step}/{self.total} loss {loss:.3f} lr {lr:.2e}")
 
     def epoch(self, summary: dict[str, Any]) -> None:
         line = (
@@ -76,7 +69,7 @@ class TrainReporter:
         if self.progress is not None:
             self.progress.console.print(text, markup=False, highlight=False)
         else:
-            print(text, flush=True)
+            print_line(text)
 
     def close(self) -> None:
         if self.progress is not None:
@@ -145,62 +138,3 @@ class WorkProgress:
         if self._bar is not None:
             self._bar.stop()
         self._bar, self._task = None, None
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON to ``path`` atomically, or to stdout when ``path`` is '-'."""
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    if str(path) == "-":
-        sys.stdout.write(text)
-        return
-    from dyncli.fileio import atomic_write_text
-
-    atomic_write_text(path, text)
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
-def report_choice(reporter: Any, choice: Any, policy: str) -> None:
-    """The --wer-budget dev sweep and the operating point it chose (or the closest miss), each
-    threshold's dev WER against full depth with its 95% interval; a budget the dev set cannot
-    resolve is said on stderr."""
-    if choice is None:
-        return
-    import typer
-
-    from dyncli.dynamic.operating_point import interval_text
-
-    static, words = choice.static, int(choice.static["words"])
-    on = f"points on {words} dev words"
-    reporter.message(
-        f"dev sweep ({policy}; full depth {pct(static['wer'])} WER on {words} words, "
-        f"{choice.utterances} utterances; dWER with its 95% paired bootstrap interval):"
-    )
-    for row in choice.rows:
-        reporter.message(
-            f"  threshold {row['threshold']:g}: WER {pct(row['wer'])}, dWER "
-            f"{interval_text(row['dwer'], row['dwer_low'], row['dwer_high'])} points, "
-            f"{row['flops_ratio']:.2f}x the FLOPs"
-        )
-    if choice.warning:
-        typer.echo(f"warning: {choice.warning}", err=True)
-    point = choice.point
-    if point is not None:
-        delta = interval_text(point["dev_dwer"], point["dev_dwer_low"], point["dev_dwer_high"])
-        reporter.message(
-            f"operating point ({point['policy']}, chosen on dev): threshold "
-            f"{point['threshold']:g}, dev WER {pct(point['dev_wer'])} vs "
-            f"{pct(point['static_dev_wer'])} full depth, {delta} {on}, "
-            f"{point['flops_ratio']:.2f}x the FLOPs; rule: {choice.rule}"
-        )
-    elif choice.closest is not None:
-        c = choice.closest
-        reporter.message(
-            f"no threshold met the rule on dev ({choice.rule}); no operating point stored. "
-            f"Closest: {c['policy']} @ {c['threshold']:g}, dev WER {pct(c['wer'])} vs "
-            f"{pct(static['wer'])} full depth, "
-            f"{interval_text(c['dwer'], c['dwer_low'], c['dwer_high'])} {on}: upper bound "
-            f"{100 * (choice.excess or 0):.2f} points over the budget"
-        )
