@@ -11,8 +11,9 @@ import soundfile as sf
 import torch
 
 from dyncli.data.audio import load_audio
-from dyncli.data.dataset import Utterance, bucket_batches, load_utterances, pad_waves
+from dyncli.data.dataset import Utterance, load_utterances, pad_waves
 from dyncli.data.manifest import read_manifest
+from dyncli.data.sampler import bucket_batches
 from dyncli.errors import InputError
 from tests.conftest import write_wav
 

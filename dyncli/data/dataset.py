@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -78,41 +77,6 @@ def _warn_lengths(messages: list[str], show: int = 5) -> None:
             "... and %d more utterances whose length differs from the manifest's duration",
             len(messages) - show,
         )
-
-
-def bucket_batches(
-    lengths: Sequence[int],
-    max_batch_frames: int,
-    max_batch_size: int,
-    shuffle: bool,
-    rng: random.Random | None = None,
-) -> list[list[int]]:
-    """Group indices of similar length into batches.
-
-    Indices are sorted by length (with random tie-breaking when ``shuffle``); a batch closes when
-    adding one more utterance would make ``batch_size * longest`` exceed ``max_batch_frames`` or
-    the batch would exceed ``max_batch_size``. With ``shuffle`` the batch order is random.
-    """
-    rng = rng or random.Random(0)
-    order = list(range(len(lengths)))
-    if shuffle:
-        rng.shuffle(order)
-    order.sort(key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = lengths[i]  # ascending order: the newcomer is the longest
-        if current and (
-            len(current) + 1 > max_batch_size or (len(current) + 1) * longest > max_batch_frames
-        ):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    if shuffle:
-        rng.shuffle(batches)
-    return batches
 
 
 def pad_waves(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -103,17 +103,12 @@ def check_stored_point(ckpt: Checkpoint, remedy: str) -> None:
 def policy_settings(ckpt: Checkpoint, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Config settings for policy ``name`` on ``ckpt``: the stored operating point's (when it is
     the same policy), then the user's ``overrides`` (None = not given), then model defaults."""
-    stored = stored_point(ckpt.method)
-    merged: dict[str, Any] = {}
-    if stored and stored[0] == name:
-        merged.update({k: v for k, v in stored[2].items() if v is not None})
-    merged.update({k: v for k, v in overrides.items() if v is not None})
     from dyncli.registry.manager import skip_policies
 
     spec = skip_policies().get(name)
-    if spec is not None and spec.model_defaults is not None:
-        merged = spec.model_defaults(ckpt.model, ckpt.method, merged)
-    return merged
+    if spec is None:  # refused where it is built
+        return {k: v for k, v in overrides.items() if v is not None}
+    return spec.resolve(ckpt.model, ckpt.method, overrides)
 
 
 def default_policy(method: Mapping[str, Any] | None) -> str:

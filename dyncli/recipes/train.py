@@ -7,6 +7,7 @@ from typing import Any
 
 from dyncli.data.text import build_tokenizer
 from dyncli.errors import UsageError
+from dyncli.methods.early_exit import early_exit_method
 from dyncli.models.config import sample_rate_of
 from dyncli.recipes.common import (
     RunOptions,
@@ -22,7 +23,6 @@ from dyncli.training.config import (
     TrainConfig,
     TrainResult,
     check_exits,
-    early_exit_method,
 )
 from dyncli.training.trainer import publish
 

@@ -84,6 +84,22 @@ class SkipPolicySpec:
         }
         return {k: point.get(k, defaults.get(k)) for k in self.point_settings}
 
+    def resolve(
+        self, model: Any, record: Mapping[str, Any] | None, overrides: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The settings to run this policy with on ``model``: the operating point stored in
+        ``record`` (when it is this policy's), then the user's ``overrides`` (None: not
+        given), then the settings that depend on the model (:attr:`model_defaults`)."""
+        merged: dict[str, Any] = {}
+        point = (record or {}).get("operating_point")
+        if point and point.get("policy") == self.name:
+            stored = self.settings_of_point(point)
+            merged.update({k: v for k, v in stored.items() if v is not None})
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        if self.model_defaults is not None:
+            merged = self.model_defaults(model, record, merged)
+        return merged
+
     def make_config(
         self, threshold: float, flag_of: Callable[[str], str] | None = None, **overrides: Any
     ) -> Any:

@@ -5,7 +5,7 @@
 module                    what lives there
 ========================  ====================================================================
 ``config``                ``TrainConfig``, ``ExitTraining``, the reporter protocol, results
-``data``                  manifests read once; length-bucketed batches sharded over ranks
+``data``                  manifests read once, with their provenance (batches: data.sampler)
 ``objectives``            the batch, the student's path per step, and the loss objectives
 ``kd``                    distillation losses on CTC posteriors (factorized, posterior, labels)
 ``module``                ``TrainingModule`` (``forward(batch)`` returns the loss), ``Teacher``
@@ -14,6 +14,7 @@ module                    what lives there
 ========================  ====================================================================
 """
 
+from dyncli.methods.early_exit import early_exit_method  # its home; kept here for one release
 from dyncli.training.config import (
     ExitTraining,
     Reporter,
@@ -21,7 +22,6 @@ from dyncli.training.config import (
     TrainResult,
     check_config,
     check_exits,
-    early_exit_method,
 )
 from dyncli.training.objectives import ctc_loss
 from dyncli.training.trainer import dev_scores

@@ -124,25 +124,3 @@ def check_exits(exits: list[int], num_layers: int) -> list[int]:
             f"(the model has {num_layers} layers; layer {num_layers} already has the final head)"
         )
     return sorted(exits)
-
-
-def early_exit_method(exits: ExitTraining, training: str) -> dict[str, Any]:
-    """The checkpoint ``method`` record of an early-exit model."""
-    skip_aware = None
-    if exits.skip_layer is not None:
-        skip_aware = {
-            "layer": exits.skip_layer,
-            "thresholds": list(exits.skip_thresholds),
-            "neighbours": exits.skip_neighbours,
-            "share_of_steps": exits.skip_prob,
-        }
-    return {
-        "skip_aware_training": skip_aware,
-        "name": "early-exit",
-        "exits": list(exits.exits),
-        "training": training,
-        "exit_weight": exits.exit_weight,
-        "final_weight": exits.final_weight,
-        "freeze_backbone": exits.freeze_backbone,
-        "operating_point": None,
-    }

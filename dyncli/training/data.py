@@ -1,9 +1,9 @@
-"""Training data: manifests read once, batches bucketed by length and sharded over ranks."""
+"""Training data: manifests read once, with their provenance (the batches are drawn by
+:mod:`dyncli.data.sampler`)."""
 
 from __future__ import annotations
 
 import platform
-import random
 import sys
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from dyncli import __version__
-from dyncli.data.dataset import Utterance, bucket_batches, load_utterances
+from dyncli.data.dataset import Utterance, load_utterances
 from dyncli.data.manifest import read_manifest
 from dyncli.training.config import Reporter, TrainConfig
 
@@ -64,28 +64,3 @@ def provenance(
         "torch_version": torch.__version__,
         "host": platform.node(),
     }
-
-
-def epoch_batches(
-    lengths: list[int],
-    batch_samples: int,
-    max_batch_size: int,
-    rng: random.Random,
-    world_size: int,
-) -> list[list[int]]:
-    """One epoch of global batches: length-bucketed, shuffled with ``rng``.
-
-    Every rank draws the same global batches from the same ``rng`` state and takes its share
-    with :func:`shard`, so every rank gets the same number of batches. A global batch with fewer
-    utterances than ranks cannot be shared and is left out on every rank (at most a few short
-    tail batches per epoch, and none with one process).
-    """
-    batches = bucket_batches(lengths, batch_samples, max_batch_size, True, rng)
-    return [b for b in batches if len(b) >= world_size]
-
-
-def shard(batch: list[int], lengths: list[int], rank: int, world_size: int) -> list[int]:
-    """This rank's part of a global batch: every ``world_size``-th utterance by length, so
-    the ranks get similar padded lengths (and thus similar step times)."""
-    ordered = sorted(batch, key=lambda i: (lengths[i], i))
-    return ordered[rank::world_size]

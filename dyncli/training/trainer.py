@@ -34,7 +34,8 @@ from typing import Any
 import torch
 
 from dyncli.checkpoint import Checkpoint, NonFiniteWeights, load_checkpoint, save_checkpoint
-from dyncli.data.dataset import Utterance, bucket_batches, pad_waves
+from dyncli.data.dataset import Utterance, pad_waves
+from dyncli.data.sampler import bucket_batches, epoch_batches, shard
 from dyncli.data.text import Tokenizer
 from dyncli.decoding import greedy_ctc
 from dyncli.errors import CheckpointError, JobFailed, UsageError
@@ -44,7 +45,7 @@ from dyncli.models.base import CTCEncoder
 from dyncli.training import distributed
 from dyncli.training.augment import perturb_waves, spec_augment, warp_factors
 from dyncli.training.config import Reporter, SilentReporter, TrainConfig, TrainResult
-from dyncli.training.data import TrainData, epoch_batches, shard
+from dyncli.training.data import TrainData
 from dyncli.training.distributed import World
 from dyncli.training.module import TrainingModule
 from dyncli.training.objectives import Batch

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dyncli.errors import UsageError
 from dyncli.registry import MethodFlag, MethodSpec, SkipPolicySpec, hookimpl
+
+if TYPE_CHECKING:
+    from dyncli.training.config import ExitTraining
+
+NAME = "early-exit"
 
 
 @dataclass
@@ -43,6 +48,30 @@ class EarlyExitConfig:
                 f"early-exit-{self.criterion} threshold {self.threshold} is out of range: "
                 f"it is a {kind}, 0 <= threshold <= 1"
             )
+
+
+def early_exit_method(exits: ExitTraining, training: str) -> dict[str, Any]:
+    """The checkpoint record of a model whose exit heads were trained with CTC (``convert
+    --method early-exit``, ``train --exits``): ``training`` is ``fine-tune`` or
+    ``from-scratch``."""
+    skip_aware = None
+    if exits.skip_layer is not None:
+        skip_aware = {
+            "layer": exits.skip_layer,
+            "thresholds": list(exits.skip_thresholds),
+            "neighbours": exits.skip_neighbours,
+            "share_of_steps": exits.skip_prob,
+        }
+    return {
+        "skip_aware_training": skip_aware,
+        "name": NAME,
+        "exits": list(exits.exits),
+        "training": training,
+        "exit_weight": exits.exit_weight,
+        "final_weight": exits.final_weight,
+        "freeze_backbone": exits.freeze_backbone,
+        "operating_point": None,
+    }
 
 
 @dataclass
@@ -124,7 +153,7 @@ def register_skip_policies(register: Callable[[Any], None]) -> None:
 def register_methods(register: Callable[[Any], None]) -> None:
     register(
         MethodSpec(
-            name="early-exit",
+            name=NAME,
             command="convert",
             description="attach CTC heads after --exits and train them (they serve blank-skip "
             "and early exit).",

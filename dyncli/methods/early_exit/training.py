@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from dyncli.methods.blank_skip import NAME as BLANK_SKIP
+from dyncli.methods.early_exit import early_exit_method
 from dyncli.recipes.common import (
     MethodContext,
     MethodPlan,
@@ -16,7 +17,7 @@ from dyncli.recipes.common import (
     exit_path,
     stored_exit_path,
 )
-from dyncli.training.config import ExitTraining, early_exit_method
+from dyncli.training.config import ExitTraining
 from dyncli.training.objectives import ExitCTC, ExitKD, FinalCTC, Objective
 
 

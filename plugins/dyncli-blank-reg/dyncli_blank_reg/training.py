@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 
 from dyncli.methods.blank_skip import NAME as BLANK_SKIP
+from dyncli.methods.early_exit import early_exit_method
 from dyncli.methods.early_exit.training import blank_skip_point
 from dyncli.recipes.common import MethodContext, MethodPlan, exit_path
-from dyncli.training.config import early_exit_method
 from dyncli.training.objectives import FinalCTC, Objective, Step
 from dyncli_blank_reg import NAME
 from dyncli_blank_reg.loss import penalized_ctc_loss
