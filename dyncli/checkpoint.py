@@ -120,21 +120,21 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint, half: bool = False) -> N
         "tokenizer": ckpt.tokenizer.to_state(),
         "state_dict": state,
         "dtype": "float16" if half else "float32",
-        "method": None if ckpt.method is None else plain(ckpt.method.to_payload()),
-        "provenance": plain(ckpt.provenance),
-        "metrics": plain(ckpt.metrics),
+        "method": None if ckpt.method is None else plain_types(ckpt.method.to_payload()),
+        "provenance": plain_types(ckpt.provenance),
+        "metrics": plain_types(ckpt.metrics),
     }
     atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
-def plain(value: Any) -> Any:
+def plain_types(value: Any) -> Any:
     """Metadata as the plain types ``weights_only`` loading accepts (str, not subclasses)."""
     if value is None or type(value) in (bool, int, float, str, bytes):
         return value
     if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): plain_types(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
+        return [plain_types(v) for v in value]
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):

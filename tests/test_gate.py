@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dyncli.measure.gate import FAIL, INCONCLUSIVE, PASS, GateConfig, judge
+from dyncli.measure.gate import FAIL, INCONCLUSIVE, PASS, ReleaseBars, judge
 from dyncli.measure.profile import _gate_speedup, timing_fields
 from dyncli.measure.sweep import wer_delta
 from dyncli.measure.timing import Arm, ArmTimes, TimingRun, time_interleaved
@@ -58,11 +58,11 @@ def test_speed_bar_all_three_verdicts_from_a_doctored_timing_stream() -> None:
     row = _timed_row(_run(1.5))
     low, high = row["gate_speedup_low"], row["gate_speedup_high"]
     assert low < 1.5 < high and high - low < 0.05  # 400 pairs, 5% noise: a narrow interval
-    assert judge([row], GateConfig(min_speedup=1.2))["verdict"] == PASS
-    failed = judge([row], GateConfig(min_speedup=2.0))
+    assert judge([row], ReleaseBars(min_speedup=1.2))["verdict"] == PASS
+    failed = judge([row], ReleaseBars(min_speedup=2.0))
     assert failed["verdict"] == FAIL and failed["exit_code"] == 1
     assert "--min-speedup 2x" in failed["violations"][0]
-    unsure = judge([row], GateConfig(min_speedup=row["gate_speedup"] + 0.002))
+    unsure = judge([row], ReleaseBars(min_speedup=row["gate_speedup"] + 0.002))
     assert unsure["verdict"] == INCONCLUSIVE and unsure["exit_code"] == 3
     assert not unsure["passed"] and unsure["violations"] == []
     assert "more timed pairs would decide it" in unsure["inconclusive"][0]
@@ -75,9 +75,9 @@ def test_wer_bar_all_three_verdicts_from_doctored_error_streams() -> None:
     row = _errors_row(reference, errors, words)
     assert row["gate_dwer"] == pytest.approx(0.02)
     assert 0 < row["gate_dwer_low"] < 0.02 < row["gate_dwer_high"] < 0.04
-    assert judge([row], GateConfig(max_wer_increase=0.05))["verdict"] == PASS
-    assert judge([row], GateConfig(max_wer_increase=0.002))["verdict"] == FAIL
-    unsure = judge([row], GateConfig(max_wer_increase=0.02))
+    assert judge([row], ReleaseBars(max_wer_increase=0.05))["verdict"] == PASS
+    assert judge([row], ReleaseBars(max_wer_increase=0.002))["verdict"] == FAIL
+    unsure = judge([row], ReleaseBars(max_wer_increase=0.02))
     assert unsure["verdict"] == INCONCLUSIVE
     assert "more reference words would decide it" in unsure["inconclusive"][0]
 
@@ -85,18 +85,18 @@ def test_wer_bar_all_three_verdicts_from_doctored_error_streams() -> None:
 def test_identical_rows_pass_a_zero_wer_bar() -> None:
     row = _errors_row([1, 0, 2], [1, 0, 2], [4, 4, 4])
     assert (row["gate_dwer_low"], row["gate_dwer_high"]) == (0.0, 0.0)
-    assert judge([row], GateConfig(max_wer_increase=0.0))["verdict"] == PASS
+    assert judge([row], ReleaseBars(max_wer_increase=0.0))["verdict"] == PASS
 
 
 def test_the_operating_point_prefers_pass_then_inconclusive_then_the_closest_miss() -> None:
     fast = {**_timed_row(_run(2.0)), "threshold": 0.5, "rtf": 0.005}
     slow = {**_timed_row(_run(1.5, seed=1)), "threshold": 0.9, "rtf": 0.007}
-    verdict = judge([fast, slow], GateConfig(min_speedup=1.8))
+    verdict = judge([fast, slow], ReleaseBars(min_speedup=1.8))
     assert verdict["verdict"] == PASS and verdict["operating_point"]["threshold"] == 0.5
     bar = fast["gate_speedup"]  # inside the fast row's interval; the slow row fails it
-    verdict = judge([fast, slow], GateConfig(min_speedup=bar))
+    verdict = judge([fast, slow], ReleaseBars(min_speedup=bar))
     assert verdict["verdict"] == INCONCLUSIVE and verdict["operating_point"]["threshold"] == 0.5
-    verdict = judge([fast, slow], GateConfig(min_speedup=5.0))
+    verdict = judge([fast, slow], ReleaseBars(min_speedup=5.0))
     assert verdict["verdict"] == FAIL and verdict["selection"].startswith("closest miss")
 
 
@@ -104,16 +104,16 @@ def test_on_inconclusive_maps_the_exit_code_but_not_the_verdict() -> None:
     row = _timed_row(_run(1.5))
     bar = row["gate_speedup"]
     for mapping, code in ((None, 3), ("fail", 1), ("pass", 0)):
-        verdict = judge([row], GateConfig(min_speedup=bar, on_inconclusive=mapping))
+        verdict = judge([row], ReleaseBars(min_speedup=bar, on_inconclusive=mapping))
         assert verdict["verdict"] == INCONCLUSIVE and verdict["exit_code"] == code
 
 
 def test_an_unreliable_environment_cannot_pass() -> None:
     row = _timed_row(_run(1.5))
-    verdict = judge([row], GateConfig(min_speedup=1.2), environment_reliable=False)
+    verdict = judge([row], ReleaseBars(min_speedup=1.2), environment_reliable=False)
     assert verdict["verdict"] == INCONCLUSIVE
     assert any("environment is unreliable" in line for line in verdict["inconclusive"])
-    verdict = judge([row], GateConfig(min_speedup=2.0), environment_reliable=False)
+    verdict = judge([row], ReleaseBars(min_speedup=2.0), environment_reliable=False)
     assert verdict["verdict"] == FAIL  # a fail stays a fail
 
 
@@ -285,3 +285,9 @@ def test_timing_and_gate_options_are_checked(dyn, args, expected) -> None:
     result = invoke_cli("profile", dyn["ckpt"], "--data", dyn["data"], *args)
     assert result.exit_code == 2, result.output
     assert expected in result.stderr and "Traceback" not in result.output
+
+
+def test_gate_config_is_the_old_name_of_release_bars() -> None:
+    from dyncli.measure.gate import GateConfig
+
+    assert GateConfig is ReleaseBars

@@ -173,10 +173,10 @@ def test_gate_at_an_unrounded_threshold(setup, tmp_path) -> None:
 
 
 def test_judge_refuses_an_at_outside_the_sweep() -> None:
-    from dyncli.measure.gate import GateConfig, judge
+    from dyncli.measure.gate import ReleaseBars, judge
 
     with pytest.raises(UsageError, match="not among the swept thresholds"):
-        judge([_row(0.5, 0.1, 0.01, 1.0)], GateConfig(at=0.7))
+        judge([_row(0.5, 0.1, 0.01, 1.0)], ReleaseBars(at=0.7))
 
 
 def test_gate_at_picks_that_row(setup, tmp_path) -> None:
@@ -295,20 +295,20 @@ def test_pareto_flags() -> None:
 
 
 def test_judge_picks_fastest_passing_row_and_bars_are_one_sided() -> None:
-    from dyncli.measure.gate import GateConfig, judge
+    from dyncli.measure.gate import ReleaseBars, judge
 
     rows = [
         _row(0.5, 0.125, 0.006, 1.6),
         _row(0.9, 0.105, 0.007, 1.4),
         _row(0.99, 0.09, 0.009, 1.1),
     ]
-    verdict = judge(rows, GateConfig(max_wer_increase=0.01))
+    verdict = judge(rows, ReleaseBars(max_wer_increase=0.01))
     assert verdict["passed"] and verdict["operating_point"]["threshold"] == 0.9
     # an improvement (lower WER than static) never violates --max-wer-increase
-    verdict = judge(rows, GateConfig(max_wer_increase=0.0, at=0.99))
+    verdict = judge(rows, ReleaseBars(max_wer_increase=0.0, at=0.99))
     assert verdict["passed"] and verdict["violations"] == []
     # nothing passes: the closest miss is reported with one line per violated bar
-    verdict = judge(rows, GateConfig(max_wer=0.05, min_speedup=2.0))
+    verdict = judge(rows, ReleaseBars(max_wer=0.05, min_speedup=2.0))
     assert not verdict["passed"] and verdict["verdict"] == "FAIL"
     assert len(verdict["violations"]) == 2
     assert any("--max-wer" in v for v in verdict["violations"])

@@ -198,7 +198,7 @@ def run(
         write_json,
     )
     from dyncli.cli.paths import check_paths
-    from dyncli.measure.gate import GateConfig
+    from dyncli.measure.gate import ReleaseBars
     from dyncli.measure.profile import profile
 
     check_stdout(output_format, json_path)
@@ -222,7 +222,7 @@ def run(
         from dyncli.measure.plot import plot_format
 
         plot_format(plot)  # matplotlib there, an extension it writes: before any work
-    gate = GateConfig(
+    gate = ReleaseBars(
         max_wer=max_wer,
         max_wer_increase=max_wer_increase,
         max_rtf=max_rtf,

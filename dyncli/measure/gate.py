@@ -41,7 +41,7 @@ _EPS = 1e-9
 
 
 @dataclass
-class GateConfig:
+class ReleaseBars:
     """Release bars. All one-sided: an improvement never fails a bar."""
 
     max_wer: float | None = None
@@ -81,6 +81,9 @@ class GateConfig:
         if verdict == INCONCLUSIVE and self.on_inconclusive is not None:
             return 1 if self.on_inconclusive == "fail" else 0
         return EXIT_CODES[verdict]
+
+
+GateConfig = ReleaseBars  # the name before issue 19; kept for one release
 
 
 @dataclass
@@ -154,7 +157,7 @@ def _bar(
     return BarResult(bar, limit, value, low, high, verdict, line, decide)
 
 
-def judge_row(row: dict[str, Any], gate: GateConfig, reference: str) -> list[BarResult]:
+def judge_row(row: dict[str, Any], gate: ReleaseBars, reference: str) -> list[BarResult]:
     """Every given bar on ``row``. ``reference`` names what the WER increase and the speedup
     are measured against (for the lines)."""
     at = row_label(row)
@@ -208,7 +211,7 @@ def row_verdict(results: Sequence[BarResult]) -> str:
 
 def judge(
     rows: Sequence[dict[str, Any]],
-    gate: GateConfig,
+    gate: ReleaseBars,
     *,
     reference: str = "full depth",
     environment_reliable: bool | None = None,
@@ -284,7 +287,7 @@ def judge(
     }
 
 
-def resolution_warnings(gate: GateConfig, words: int, resolution: float | None) -> list[str]:
+def resolution_warnings(gate: ReleaseBars, words: int, resolution: float | None) -> list[str]:
     """Bars finer than the data can resolve: a WER bar below one word on this set, or below
     the smallest difference the set tells from zero (``resolution``, once known)."""
     out = []

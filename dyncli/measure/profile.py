@@ -45,7 +45,7 @@ from dyncli.environment import describe
 from dyncli.errors import UsageError
 from dyncli.inference import pick_device
 from dyncli.measure.evaluate import model_summary
-from dyncli.measure.gate import GateConfig, judge, resolution_warnings, row_label
+from dyncli.measure.gate import ReleaseBars, judge, resolution_warnings, row_label
 from dyncli.measure.report import ProfileReport, Row, pareto_flags
 from dyncli.measure.stats import paired_wer_delta
 from dyncli.measure.sweep import (
@@ -408,7 +408,7 @@ def profile(
     repeats: int | None = None,
     device: str = "cpu",
     skip_bad: bool = False,
-    gate: GateConfig | None = None,
+    gate: ReleaseBars | None = None,
     batch_size: int = 1,
     progress: Callable[[str], None] | None = None,
     models: Sequence[str | Path] = (),
@@ -428,7 +428,7 @@ def profile(
     half-width is at most ``precision`` or ``time_budget`` seconds are spent. ``calibrate``
     times full depth against itself in the same rounds: the run's noise floor."""
     started = time.perf_counter()
-    gate = gate or GateConfig()
+    gate = gate or ReleaseBars()
     gate.validate()
     warn = warn or (lambda _msg: None)
     if (models or baseline is not None) and batch_size > 1:

@@ -457,9 +457,9 @@ def _rng_tuple(state: list[Any]) -> tuple[Any, ...]:
 
 
 def plain_fingerprint(value: Any) -> Any:
-    from dyncli.checkpoint import plain
+    from dyncli.checkpoint import plain_types
 
-    return plain(value)
+    return plain_types(value)
 
 
 @torch.inference_mode()

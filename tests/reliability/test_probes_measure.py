@@ -225,7 +225,7 @@ def test_audio_shorter_than_the_manifest_duration_is_said(
 def test_gate_selection_does_not_call_a_closest_miss_a_row_meeting_every_bar() -> None:
     """With no row meeting the bars, the failed gate said 'operating point blank-skip @ 0.98
     (fastest row meeting every bar)'."""
-    from dyncli.measure.gate import GateConfig, judge
+    from dyncli.measure.gate import ReleaseBars, judge
 
     def row(threshold: float, wer: float, speedup: float) -> dict[str, Any]:
         return {
@@ -245,9 +245,9 @@ def test_gate_selection_does_not_call_a_closest_miss_a_row_meeting_every_bar() -
         }
 
     rows = [row(0.5, 0.2, 1.6), row(0.9, 0.1, 1.2)]
-    verdict = judge(rows, GateConfig(max_wer_increase=0.0, min_speedup=100.0))
+    verdict = judge(rows, ReleaseBars(max_wer_increase=0.0, min_speedup=100.0))
     assert not verdict["passed"] and verdict["selection"].startswith("closest miss")
-    verdict = judge(rows, GateConfig(max_wer_increase=0.0))
+    verdict = judge(rows, ReleaseBars(max_wer_increase=0.0))
     assert verdict["passed"] and verdict["selection"] == "fastest row meeting every bar"
 
 
