@@ -76,6 +76,15 @@ def test_installed_as_an_entry_point() -> None:
     assert "blank-reg" not in methods("distill")
 
 
+def test_plugins_command_lists_the_method() -> None:
+    result = invoke("plugins", "--json", "-")
+    assert result.exit_code == 0, result.output
+    methods = json.loads(result.stdout)["methods"]
+    assert methods["blank-reg"]["command"] == "convert"
+    assert methods["early-exit"]["command"] == "convert"
+    assert methods["exit-kd"]["command"] == "distill"
+
+
 def test_convert_help_lists_the_method_and_its_flag() -> None:
     result = invoke("convert", "--help")
     assert result.exit_code == 0
