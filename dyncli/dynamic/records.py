@@ -10,7 +10,7 @@ model (its ``MethodSpec.train``), and every field the record does not name is ke
 
 On disk (checkpoint format 2) the operating point is nested::
 
-    {"policy": "blank-skip", "threshold": 0.9,
+    {"policy": NAME, "threshold": 0.9,
      "settings": {"layer": 3, "neighbours": 1},         # the policy's config besides threshold
      "chosen": {"dev_wer": 0.02, "rule": "...", ...}}   # how it was chosen
 
