@@ -181,6 +181,10 @@ class MethodSpec:
     # ``dyncli inspect`` rows (label, text) for the method's own part of the record; default:
     # one row with the record's ``record[name]`` mapping, if any.
     describe: Callable[[Mapping[str, Any]], list[tuple[str, str]]] | None = None
+    # The policy a model carrying what this method adds is scored with on dev while it trains
+    # (the best epoch is the best model as it will run), given the model; None for a model
+    # without it. Default: every head at full depth.
+    dev_policy: Callable[[Any], Any] | None = None
 
     def rows(self, record: Mapping[str, Any]) -> list[tuple[str, str]]:
         """``dyncli inspect``'s rows for this method's part of ``record``."""

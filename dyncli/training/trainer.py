@@ -463,6 +463,18 @@ def plain_fingerprint(value: Any) -> Any:
 
 
 @torch.inference_mode()
+def scoring_policy(model: CTCEncoder) -> Any:
+    """The policy a registered method scores ``model`` with on dev (None: full depth)."""
+    from dyncli.registry.manager import methods
+
+    for spec in methods().values():
+        if spec.dev_policy is not None:
+            policy = spec.dev_policy(model)
+            if policy is not None:
+                return policy
+    return None
+
+
 def dev_scores(
     model: CTCEncoder,
     tokenizer: Tokenizer,
@@ -474,9 +486,9 @@ def dev_scores(
 ) -> dict[int, ErrorRates]:
     """Greedy WER/CER of every head (exits and final, keyed by 1-based layer), one pass each.
 
-    A model with a gate predictor is scored as it will run: the final head's transcripts come
-    from the ``gates`` policy at threshold 0.5 (closed blocks bypassed), so the best epoch is
-    the best gated model, not the best full-depth one.
+    A model that a method scores as it will run (``MethodSpec.dev_policy``: a gated model, with
+    the gates policy at threshold 0.5) has its final head's transcripts from that policy, so the
+    best epoch is the best model as it runs, not the best full-depth one.
 
     ``layers`` (0-based): score the model running only these (``prune`` leaves one out);
     default every layer.
@@ -484,13 +496,9 @@ def dev_scores(
     Under torchrun each rank decodes every ``world_size``-th utterance and the transcripts are
     gathered, so every rank computes the same scores from one pass over the dev set.
     """
-    from dyncli.methods.gates import GatesConfig
-    from dyncli.methods.gates.policy import GatePolicy
-    from dyncli.methods.gates.predictor import predictor_of
-
-    gated = GatePolicy(GatesConfig(threshold=0.5)) if predictor_of(model) else None
+    gated = scoring_policy(model)
     if gated is not None and layers is not None:
-        raise ValueError("dev_scores: a gated model is scored with all its layers")
+        raise ValueError("dev_scores: a model scored with its policy runs all its layers")
     world = world or World()
     was_training = model.training
     model.eval()
@@ -504,7 +512,7 @@ def dev_scores(
         wave, lens = pad_waves([utts[i].wave for i in idx])
         if gated is None:
             outs, out_lens = model.forward_exits(wave.to(device), lens.to(device), layers)
-        else:  # one gated pass, scoring the final head only
+        else:  # one pass as the model runs, scoring the final head only
             feats, frames = model.features(wave.to(device), lens.to(device))
             x, out_lens = model.embed(feats, frames)
             outs = {model.num_layers: gated.encode(model, x, out_lens).log_probs}

@@ -137,6 +137,14 @@ def _restore(model: Any, method: Mapping[str, Any]) -> None:
     attach_gates(model, predictor, hidden)
 
 
+def _dev_policy(model: Any) -> Any:
+    """A gated model is scored on dev as it runs: the gates policy at threshold 0.5."""
+    from dyncli.methods.gates.policy import GatePolicy
+    from dyncli.methods.gates.predictor import predictor_of
+
+    return GatePolicy(GatesConfig(threshold=0.5)) if predictor_of(model) else None
+
+
 @hookimpl
 def register_skip_policies(register: Callable[[Any], None]) -> None:
     register(
@@ -200,5 +208,6 @@ def register_methods(register: Callable[[Any], None]) -> None:
             summary=_summary,
             restore=_restore,
             describe=_describe,
+            dev_policy=_dev_policy,
         )
     )
