@@ -19,6 +19,7 @@ from dyncli.cli import (
     convert,
     distill,
     evaluate,
+    export,
     inspect,
     plugins,
     profile,
@@ -36,7 +37,18 @@ HELP = """Give CTC speech encoders input-dependent depth, and measure what it bu
 Exit codes: 0 success, 1 failed job or failed gate, 2 usage or input error.
 Set DYNCLI_DEBUG=1 to see tracebacks. Commands that plugins add are listed by 'dyncli plugins'."""
 
-COMMANDS = (train, convert, distill, prune, profile, evaluate, transcribe, inspect, plugins)
+COMMANDS = (
+    train,
+    convert,
+    distill,
+    prune,
+    profile,
+    evaluate,
+    transcribe,
+    export,
+    inspect,
+    plugins,
+)
 assert tuple(module.NAME for module in COMMANDS) == BUILTIN_COMMANDS, "keep the two lists in step"
 
 

@@ -66,7 +66,10 @@ DevDataOpt = Annotated[
 OutputOpt = Annotated[
     Path,
     typer.Option(
-        "--output", "-o", help="Where to write the checkpoint (written atomically on success)."
+        "--output",
+        "-o",
+        help="Where to write the checkpoint (export: the exported file); written atomically on "
+        "success.",
     ),
 ]
 JsonOpt = Annotated[

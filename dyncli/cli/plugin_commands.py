@@ -21,6 +21,7 @@ BUILTIN_COMMANDS = (
     "profile",
     "evaluate",
     "transcribe",
+    "export",
     "inspect",
     "plugins",
 )

@@ -57,11 +57,15 @@ class LogMelFrontend(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if wave.shape[1] < self.min_samples:
             wave = torch.nn.functional.pad(wave, (0, self.min_samples - wave.shape[1]))
-        # The longest utterance's frame count is read where ``lengths`` lives (host-side
-        # lengths cost no device sync); the per-utterance counts go to the waveform's device.
-        longest = int(self.num_frames(lengths).max())
         frames = self.num_frames(lengths.to(wave.device))
-        stft = self.spectrogram(wave)[:, :, :longest]  # complex (B, F, T)
+        if torch.compiler.is_exporting() and wave.shape[0] == 1:
+            # An exported graph (batch 1: the wave is the utterance) reads no length from data.
+            stft = self.spectrogram(wave)  # complex (1, F, T)
+        else:
+            # The longest utterance's frame count is read where ``lengths`` lives (host-side
+            # lengths cost no device sync); the per-utterance counts go to the wave's device.
+            longest = int(self.num_frames(lengths).max())
+            stft = self.spectrogram(wave)[:, :, :longest]  # complex (B, F, T)
         spec = stft.real.square() + stft.imag.square()  # power spectrum
         if warp is not None:
             spec = warp_frequency(spec, warp)

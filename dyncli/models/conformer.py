@@ -281,9 +281,10 @@ def lean_weights(layer: ConformerLayer) -> tuple[torch.Tensor, ...]:
 
     Without grad they are cached per layer and rebuilt when a parameter or buffer changes
     (version counter, storage or device); with grad enabled they are rebuilt on every call so
-    gradients reach the parameters.
+    gradients reach the parameters, and so they are while a graph is exported (the cache key
+    reads storage addresses, which an exported graph has not got).
     """
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or torch.compiler.is_exporting():  # (an exported graph: no cache)
         return _prepare(layer, fold=True)
     key = tuple(_version(store[name]) for store, name in _slots(layer))
     hit = _LEAN_CACHE.get(layer)

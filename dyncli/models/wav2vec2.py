@@ -310,7 +310,7 @@ def lean_linears(module: Any) -> tuple[torch.Tensor, ...]:
     storage, device: the Conformer's keys, :func:`dyncli.models.conformer._version`). Called
     with grad enabled they are built afresh, from the parameters.
     """
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or torch.compiler.is_exporting():  # (no cache in a graph)
         return _prepare_linears(module)
     key = tuple(_version(store[name]) for store, name in _slots(module))
     hit = _LEAN_CACHE.get(module)

@@ -1,0 +1,229 @@
+"""``dyncli export`` (issue 20, full depth): one ONNX graph from the waveform to log-probs, run
+with onnxruntime, equal to dyncli's full depth on tiny Conformer, Transformer and wav2vec2
+models the tests build."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from dyncli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from dyncli.data.text import CharTokenizer
+from dyncli.export.onnx import export_onnx, greedy_transcript, token_texts
+from dyncli.models.config import CONFORMER_PRESETS, TRANSFORMER_PRESETS, WAV2VEC2_PRESETS
+from dyncli.registry.manager import get_backbone
+from tests.conftest import invoke_cli
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+PRESETS = {
+    "conformer": CONFORMER_PRESETS,
+    "transformer": TRANSFORMER_PRESETS,
+    "wav2vec2": WAV2VEC2_PRESETS,
+}
+
+
+def tiny(tmp_path: Path, backbone: str) -> Path:
+    torch.manual_seed(0)
+    tok = CharTokenizer.train(["one two three four five"])
+    cfg = PRESETS[backbone]["tiny"]
+    model = get_backbone(backbone).build(cfg, tok.vocab_size).eval()
+    path = tmp_path / f"{backbone}.ckpt"
+    save_checkpoint(path, Checkpoint(model=model, tokenizer=tok, backbone=backbone, config=cfg))
+    return path
+
+
+def reference(model: Any, wave: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        feats, frames = model.features(wave, torch.tensor([wave.shape[1]]))
+        x, _ = model.embed(feats, frames)
+        return model.log_probs(model.run_layers(x, None))
+
+
+def session(path: Path) -> Any:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    root = tmp_path_factory.mktemp("export")
+    out = {}
+    for backbone in PRESETS:
+        ckpt = tiny(root, backbone)
+        onnx_path = root / f"{backbone}.onnx"
+        export_onnx(load_checkpoint(ckpt), onnx_path)
+        out[backbone] = (ckpt, onnx_path)
+    return out
+
+
+@pytest.mark.parametrize("backbone", sorted(PRESETS))
+def test_onnxruntime_equals_full_depth(exported, backbone: str) -> None:
+    ckpt_path, onnx_path = exported[backbone]
+    ckpt = load_checkpoint(ckpt_path)
+    s = session(onnx_path)
+    meta = {e.key: e.value for e in onnx.load(str(onnx_path)).metadata_props}
+    tokens, blank = json.loads(meta["tokens"]), int(meta["blank_id"])
+    rng = np.random.default_rng(0)
+    frontend = getattr(ckpt.model, "frontend", None)
+    padded = hasattr(frontend, "min_samples")  # a log-mel front end pads a short wave
+    lengths = [1, 3000, 8000, 17001]
+    if padded:
+        lengths += [int(frontend.min_samples) - 1, int(frontend.min_samples)]
+    else:  # a wave shorter than the first conv's kernel: dyncli refuses it, and so does the graph
+        with pytest.raises(RuntimeError):
+            reference(ckpt.model, torch.zeros(1, 1))
+        with pytest.raises(Exception, match="Conv"):  # onnxruntime's own error type
+            s.run(None, {"wave": np.zeros((1, 1), dtype=np.float32)})
+        lengths = [100, 399, 3000, 8000, 17001]
+    for n in lengths:
+        wave = torch.from_numpy((0.1 * rng.standard_normal((1, n))).astype(np.float32))
+        ref = reference(ckpt.model, wave)
+        (out,) = s.run(None, {"wave": wave.numpy()})
+        assert out.shape == tuple(ref.shape), (n, out.shape, ref.shape)
+        np.testing.assert_allclose(out, ref.numpy(), atol=1e-4, rtol=0)
+        ours = greedy_transcript(ref[0], tokens, blank)
+        assert greedy_transcript(out[0], tokens, blank) == ours
+        ids = ref[0].argmax(-1).tolist()
+        collapsed = [k for j, k in enumerate(ids) if k != blank and (j == 0 or ids[j - 1] != k)]
+        assert ours == ckpt.tokenizer.decode(collapsed)
+
+
+def test_metadata_says_how_to_decode(exported) -> None:
+    ckpt_path, onnx_path = exported["conformer"]
+    ckpt = load_checkpoint(ckpt_path)
+    model = onnx.load(str(onnx_path))
+    meta = {e.key: e.value for e in model.metadata_props}
+    assert meta["sample_rate"] == str(ckpt.model.sample_rate)
+    assert meta["blank_id"] == "0" and meta["decode"] == "greedy-ctc"
+    assert meta["policy"] == "static" and meta["threshold"] == ""
+    tokens = json.loads(meta["tokens"])
+    assert len(tokens) == ckpt.model.head.out_features and tokens[0] == ""
+    assert tokens[1:6] == list(ckpt.tokenizer.to_state()["symbols"])[:5]
+    assert [i.name for i in model.graph.input] == ["wave"]
+    assert [o.name for o in model.graph.output] == ["log_probs"]
+    # no stack traces (local paths) in node metadata
+    assert not any(n.metadata_props for n in model.graph.node)
+    assert str(Path.cwd()) not in model.SerializeToString().decode("latin-1")
+
+
+def test_sentencepiece_tokens_decode_like_the_tokenizer() -> None:
+    from dyncli.assets import DEMO_STATIC
+
+    ckpt = load_checkpoint(DEMO_STATIC)
+    tokens = token_texts(ckpt.tokenizer, ckpt.model.head.out_features, ckpt.model.blank_id)
+    for ids in ([4, 5, 9], [2, 2, 3], [7]):
+        scores = torch.full((len(ids), len(tokens)), -10.0)
+        for t, k in enumerate(ids):
+            scores[t, k] = 0.0
+        expected = ckpt.tokenizer.decode(
+            [k for j, k in enumerate(ids) if j == 0 or ids[j - 1] != k]
+        )
+        assert greedy_transcript(scores, tokens, ckpt.model.blank_id) == expected
+
+
+def test_cli_exports_and_refuses(exported, tmp_path: Path) -> None:
+    ckpt_path, _ = exported["conformer"]
+    out = tmp_path / "m.onnx"
+    result = invoke_cli("export", ckpt_path, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and "exported" in result.stderr
+    same = invoke_cli("export", ckpt_path, "-o", ckpt_path)
+    assert same.exit_code == 2 and "destroy the input" in same.stderr
+    pt2 = invoke_cli("export", ckpt_path, "-o", tmp_path / "m.pt2", "--format", "pt2")
+    assert pt2.exit_code == 2 and "not supported yet" in pt2.stderr
+    both = invoke_cli("export", ckpt_path, "-o", out, "--full-depth", "--threshold", "0.9")
+    assert both.exit_code == 2 and "drop --threshold" in both.stderr
+
+
+def test_a_stored_operating_point_is_refused_until_policies_export(tmp_path: Path) -> None:
+    from dyncli.assets import DEMO_DYNAMIC
+
+    out = tmp_path / "d.onnx"
+    result = invoke_cli("export", DEMO_DYNAMIC, "-o", out)
+    assert result.exit_code == 2 and "give --full-depth" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_missing_extra_is_one_line(monkeypatch: pytest.MonkeyPatch, exported, tmp_path) -> None:
+    import builtins
+
+    real = builtins.__import__
+
+    def no_onnxscript(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "onnxscript":
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxscript)
+    result = invoke_cli(
+        "export", exported["conformer"][0], "-o", tmp_path / "x.onnx", "--full-depth"
+    )
+    assert result.exit_code == 2
+    assert "pip install 'dyncli[export]'" in result.stderr
+
+
+def test_example_runs_without_dyncli_or_torch(tmp_path: Path) -> None:
+    """examples/deploy/transcribe_onnx.py in a process where `import dyncli` and `import torch`
+    fail gives dyncli's own full-depth transcripts."""
+    import subprocess
+    import sys
+
+    from dyncli.assets import DEMO_STATIC, EVAL_MANIFEST
+
+    model = tmp_path / "static.onnx"
+    export_onnx(load_checkpoint(DEMO_STATIC), model)
+    rows = [json.loads(x) for x in EVAL_MANIFEST.read_text().splitlines() if x.strip()][:12]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        "\n".join(
+            json.dumps({**r, "audio_filepath": str(EVAL_MANIFEST.parent / r["audio_filepath"])})
+            for r in rows
+        )
+    )
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "sitecustomize.py").write_text(  # runs first: a finder that refuses them
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('dyncli', 'torch', 'torchaudio'):\n"
+        "            raise ImportError(f'no {name} here')\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    script = Path(__file__).resolve().parents[1] / "examples" / "deploy" / "transcribe_onnx.py"
+    probe = subprocess.run(
+        [sys.executable, "-c", "import dyncli"],
+        env={"PYTHONPATH": str(blocked), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+    assert probe.returncode != 0 and "no dyncli here" in probe.stderr
+    run = subprocess.run(
+        [sys.executable, str(script), str(model), "--manifest", str(manifest)],
+        env={"PYTHONPATH": str(blocked), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    got = [line.split("\t", 1)[1] for line in run.stdout.splitlines()]
+    ckpt = load_checkpoint(DEMO_STATIC)
+    expected = []
+    for r in rows:
+        from dyncli.data.audio import load_audio
+
+        wave = load_audio(EVAL_MANIFEST.parent / r["audio_filepath"], ckpt.model.sample_rate)
+        ref = reference(ckpt.model, wave[None])
+        ids = ref[0].argmax(-1).tolist()
+        collapsed = [k for j, k in enumerate(ids) if k != 0 and (j == 0 or ids[j - 1] != k)]
+        expected.append(ckpt.tokenizer.decode(collapsed))
+    assert got == expected
+    assert "WER" in run.stderr
