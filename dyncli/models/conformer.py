@@ -428,6 +428,8 @@ class LeanTraces:
 
     @staticmethod
     def applies(layer: ConformerLayer) -> bool:
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return False  # a graph being captured runs the layer's own ops
         return (
             not layer.training
             and torch.is_inference_mode_enabled()
