@@ -143,13 +143,75 @@ def test_cli_exports_and_refuses(exported, tmp_path: Path) -> None:
     assert both.exit_code == 2 and "drop --threshold" in both.stderr
 
 
-def test_a_stored_operating_point_is_refused_until_policies_export(tmp_path: Path) -> None:
+def test_a_policy_that_cannot_export_is_one_line(tmp_path: Path) -> None:
     from dyncli.assets import DEMO_DYNAMIC
 
     out = tmp_path / "d.onnx"
-    result = invoke_cli("export", DEMO_DYNAMIC, "-o", out)
-    assert result.exit_code == 2 and "give --full-depth" in result.stderr
+    result = invoke_cli("export", DEMO_DYNAMIC, "-o", out)  # stored: early-exit-posterior
+    assert result.exit_code == 2 and "cannot be exported yet" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("backbone", ["conformer", "transformer"])
+def test_blank_skip_inside_the_graph_equals_dyncli(tmp_path: Path, backbone: str) -> None:
+    """blank-skip exported through its own export_forward: the same log-probs and frames as
+    dyncli's BlankSkip, whether some, none or all frames skip."""
+    from dyncli.dynamic import build_policy
+
+    torch.manual_seed(0)
+    tok = CharTokenizer.train(["one two three four five"])
+    cfg = PRESETS[backbone]["tiny"]
+    model = get_backbone(backbone).build(cfg, tok.vocab_size).eval()
+    model.attach_exits([1])
+    with torch.no_grad():  # a blank-leaning exit, so a threshold splits the frames
+        model.exit_heads["1"].bias[0] += 2.0  # type: ignore[index,operator]
+    path = tmp_path / "dyn.ckpt"
+    save_checkpoint(
+        path,
+        Checkpoint(
+            model=model,
+            tokenizer=tok,
+            backbone=backbone,
+            config=cfg,
+            method={"name": "early-exit", "exits": [1]},
+        ),
+    )
+    ckpt = load_checkpoint(path)
+    rng = np.random.default_rng(1)
+    waves = [
+        torch.from_numpy((0.1 * rng.standard_normal((1, n))).astype(np.float32))
+        for n in (50, 4000, 9000)
+    ]
+    for threshold in (1e-6, 0.5, 0.8, 1.0):
+        policy = build_policy("blank-skip", threshold, layer=1, neighbours=1)
+        out = tmp_path / f"bs-{threshold}.onnx"
+        result = export_onnx(
+            ckpt, out, policy=policy, policy_name="blank-skip", threshold=threshold
+        )
+        assert result.policy == "blank-skip" and result.threshold == threshold
+        s = session(out)
+        for wave in waves:
+            with torch.inference_mode():
+                feats, frames = ckpt.model.features(wave, torch.tensor([wave.shape[1]]))
+                x, lengths = ckpt.model.embed(feats, frames)
+                ref = policy.encode(ckpt.model, x, lengths).log_probs
+            (got,) = s.run(None, {"wave": wave.numpy()})
+            np.testing.assert_allclose(got, ref.numpy(), atol=1e-4, rtol=0)
+    meta = {e.key: e.value for e in onnx.load(str(out)).metadata_props}
+    assert meta["policy"] == "blank-skip" and meta["threshold"] == "1"
+
+
+def test_cli_exports_a_blank_skip_point(exported, tmp_path: Path) -> None:
+    from dyncli.assets import DEMO_DYNAMIC
+
+    out = tmp_path / "bs.onnx"
+    args = ("--policy", "blank-skip", "--threshold", "0.9")
+    result = invoke_cli("export", DEMO_DYNAMIC, "-o", out, *args)
+    assert result.exit_code == 0, result.output
+    meta = {e.key: e.value for e in onnx.load(str(out)).metadata_props}
+    assert meta["policy"] == "blank-skip" and meta["threshold"] == "0.9"
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert "If" in ops
 
 
 def test_missing_extra_is_one_line(monkeypatch: pytest.MonkeyPatch, exported, tmp_path) -> None:

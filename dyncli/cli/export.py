@@ -46,15 +46,18 @@ def run(
     text ('tokens', JSON) and the decoding rule, the policy inside the graph and dyncli's
     version, so a deployment decodes it with onnxruntime alone (examples/deploy/).
 
-    This release exports full depth: --full-depth, or a static checkpoint. A skip policy inside
-    the graph (the stored operating point, or --policy and --threshold) is refused until it
-    lands. Needs the 'export' extra (onnx, onnxscript; onnxruntime to run the file).
+    Without flags it exports what the checkpoint runs: its stored operating point, or full
+    depth for a static model; --policy and --threshold choose another point, --full-depth the
+    static path. Blank-skip goes inside the graph (its If / NonZero / Gather / ScatterND
+    nodes); another policy is refused with one line until it can. Needs the 'export' extra
+    (onnx, onnxscript; onnxruntime to run the file).
     """
     from dyncli.checkpoint import load_checkpoint
     from dyncli.cli.output import note
     from dyncli.cli.paths import check_paths
+    from dyncli.dynamic.operating_point import resolve_run
     from dyncli.errors import UsageError
-    from dyncli.export.onnx import export_onnx, require_onnx
+    from dyncli.export.onnx import export_onnx, exportable, require_onnx
 
     check_paths(inputs={"CHECKPOINT": checkpoint}, outputs={"--output": output})
     if export_format is ExportFormat.pt2:
@@ -64,15 +67,20 @@ def run(
         raise UsageError(f"--full-depth exports every layer: drop {given}")
     require_onnx()
     ckpt = load_checkpoint(checkpoint)
-    stored = ckpt.method.operating_point if ckpt.method is not None else None
-    wants_policy = policy is not None or threshold is not None or (stored and not full_depth)
-    if wants_policy:
-        what = f"--policy {policy}" if policy else "its stored operating point"
-        raise UsageError(
-            f"{checkpoint}: exporting a skip policy ({what}) inside the graph is not supported "
-            "yet; give --full-depth to export the static path"
+    runner, choice = resolve_run(
+        ckpt, policy=policy, threshold=threshold, full_depth=full_depth, where=str(checkpoint)
+    )
+    if choice.full_depth:
+        result = export_onnx(ckpt, output)
+    else:
+        if not exportable(runner):
+            raise UsageError(
+                f"{checkpoint}: the {choice.policy} policy ({choice.source}) cannot be exported "
+                "yet; give --policy blank-skip --threshold T, or --full-depth"
+            )
+        result = export_onnx(
+            ckpt, output, policy=runner, policy_name=choice.policy, threshold=choice.threshold
         )
-    result = export_onnx(ckpt, output, full_depth=True)
     note(
         f"exported {checkpoint} ({result.policy}, {result.nodes} nodes, "
         f"{result.bytes / 1e6:.1f} MB) to {result.path}"

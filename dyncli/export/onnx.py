@@ -22,8 +22,8 @@ key                 value
 ==================  ==========================================================================
 
 Stack traces in node metadata (which would embed local paths and make the file several times
-larger) are removed. This release exports full depth (``--full-depth``); a skip policy inside
-the graph is refused with one line until it lands.
+larger) are removed. A skip policy goes inside the graph through its own ``export_forward``
+(blank-skip has one; the others are refused with one line until they do).
 """
 
 from __future__ import annotations
@@ -59,13 +59,15 @@ def require_onnx() -> None:
         raise UsageError(f"ONNX export needs {' and '.join(missing)}: pip install 'dyncli[export]'")
 
 
-class FullDepthGraph(torch.nn.Module):
-    """What the exported graph computes at full depth: waveform (1, N) -> log-probs (1, T, V)."""
+class ExportGraph(torch.nn.Module):
+    """What the exported graph computes: waveform (1, N) -> log-probs (1, T, V), at full depth,
+    or through ``policy.export_forward`` (the policy's own exportable code)."""
 
-    def __init__(self, model: CTCEncoder) -> None:
+    def __init__(self, model: CTCEncoder, policy: Any = None) -> None:
         super().__init__()
         self.model = model
-        self.min_samples = int(getattr(model.frontend, "min_samples", 1))
+        self.policy = policy
+        self.min_samples = int(getattr(getattr(model, "frontend", None), "min_samples", 1))
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         short = torch.sym_max(0, self.min_samples - wave.shape[1])
@@ -73,7 +75,15 @@ class FullDepthGraph(torch.nn.Module):
         lengths = torch.tensor([wave.shape[1]])
         feats, frames = self.model.features(wave, lengths)
         x, _ = self.model.embed(feats, frames)
+        if self.policy is not None:
+            out: torch.Tensor = self.policy.export_forward(self.model, x)
+            return out
         return self.model.log_probs(self.model.run_layers(x, None))
+
+
+def exportable(policy: Any) -> bool:
+    """Whether a policy object can go inside an exported graph (it has ``export_forward``)."""
+    return callable(getattr(policy, "export_forward", None))
 
 
 def token_texts(tokenizer: Tokenizer, vocab_size: int, blank_id: int) -> list[str]:
@@ -120,18 +130,27 @@ class ExportResult:
     bytes: int
 
 
-def export_onnx(ckpt: Checkpoint, output: str | Path, *, full_depth: bool = True) -> ExportResult:
-    """Write ``ckpt`` to ``output`` as an ONNX graph (see the module docstring), atomically."""
+def export_onnx(
+    ckpt: Checkpoint,
+    output: str | Path,
+    *,
+    policy: Any = None,
+    policy_name: str = "static",
+    threshold: float | None = None,
+) -> ExportResult:
+    """Write ``ckpt`` to ``output`` as an ONNX graph (see the module docstring), atomically:
+    at full depth, or with ``policy`` (a policy object with ``export_forward``; its registered
+    name and threshold go to the metadata) inside the graph."""
     require_onnx()
-    if not full_depth:
+    if policy is not None and not exportable(policy):
         raise UsageError(
-            "exporting a skip policy inside the graph is not supported yet: give --full-depth "
-            "to export the static path"
+            f"the {policy_name} policy cannot be exported yet (it has no exportable forward); "
+            "export blank-skip, or give --full-depth"
         )
     import onnx
 
     model = ckpt.model.eval()
-    graph = FullDepthGraph(model).eval()
+    graph = ExportGraph(model, policy).eval()
     sample = torch.zeros(1, max(graph.min_samples, model.sample_rate))
     length = torch.export.Dim("samples", min=1, max=MAX_SECONDS * model.sample_rate)
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
@@ -158,8 +177,8 @@ def export_onnx(ckpt: Checkpoint, output: str | Path, *, full_depth: bool = True
         "blank_id": str(blank),
         "tokens": json.dumps(token_texts(ckpt.tokenizer, vocab, blank), ensure_ascii=False),
         "decode": DECODE,
-        "policy": "static",
-        "threshold": "",
+        "policy": policy_name if policy is not None else "static",
+        "threshold": "" if policy is None or threshold is None else f"{threshold:g}",
         "backbone": ckpt.backbone,
         "source_sha256": file_sha256(ckpt.path) if ckpt.path else "",
     }
@@ -177,7 +196,9 @@ def export_onnx(ckpt: Checkpoint, output: str | Path, *, full_depth: bool = True
         fh.write(data)
 
     atomic_write(output, write)
-    return ExportResult(Path(output), "static", None, len(proto.graph.node), len(data))
+    name = policy_name if policy is not None else "static"
+    kept = threshold if policy is not None else None
+    return ExportResult(Path(output), name, kept, len(proto.graph.node), len(data))
 
 
 def _strip_node_metadata(proto: Any) -> None:

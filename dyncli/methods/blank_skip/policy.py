@@ -153,6 +153,43 @@ class BlankSkip:
         xk, exit_lp, trace = self.prefix(model, x, lengths)
         return self.suffix(model, xk, exit_lp, lengths, self.config.threshold, trace)
 
+    def export_forward(self, model: CTCEncoder, x: torch.Tensor) -> torch.Tensor:
+        """The policy as an exportable graph, batch 1: (1, T, D) encoder input -> (1, T, V)
+        log-probs, the same as :meth:`encode`. The frames to keep are a data-dependent count,
+        so the suffix runs inside ``torch.cond`` (no frame kept: the exit's log-probs as
+        they are), on the kept frames gathered with ``nonzero`` / ``index_select`` and
+        scattered back with ``index_copy``; branch outputs are flat (the exporter needs dense
+        strides). The neighbours are grown with a ones-kernel convolution (``max_pool1d``
+        fixes the length in an exported graph); on a 0/1 mask it is the same."""
+        if model.relative_positions:
+            raise UsageError(
+                "blank-skip cannot be exported for a backbone with relative positions (WavLM) "
+                "yet; export it with --full-depth"
+            )
+        k, big_l = self.trigger(model), model.num_layers
+        threshold, reach = self.config.threshold, self.config.neighbours
+        x = model.run_layers(x, None, range(k))
+        exit_lp = model.exit_log_probs(k, x)
+        keep = exit_lp[0, :, model.blank_id].exp() < threshold  # (T,)
+        if reach > 0:
+            ones = torch.ones(1, 1, 2 * reach + 1, dtype=exit_lp.dtype, device=exit_lp.device)
+            grown = torch.nn.functional.conv1d(
+                keep.to(exit_lp.dtype)[None, None], ones, padding=reach
+            )
+            keep = grown[0, 0] > 0
+
+        def run(x: torch.Tensor, lp: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+            idx = keep.nonzero().squeeze(1)
+            torch._check(idx.shape[0] >= 1)
+            xs = model.run_layers(x.index_select(1, idx), None, range(k, big_l))
+            return lp.index_copy(1, idx, model.log_probs(xs)).reshape(-1)
+
+        def skip(x: torch.Tensor, lp: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+            return lp.reshape(-1).clone()
+
+        flat = torch.cond(keep.any(), run, skip, (x, exit_lp, keep))
+        return flat.reshape(exit_lp.shape)
+
     def sweep(
         self,
         model: CTCEncoder,
