@@ -147,7 +147,7 @@ def test_a_policy_that_cannot_export_is_one_line(tmp_path: Path) -> None:
     from dyncli.assets import DEMO_DYNAMIC
 
     out = tmp_path / "d.onnx"
-    result = invoke_cli("export", DEMO_DYNAMIC, "-o", out)  # stored: early-exit-posterior
+    result = invoke_cli("export", DEMO_DYNAMIC, "-o", out, "--policy", "drop", "--threshold", "6")
     assert result.exit_code == 2 and "cannot be exported yet" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
 
@@ -199,6 +199,42 @@ def test_blank_skip_inside_the_graph_equals_dyncli(tmp_path: Path, backbone: str
             np.testing.assert_allclose(got, ref.numpy(), atol=1e-4, rtol=0)
     meta = {e.key: e.value for e in onnx.load(str(out)).metadata_props}
     assert meta["policy"] == "blank-skip" and meta["threshold"] == "1"
+
+
+@pytest.mark.parametrize("criterion", ["entropy", "posterior"])
+def test_early_exit_inside_the_graph_equals_dyncli(tmp_path: Path, criterion: str) -> None:
+    """Early exit exported through its own export_forward (a torch.cond per exit): the same
+    log-probs as dyncli's EarlyExit whether the utterance leaves at the exit or runs to the
+    end."""
+    from dyncli.dynamic import build_policy
+
+    torch.manual_seed(0)
+    tok = CharTokenizer.train(["one two three four five"])
+    cfg = CONFORMER_PRESETS["tiny"]
+    model = get_backbone("conformer").build(cfg, tok.vocab_size).eval()
+    model.attach_exits([1])
+    path = tmp_path / "ee.ckpt"
+    method = {"name": "early-exit", "exits": [1]}
+    save_checkpoint(path, Checkpoint(model, tok, "conformer", cfg, method=method))
+    ckpt = load_checkpoint(path)
+    wave = torch.from_numpy(
+        (0.1 * np.random.default_rng(2).standard_normal((1, 7000))).astype(np.float32)
+    )
+    with torch.inference_mode():
+        feats, frames = ckpt.model.features(wave, torch.tensor([wave.shape[1]]))
+        x, lengths = ckpt.model.embed(feats, frames)
+    # one threshold that every exit passes, one that none does
+    for threshold in (1.0, 0.0) if criterion == "entropy" else (0.0, 1.0):
+        policy = build_policy(f"early-exit-{criterion}", threshold)
+        with torch.inference_mode():
+            out = policy.encode(ckpt.model, x, lengths)
+        onnx_path = tmp_path / f"ee-{threshold}.onnx"
+        export_onnx(ckpt, onnx_path, policy=policy, policy_name=policy.name, threshold=threshold)
+        (got,) = session(onnx_path).run(None, {"wave": wave.numpy()})
+        np.testing.assert_allclose(got, out.log_probs.numpy(), atol=1e-4, rtol=0)
+        depth = int(out.frame_layers.max())
+        leaves = threshold == (1.0 if criterion == "entropy" else 0.0)
+        assert depth == (1 if leaves else ckpt.model.num_layers)
 
 
 def test_cli_exports_a_blank_skip_point(exported, tmp_path: Path) -> None:

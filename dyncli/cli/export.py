@@ -48,9 +48,9 @@ def run(
 
     Without flags it exports what the checkpoint runs: its stored operating point, or full
     depth for a static model; --policy and --threshold choose another point, --full-depth the
-    static path. Blank-skip goes inside the graph (its If / NonZero / Gather / ScatterND
-    nodes); another policy is refused with one line until it can. Needs the 'export' extra
-    (onnx, onnxscript; onnxruntime to run the file).
+    static path. Blank-skip (If / NonZero / Gather / ScatterND) and early exit (one If per
+    exit) go inside the graph; another policy is refused with one line until it can. Needs
+    the 'export' extra (onnx, onnxscript; onnxruntime to run the file).
     """
     from dyncli.checkpoint import load_checkpoint
     from dyncli.cli.output import note
@@ -76,7 +76,7 @@ def run(
         if not exportable(runner):
             raise UsageError(
                 f"{checkpoint}: the {choice.policy} policy ({choice.source}) cannot be exported "
-                "yet; give --policy blank-skip --threshold T, or --full-depth"
+                "yet; give --policy blank-skip (or early-exit-*) --threshold T, or --full-depth"
             )
         result = export_onnx(
             ckpt, output, policy=runner, policy_name=choice.policy, threshold=choice.threshold

@@ -23,7 +23,7 @@ key                 value
 
 Stack traces in node metadata (which would embed local paths and make the file several times
 larger) are removed. A skip policy goes inside the graph through its own ``export_forward``
-(blank-skip has one; the others are refused with one line until they do).
+(blank-skip and early exit have one; the others are refused with one line until they do).
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def export_onnx(
     if policy is not None and not exportable(policy):
         raise UsageError(
             f"the {policy_name} policy cannot be exported yet (it has no exportable forward); "
-            "export blank-skip, or give --full-depth"
+            "export blank-skip or early exit, or give --full-depth"
         )
     import onnx
 

@@ -156,6 +156,43 @@ class EarlyExit:
         layers = valid_frames(lengths, t).long() * model.num_layers
         return DynamicOutput(model.log_probs(x), lengths, layers, trace)
 
+    def export_forward(self, model: CTCEncoder, x: torch.Tensor) -> torch.Tensor:
+        """The policy as an exportable graph, batch 1: (1, T, D) encoder input -> (1, T, V)
+        log-probs, the same as :meth:`encode`. Each exit's decision is a ``torch.cond``
+        nested in the previous one's "go on" branch (the layers after an exit are computed
+        only when it does not pass); the confidence is computed without host reads, and
+        branch outputs are flat (the exporter needs dense strides)."""
+        exits = sorted(model.exits)
+        big_l, vocab = model.num_layers, model.head.out_features
+        threshold, criterion, blank = self.config.threshold, self.config.criterion, model.blank_id
+
+        def confidence(lp: torch.Tensor) -> torch.Tensor:
+            if criterion == "entropy":
+                return -(lp.exp() * lp).sum(dim=-1).mean() / math.log(lp.shape[-1])
+            best, arg = lp.max(dim=-1)
+            peak = best.exp()
+            emits = (arg != blank).to(lp.dtype)
+            n_emit = emits.sum()
+            return torch.where(n_emit > 0, (peak * emits).sum() / n_emit.clamp(min=1), peak.mean())
+
+        def from_layer(start: int, x: torch.Tensor, remaining: list[int]) -> torch.Tensor:
+            if not remaining:
+                return model.log_probs(model.run_layers(x, None, range(start, big_l))).reshape(-1)
+            k = remaining[0]
+            x = model.run_layers(x, None, range(start, k))
+            lp = model.exit_log_probs(k, x)
+
+            def leave(x: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
+                return lp.reshape(-1).clone()
+
+            def go_on(x: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
+                return from_layer(k, x, remaining[1:])
+
+            ok = self.passes(confidence(lp), threshold)
+            return torch.cond(ok, leave, go_on, (x, lp))
+
+        return from_layer(0, x, exits).reshape(1, x.shape[1], vocab)
+
     def sweep(
         self,
         model: CTCEncoder,
