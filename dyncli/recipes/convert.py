@@ -19,6 +19,7 @@ default.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,16 +97,7 @@ def convert(
             "convert the static model it came from"
         )
     model = static.model
-    exit_cfg = ExitTraining(
-        exits=check_exits(exits.exits, model.num_layers),
-        exit_weight=exits.exit_weight,
-        final_weight=exits.final_weight,
-        freeze_backbone=exits.freeze_backbone,
-        skip_layer=exits.skip_layer,
-        skip_thresholds=exits.skip_thresholds,
-        skip_neighbours=exits.skip_neighbours,
-        skip_prob=exits.skip_prob,
-    )
+    exit_cfg = dataclasses.replace(exits, exits=check_exits(exits.exits, model.num_layers))
     if spec.check is not None:
         spec.check(model, options, exit_cfg)
     check_exit_training(exit_cfg)

@@ -21,6 +21,15 @@ if TYPE_CHECKING:
     from dyncli.training.config import ExitTraining
 
 NAME = "early-exit"
+# The convert options of exit training that a method training exit heads reads (``uses``).
+EXIT_TRAINING = (
+    "exits",
+    "exit_weight",
+    "freeze_backbone",
+    "skip_layer",
+    "skip_threshold_range",
+    "skip_neighbours",
+)
 
 
 @dataclass
@@ -158,14 +167,7 @@ def register_methods(register: Callable[[Any], None]) -> None:
             description="attach CTC heads after --exits and train them (they serve blank-skip "
             "and early exit).",
             train=_train_early_exit,
-            uses=(
-                "exits",
-                "exit_weight",
-                "freeze_backbone",
-                "skip_layer",
-                "skip_threshold_range",
-                "skip_neighbours",
-            ),
+            uses=EXIT_TRAINING,
             check=_check_early_exit,
         )
     )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dyncli.errors import UsageError
+from dyncli.methods.early_exit import EXIT_TRAINING
 from dyncli.registry import MethodFlag, MethodSpec, hookimpl
 
 NAME = "blank-reg"
@@ -69,14 +70,7 @@ def register_methods(register: Callable[[Any], None]) -> None:
                     "non-blank token (0: plain CTC).",
                 ),
             ),
-            uses=(
-                "exits",
-                "exit_weight",
-                "freeze_backbone",
-                "skip_layer",
-                "skip_threshold_range",
-                "skip_neighbours",
-            ),
+            uses=EXIT_TRAINING,  # the options of exit training, as early-exit
             check=_check,
         )
     )
