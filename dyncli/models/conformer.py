@@ -230,6 +230,11 @@ def _conv(
     if train:
         h = f.conv1d(h.transpose(1, 2), dw.t().unsqueeze(1), shift, padding=pad, groups=dw.shape[1])
         h = norm(h).transpose(1, 2)
+    elif torch.compiler.is_exporting():
+        h = f.conv1d(h.transpose(1, 2), dw.t().unsqueeze(1), shift, padding=pad, groups=dw.shape[1])
+        h = h.transpose(1, 2)
+        if not isinstance(norm, torch.nn.BatchNorm1d):
+            h = norm(h.transpose(1, 2)).transpose(1, 2)
     else:
         # (B, T, k, C) view: the channel axis stays innermost (stride 1), so the product runs on
         # contiguous rows; reducing over a trailing k of stride C was 2-2.7x slower at T = 8..160.
