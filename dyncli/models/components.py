@@ -74,7 +74,6 @@ class LogMelFrontend(torch.nn.Module):
             feats = masked_normalize(feats, frames)
         return feats, frames
 
-
     def dft_power(self, wave: torch.Tensor) -> torch.Tensor:
         """The power spectrum :attr:`spectrogram` gives, (B, F, T), as one strided convolution
         with the windowed DFT basis (cosines then sines): what an exported graph computes, since
