@@ -32,4 +32,15 @@ def describe(device: Any) -> dict[str, Any]:
         "device": dev,
         "device_name": dev_name,
         "python": platform.python_version(),
+        "onnxruntime": _version_of("onnxruntime"),
     }
+
+
+def _version_of(package: str) -> str | None:
+    """An installed package's version (None when it is not installed), without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None

@@ -86,8 +86,10 @@ def test_onnxruntime_equals_full_depth(exported, backbone: str) -> None:
     for n in lengths:
         wave = torch.from_numpy((0.1 * rng.standard_normal((1, n))).astype(np.float32))
         ref = reference(ckpt.model, wave)
-        (out,) = s.run(None, {"wave": wave.numpy()})
+        out, layers = s.run(None, {"wave": wave.numpy()})
         assert out.shape == tuple(ref.shape), (n, out.shape, ref.shape)
+        assert layers.dtype == np.int64 and layers.shape == out.shape[:2]
+        assert (layers == ckpt.model.num_layers).all()
         np.testing.assert_allclose(out, ref.numpy(), atol=1e-4, rtol=0)
         ours = greedy_transcript(ref[0], tokens, blank)
         assert greedy_transcript(out[0], tokens, blank) == ours
@@ -104,11 +106,12 @@ def test_metadata_says_how_to_decode(exported) -> None:
     assert meta["sample_rate"] == str(ckpt.model.sample_rate)
     assert meta["blank_id"] == "0" and meta["decode"] == "greedy-ctc"
     assert meta["policy"] == "static" and meta["threshold"] == ""
+    assert meta["settings"] == "{}"
     tokens = json.loads(meta["tokens"])
     assert len(tokens) == ckpt.model.head.out_features and tokens[0] == ""
     assert tokens[1:6] == list(ckpt.tokenizer.to_state()["symbols"])[:5]
     assert [i.name for i in model.graph.input] == ["wave"]
-    assert [o.name for o in model.graph.output] == ["log_probs"]
+    assert [o.name for o in model.graph.output] == ["log_probs", "frame_layers"]
     # no stack traces (local paths) in node metadata
     assert not any(n.metadata_props for n in model.graph.node)
     assert str(Path.cwd()) not in model.SerializeToString().decode("latin-1")
@@ -194,9 +197,10 @@ def test_blank_skip_inside_the_graph_equals_dyncli(tmp_path: Path, backbone: str
             with torch.inference_mode():
                 feats, frames = ckpt.model.features(wave, torch.tensor([wave.shape[1]]))
                 x, lengths = ckpt.model.embed(feats, frames)
-                ref = policy.encode(ckpt.model, x, lengths).log_probs
-            (got,) = s.run(None, {"wave": wave.numpy()})
-            np.testing.assert_allclose(got, ref.numpy(), atol=1e-4, rtol=0)
+                ref = policy.encode(ckpt.model, x, lengths)
+            got, layers = s.run(None, {"wave": wave.numpy()})
+            np.testing.assert_allclose(got, ref.log_probs.numpy(), atol=1e-4, rtol=0)
+            np.testing.assert_array_equal(layers, ref.frame_layers.numpy())
     meta = {e.key: e.value for e in onnx.load(str(out)).metadata_props}
     assert meta["policy"] == "blank-skip" and meta["threshold"] == "1"
 
@@ -230,8 +234,9 @@ def test_early_exit_inside_the_graph_equals_dyncli(tmp_path: Path, criterion: st
             out = policy.encode(ckpt.model, x, lengths)
         onnx_path = tmp_path / f"ee-{threshold}.onnx"
         export_onnx(ckpt, onnx_path, policy=policy, policy_name=policy.name, threshold=threshold)
-        (got,) = session(onnx_path).run(None, {"wave": wave.numpy()})
+        got, layers = session(onnx_path).run(None, {"wave": wave.numpy()})
         np.testing.assert_allclose(got, out.log_probs.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_array_equal(layers, out.frame_layers.numpy())
         depth = int(out.frame_layers.max())
         leaves = threshold == (1.0 if criterion == "entropy" else 0.0)
         assert depth == (1 if leaves else ckpt.model.num_layers)
@@ -246,6 +251,7 @@ def test_cli_exports_a_blank_skip_point(exported, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     meta = {e.key: e.value for e in onnx.load(str(out)).metadata_props}
     assert meta["policy"] == "blank-skip" and meta["threshold"] == "0.9"
+    assert json.loads(meta["settings"]) == {"layer": 6, "neighbours": 1, "bucket": 0}
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert "If" in ops
 

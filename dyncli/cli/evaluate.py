@@ -9,10 +9,11 @@ from dyncli.cli.options import (
     FormatOpt,
     FullDepthOpt,
     JsonOpt,
-    OptionalCheckpointArg,
+    ModelArg,
     OutputFormat,
     PolicyOpt,
     RepeatsOpt,
+    RuntimeOpt,
     SkipBadOpt,
     SkipLayerOpt,
     SkipNeighboursOpt,
@@ -25,13 +26,14 @@ NAME = "evaluate"
 
 
 def run(
-    checkpoint: OptionalCheckpointArg = None,
+    checkpoint: ModelArg = None,
     data: DataOpt = None,
     policy: PolicyOpt = None,
     threshold: ThresholdOpt = None,
     skip_layer: SkipLayerOpt = None,
     skip_neighbours: SkipNeighboursOpt = None,
     full_depth: FullDepthOpt = False,
+    runtime: RuntimeOpt = None,
     threads: TimingThreadsOpt = 1,
     repeats: RepeatsOpt = 3,
     device: TimingDeviceOpt = "cpu",
@@ -43,7 +45,8 @@ def run(
 
     With no CHECKPOINT or --data, uses the bundled demo model and evaluation set. A dynamic
     checkpoint runs as 'dyncli transcribe' runs it: at its stored operating point unless
-    --full-depth or --policy/--threshold say otherwise; the report says which ran.
+    --full-depth or --policy/--threshold say otherwise; the report says which ran. A .onnx
+    file (or --runtime onnxruntime) runs in onnxruntime, batch 1, on the CPU.
     RTF = processing seconds / audio seconds (features + encoder + decoding, batch size 1).
     """
     from rich.markup import escape
@@ -87,6 +90,7 @@ def run(
             full_depth=full_depth,
             on_skip=warn_skipped,
             progress=progress,
+            runtime=None if runtime is None else runtime.value,
         )
     finally:
         progress.end()
@@ -118,14 +122,21 @@ def run(
     )
     print_table(table)
     print_line(f"ran: {report.run.describe()}")
+    layers = report.model.get("layers")
     print_line(
         f"data: {report.data['path']} ({report.words} words); model: {report.model['backbone']}, "
-        f"{report.model['layers']} layers, {report.model['method']}"
+        + (f"{layers} layers, " if layers is not None else "")
+        + f"{report.model['method']}"
+    )
+    runtime_name = report.model.get("runtime", "torch")
+    engine = (
+        f"onnxruntime {env['onnxruntime']}"
+        if runtime_name == "onnxruntime" and env.get("onnxruntime")
+        else f"torch {env['torch']}"
     )
     print_line(
-        f"timing: {env['device_name']} ({env['cpu']}), {env['threads']} thread(s), torch "
-        f"{env['torch']}, {report.repeats} timed passes after a warm-up; RTF = processing s / "
-        "audio s, end to end"
+        f"timing: {env['device_name']} ({env['cpu']}), {env['threads']} thread(s), {engine}, "
+        f"{report.repeats} timed passes after a warm-up; RTF = processing s / audio s, end to end"
     )
     for ex in report.examples[:3]:
         print_line(f"  ref: {ex['ref']}")
@@ -145,6 +156,7 @@ def record(report: Any) -> dict[str, Any]:
         "policy": report.run.policy,
         "threshold": report.run.threshold,
         "run_source": report.run.source,
+        "runtime": report.model.get("runtime", "torch"),
         **{k: v for k, v in report.to_json()["result"].items() if k != "rtf_definition"},
         "threads": report.environment["threads"],
         "device": report.environment["device"],

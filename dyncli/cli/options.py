@@ -212,6 +212,42 @@ ThresholdOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+class Runtime(StrEnum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
+RuntimeOpt = Annotated[
+    Runtime | None,
+    typer.Option(
+        "--runtime",
+        help="torch: dyncli's own eager path. onnxruntime: the run exported on the fly ('dyncli "
+        "export': front end and policy inside one graph) and run by onnxruntime on the CPU, one "
+        "utterance at a time; needs the export extra (pip install 'dyncli\\[export]'). profile "
+        "then shows onnxruntime's rows beside dyncli eager's, timed in the same rounds. "
+        "Default: torch, or onnxruntime for a .onnx file.",
+        show_default=False,
+    ),
+]
+ModelArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="A dyncli checkpoint, or a .onnx file from 'dyncli export' (run by onnxruntime, "
+        "with the policy inside it). Default: the bundled demo model.",
+        show_default=False,
+    ),
+]
+TranscribeModelArg = Annotated[
+    Path,
+    typer.Argument(
+        help="A dyncli checkpoint (.ckpt), a model directory an installed plugin reads "
+        "(dyncli-hf: Hugging Face CTC models), or a .onnx file from 'dyncli export' (run by "
+        "onnxruntime, with the policy inside it).",
+        show_default=False,
+    ),
+]
 FullDepthOpt = Annotated[
     bool,
     typer.Option(

@@ -14,6 +14,7 @@ from dyncli.cli.options import (
     OptionalDynamicCheckpointArg,
     OutputFormat,
     ProfilePolicyOpt,
+    RuntimeOpt,
     SkipBadOpt,
     SkipLayerOpt,
     SkipNeighboursOpt,
@@ -41,6 +42,7 @@ def run(
     ] = None,
     skip_layer: SkipLayerOpt = None,
     skip_neighbours: SkipNeighboursOpt = None,
+    runtime: RuntimeOpt = None,
     threads: TimingThreadsOpt = 1,
     repeats: Annotated[
         str,
@@ -140,7 +142,9 @@ def run(
             "--models",
             help="Other checkpoints, comma-separated or the flag repeated (a pruned model, "
             "another distilled variant), timed in the same rounds against the same static row: "
-            "their full depth and the --policy policies each can run, rows labelled by model.",
+            "their full depth and the --policy policies each can run, rows labelled by model. "
+            "A .onnx file exported from CHECKPOINT ('dyncli export') is one onnxruntime row: "
+            "the configuration inside it, its FLOPs those of the same run in dyncli.",
             show_default=False,
         ),
     ] = None,
@@ -183,6 +187,9 @@ def run(
     FLOPs: fvcore, one multiply-add = one FLOP, on the path each utterance executed.
     Every figure comes with its 95% interval: WER differences by the paired bootstrap over
     utterances, speedups by the paired bootstrap over utterances timed back to back.
+    With --runtime onnxruntime, full depth and each threshold are exported and run by
+    onnxruntime (batch 1, CPU): those rows are measured against onnxruntime's full depth and
+    judged by the gate; dyncli eager's rows are timed beside them in the same rounds.
     Exit codes: 0 gate PASS (or no gate), 1 FAIL (a bar's whole interval misses it; one line
     per bar on stderr), 2 usage or input error, 3 INCONCLUSIVE (a bar lies inside an interval:
     this run cannot tell; see --on-inconclusive).
@@ -255,6 +262,7 @@ def run(
         batch_size=batch_size,
         progress=progress,
         models=other,
+        runtime=None if runtime is None else runtime.value,
     )
     if json_path is not None:
         write_json(json_path, report.to_json())
@@ -346,7 +354,12 @@ def render(report: Any) -> None:
     )
     multi = "," in report.policy["name"]
     models = static.get("model") is not None
-    extra = (("model",) if models else ()) + (("policy",) if multi or models else ())
+    runtimes = any(r.get("runtime", "torch") != "torch" for r in [static, *rows])
+    extra = (
+        (("model",) if models else ())
+        + (("runtime",) if runtimes else ())
+        + (("policy",) if multi or models or runtimes else ())
+    )
     for col in COLUMNS[:1] + extra + COLUMNS[1:]:
         table.add_column(col, justify="left" if col in ("policy", "model") else "right")
     for row in [static, *rows]:
@@ -366,7 +379,8 @@ def render(report: Any) -> None:
         table.add_row(
             mark,
             *((escape(row["model"]),) if models else ()),
-            *((escape(row["policy"]),) if multi or models else ()),
+            *((row.get("runtime", "torch"),) if runtimes else ()),
+            *((escape(row["policy"]),) if multi or models or runtimes else ()),
             "static" if full else f"{row['threshold']:.6g}",
             pct(row["wer"]),
             "" if is_static else f"{100 * (row['wer'] - static['wer']):+.2f}",
@@ -374,7 +388,7 @@ def render(report: Any) -> None:
             pct(row["cer"]),
             f"{row['rtf']:.4f}",
             speedup_interval(row),
-            f"{row['encoder_speedup']:.2f}x",
+            "-" if row["encoder_speedup"] is None else f"{row['encoder_speedup']:.2f}x",
             f"{row['flops_ratio']:.2f}",
             f"{row['gflops_per_audio_second']:.3f}",
             f"{row['avg_layers']:.2f}",
@@ -383,6 +397,23 @@ def render(report: Any) -> None:
             style="bold green" if row["pareto"] else None,
         )
     print_table(table)
+    if runtimes:
+        differing = [r for r in rows if r.get("transcripts_differ_from_torch")]
+        counted = [r for r in rows if r.get("transcripts_differ_from_torch") is not None]
+        print_line(
+            "onnxruntime rows: the exported graph (front end and policy inside) run by "
+            f"onnxruntime {report.environment.get('onnxruntime')}; enc. speedup '-': the graph "
+            "is one call; "
+            + (
+                f"transcripts equal to dyncli eager's on every utterance in all {len(counted)} "
+                "onnxruntime configurations"
+                if not differing
+                else "transcripts differing from dyncli eager's: "
+                + ", ".join(
+                    f"{row_label(r)} {r['transcripts_differ_from_torch']}" for r in differing
+                )
+            )
+        )
     env = report.environment
     t = report.timing
     cfg = ", ".join(
@@ -439,9 +470,13 @@ def render(report: Any) -> None:
         print_line(
             f"gate {gate['verdict']}: operating point {row_label(op)} "
             f"({gate['selection']}): WER {pct(op['wer'])}, RTF {op['rtf']:.4f} "
-            f"(RTFx {op['rtfx']:.0f}), {speedup_interval(op)} end to end, "
-            f"{op['encoder_speedup']:.2f}x encoder (FLOPs predict "
-            f"{op['predicted_encoder_speedup'] or 0:.2f}x)"
+            f"(RTFx {op['rtfx']:.0f}), {speedup_interval(op)} end to end"
+            + (
+                f", {op['encoder_speedup']:.2f}x encoder"
+                if op.get("encoder_speedup") is not None
+                else ""
+            )
+            + f" (FLOPs predict {op['predicted_encoder_speedup'] or 0:.2f}x encoder)"
         )
     print_line(
         f"profiled in {report.seconds:.1f} s (accuracy + FLOPs "

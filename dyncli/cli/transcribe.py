@@ -8,15 +8,16 @@ from typing import Annotated
 import typer
 
 from dyncli.cli.options import (
-    CheckpointArg,
     DeviceOpt,
     FullDepthOpt,
     JobThreadsOpt,
     PolicyOpt,
+    RuntimeOpt,
     SkipBadOpt,
     SkipLayerOpt,
     SkipNeighboursOpt,
     ThresholdOpt,
+    TranscribeModelArg,
     TranscriptFormat,
     TranscriptFormatOpt,
     default_job_threads,
@@ -26,7 +27,7 @@ NAME = "transcribe"
 
 
 def run(
-    checkpoint: CheckpointArg,
+    checkpoint: TranscribeModelArg,
     audio: Annotated[list[Path], typer.Argument(help="Audio files (any rate; mono or stereo).")],
     threads: JobThreadsOpt = None,
     device: DeviceOpt = "auto",
@@ -35,6 +36,7 @@ def run(
     skip_layer: SkipLayerOpt = None,
     skip_neighbours: SkipNeighboursOpt = None,
     full_depth: FullDepthOpt = False,
+    runtime: RuntimeOpt = None,
     skip_bad: SkipBadOpt = False,
     output_format: TranscriptFormatOpt = TranscriptFormat.tsv,
 ) -> None:
@@ -42,9 +44,11 @@ def run(
 
     A dynamic checkpoint runs at its stored operating point (see 'dyncli convert
     --wer-budget') unless --full-depth or --policy/--threshold say otherwise; what ran is
-    said on stderr, so stdout stays one line per file. In the default tsv output a backslash,
-    tab, newline or carriage return in a path or transcript is written as \\\\, \\t, \\n or
-    \\r (an undecodable file-name byte as \\xNN); --format jsonl writes JSON objects instead.
+    said on stderr, so stdout stays one line per file. A .onnx file from 'dyncli export' (or
+    --runtime onnxruntime) runs in onnxruntime with the policy inside the graph. In the
+    default tsv output a backslash, tab, newline or carriage return in a path or transcript is
+    written as \\\\, \\t, \\n or \\r (an undecodable file-name byte as \\xNN); --format
+    jsonl writes JSON objects instead.
     Under torchrun only rank 0 works and prints; the other ranks exit at once.
     """
     from dyncli.cli.output import note, print_record, transcript_line, warn_skipped
@@ -68,6 +72,7 @@ def run(
             skip_bad=skip_bad,
             on_skip=warn_skipped,
             progress=progress,
+            runtime=None if runtime is None else runtime.value,
         )
     finally:
         progress.end()

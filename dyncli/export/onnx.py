@@ -3,7 +3,9 @@ at batch 1, with what a deployment needs to decode in the file's metadata.
 
 The graph takes ``wave`` (1, N) float32 samples in [-1, 1] at the model's sample rate, any N
 (shorter than the front end's minimum, it is zero-padded as dyncli pads it), and returns
-``log_probs`` (1, T, V). The model metadata (``metadata_props``, all strings) holds:
+``log_probs`` (1, T, V) and ``frame_layers`` (1, T) int64, the encoder layers each frame ran
+(the model's depth everywhere at full depth). The model metadata (``metadata_props``, all
+strings) holds:
 
 ==================  ==========================================================================
 key                 value
@@ -17,6 +19,8 @@ key                 value
                     one, the ends stripped)
 ``policy``          the skip policy inside the graph (``static``: every layer on every frame)
 ``threshold``       its threshold (empty for ``static``)
+``settings``        JSON object: the policy's other settings (blank-skip: ``layer``, the exit
+                    whose blank posterior decides, and ``neighbours``; ``{}`` for ``static``)
 ``backbone``        the checkpoint's backbone
 ``source_sha256``   sha256 of the checkpoint it was exported from
 ==================  ==========================================================================
@@ -28,8 +32,12 @@ larger) are removed. A skip policy goes inside the graph through its own ``expor
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,16 +77,17 @@ class ExportGraph(torch.nn.Module):
         self.policy = policy
         self.min_samples = int(getattr(getattr(model, "frontend", None), "min_samples", 1))
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         short = torch.sym_max(0, self.min_samples - wave.shape[1])
         wave = torch.nn.functional.pad(wave, (0, short))  # as dyncli pads a short wave
         lengths = torch.tensor([wave.shape[1]])
         feats, frames = self.model.features(wave, lengths)
         x, _ = self.model.embed(feats, frames)
         if self.policy is not None:
-            out: torch.Tensor = self.policy.export_forward(self.model, x)
+            out: tuple[torch.Tensor, torch.Tensor] = self.policy.export_forward(self.model, x)
             return out
-        return self.model.log_probs(self.model.run_layers(x, None))
+        layers = torch.full_like(x[..., 0], self.model.num_layers, dtype=torch.int64)
+        return self.model.log_probs(self.model.run_layers(x, None)), layers
 
 
 def exportable(policy: Any) -> bool:
@@ -153,14 +162,14 @@ def export_onnx(
     graph = ExportGraph(model, policy).eval()
     sample = torch.zeros(1, max(graph.min_samples, model.sample_rate))
     length = torch.export.Dim("samples", min=1, max=MAX_SECONDS * model.sample_rate)
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+    with torch.inference_mode(False), torch.no_grad(), _quiet(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the exporter's own deprecations
         warnings.simplefilter("ignore", DeprecationWarning)
         program = torch.onnx.export(
             graph,
             (sample,),
             input_names=["wave"],
-            output_names=["log_probs"],
+            output_names=["log_probs", "frame_layers"],
             dynamic_shapes=({1: length},),
             dynamo=True,
             opset_version=OPSET,
@@ -179,6 +188,7 @@ def export_onnx(
         "decode": DECODE,
         "policy": policy_name if policy is not None else "static",
         "threshold": "" if policy is None or threshold is None else f"{threshold:g}",
+        "settings": json.dumps(policy_settings(model, policy)),
         "backbone": ckpt.backbone,
         "source_sha256": file_sha256(ckpt.path) if ckpt.path else "",
     }
@@ -199,6 +209,34 @@ def export_onnx(
     name = policy_name if policy is not None else "static"
     kept = threshold if policy is not None else None
     return ExportResult(Path(output), name, kept, len(proto.graph.node), len(data))
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter's log lines (torchvision ops it skips, initializers it keeps) are about its
+    internals, not the user's model: errors only while exporting."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def policy_settings(model: CTCEncoder, policy: Any) -> dict[str, Any]:
+    """The policy's settings besides its threshold (blank-skip: ``layer`` resolved to the exit
+    that decides, ``neighbours``); empty at full depth."""
+    config = getattr(policy, "config", None)
+    if config is None or not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return {}
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "threshold"}
+    trigger = getattr(policy, "trigger", None)
+    if settings.get("layer", 0) is None and callable(trigger):
+        settings["layer"] = int(trigger(model))
+    return settings
 
 
 def _strip_node_metadata(proto: Any) -> None:

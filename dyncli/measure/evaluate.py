@@ -105,6 +105,89 @@ def _load_run(
     return ckpt, runner, choice
 
 
+@dataclass
+class Loaded:
+    """A model ready to transcribe: ``decode`` takes one waveform (N,) at ``sample_rate``."""
+
+    decode: Callable[[torch.Tensor], str]
+    sample_rate: int
+    summary: dict[str, Any]
+    choice: RunChoice
+
+
+def load_for_decoding(
+    checkpoint: str | Path,
+    dev: torch.device,
+    policy: str | None,
+    threshold: float | None,
+    overrides: dict[str, Any] | None,
+    full_depth: bool,
+    runtime: str | None = None,
+    threads: int = 1,
+) -> Loaded:
+    """A checkpoint under dyncli's eager path (``runtime`` torch, the default), the same run
+    exported on the fly and run by onnxruntime (``onnxruntime``), or a ``.onnx`` file from
+    ``dyncli export`` (onnxruntime; the policy inside it is what runs)."""
+    from dyncli.export.runtime import OnnxModel, export_run, is_onnx_path
+
+    if is_onnx_path(checkpoint):
+        if runtime == "torch":
+            raise UsageError(
+                f"{checkpoint}: an ONNX file runs in onnxruntime; drop --runtime torch"
+            )
+        chosen = [
+            flag
+            for flag, value in (
+                ("--policy", policy),
+                ("--threshold", threshold),
+                ("--full-depth", full_depth or None),
+                ("--skip-layer", (overrides or {}).get("layer")),
+                ("--skip-neighbours", (overrides or {}).get("neighbours")),
+            )
+            if value is not None
+        ]
+        if chosen:
+            raise UsageError(
+                f"{checkpoint}: an ONNX file runs the policy inside it; {', '.join(chosen)} "
+                "choose a checkpoint's run: drop them, or export that point ('dyncli export')"
+            )
+        graph = OnnxModel(checkpoint, threads)
+        choice = RunChoice(
+            graph.policy, graph.threshold, dict(graph.settings), "inside the ONNX graph"
+        )
+        summary = {
+            "path": str(checkpoint),
+            "sha256": file_sha256(checkpoint),
+            "backbone": graph.backbone,
+            "layers": None,
+            "method": f"ONNX export ({graph.describe()})",
+            "runtime": "onnxruntime",
+            "source_sha256": graph.source_sha256,
+        }
+        return Loaded(
+            lambda w: graph.transcribe(w.cpu().numpy()), graph.sample_rate, summary, choice
+        )
+    ckpt, runner, choice = _load_run(checkpoint, dev, policy, threshold, overrides, full_depth)
+    summary = model_summary(ckpt, Path(checkpoint))
+    if runtime == "onnxruntime":
+        exported = export_run(
+            ckpt,
+            policy=None if choice.full_depth else runner,
+            policy_name=choice.policy,
+            threshold=choice.threshold,
+            threads=threads,
+        )
+        summary["runtime"] = "onnxruntime"
+        return Loaded(
+            lambda w: exported.transcribe(w.cpu().numpy()),
+            exported.sample_rate,
+            summary,
+            choice,
+        )
+    summary["runtime"] = "torch"
+    return Loaded(lambda w: _decode_one(ckpt, runner, w), ckpt.model.sample_rate, summary, choice)
+
+
 def _decode_one(ckpt: Checkpoint, runner: SkipPolicy, wave: torch.Tensor) -> str:
     """Features, encoder (under ``runner``) and greedy decoding of one waveform (N,)."""
     lengths = torch.tensor([wave.shape[0]], device=wave.device)
@@ -126,6 +209,7 @@ def evaluate(
     full_depth: bool = False,
     on_skip: Callable[[str], None] | None = None,
     progress: Progress | None = None,
+    runtime: str | None = None,
 ) -> EvalReport:
     """WER/CER of greedy decoding and end-to-end RTF on ``data``.
 
@@ -135,11 +219,17 @@ def evaluate(
     With ``skip_bad`` each bad entry is reported through ``on_skip`` (before any decoding) and
     left out. ``progress`` hears about reading, decoding and timing (only between timed passes).
     """
+    from dyncli.export.runtime import check_runtime_device, is_onnx_path
+
     if repeats < 1:
         raise UsageError("--repeats must be at least 1")
+    onnx = runtime == "onnxruntime" or (runtime is None and is_onnx_path(checkpoint))
+    check_runtime_device("onnxruntime" if onnx else runtime, device)
     torch.set_num_threads(threads)
-    dev = pick_device(device)
-    ckpt, runner, choice = _load_run(checkpoint, dev, policy, threshold, overrides, full_depth)
+    dev = torch.device("cpu") if onnx else pick_device(device)
+    loaded = load_for_decoding(
+        checkpoint, dev, policy, threshold, overrides, full_depth, runtime, threads
+    )
     manifest = read_manifest(data, skip_bad=skip_bad)
     shown = progress or Silent()
     if progress is not None:
@@ -147,13 +237,13 @@ def evaluate(
         shown.begin(work, len(manifest.items))
     shown.stage("reading audio", len(manifest.items))
     utts, skipped = load_utterances(
-        manifest, ckpt.model.sample_rate, skip_bad, on_item=lambda: shown.advance(1)
+        manifest, loaded.sample_rate, skip_bad, on_item=lambda: shown.advance(1)
     )
     for message in skipped:
         if on_skip is not None:
             on_skip(message)
     waves = [u.wave.to(dev) for u in utts]
-    rate = ckpt.model.sample_rate
+    rate = loaded.sample_rate
     audio_seconds = sum(u.samples for u in utts) / rate
 
     @torch.inference_mode()
@@ -162,7 +252,7 @@ def evaluate(
         out = []
         for u, w in zip(utts, waves, strict=True):
             shown.advance(0, note=u.origin)
-            out.append(_decode_one(ckpt, runner, w))
+            out.append(loaded.decode(w))
             shown.advance(u.samples / rate)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -172,7 +262,7 @@ def evaluate(
 
     @torch.inference_mode()
     def unit(i: int) -> None:  # one utterance: features, encoder, decoding
-        _decode_one(ckpt, runner, waves[i])
+        loaded.decode(waves[i])
 
     from dyncli.measure.timing import Arm, time_interleaved
 
@@ -192,10 +282,10 @@ def evaluate(
     rates = error_rates([u.text for u in utts], hyps)
     rtfs = [t / audio_seconds for t in times]
     return EvalReport(
-        model=model_summary(ckpt, Path(checkpoint)),
+        model=loaded.summary,
         data={"path": str(data), "utterances": len(utts), "audio_seconds": audio_seconds},
         environment=describe(dev),
-        run=choice,
+        run=loaded.choice,
         wer=rates.wer,
         cer=rates.cer,
         words=rates.words,
@@ -225,6 +315,7 @@ def transcribe(
     skip_bad: bool = False,
     on_skip: Callable[[str], None] | None = None,
     progress: Progress | None = None,
+    runtime: str | None = None,
 ) -> tuple[list[tuple[Path, str]], RunChoice]:
     """Greedy transcripts of audio files, in the given order, and what ran.
 
@@ -235,10 +326,15 @@ def transcribe(
     """
     from dyncli.data.audio import load_audio
     from dyncli.errors import InputError
+    from dyncli.export.runtime import check_runtime_device, is_onnx_path
 
+    onnx = runtime == "onnxruntime" or (runtime is None and is_onnx_path(checkpoint))
+    check_runtime_device("onnxruntime" if onnx else runtime, device)
     torch.set_num_threads(threads)
-    dev = pick_device(device)
-    ckpt, runner, choice = _load_run(checkpoint, dev, policy, threshold, overrides, full_depth)
+    dev = torch.device("cpu") if onnx else pick_device(device)
+    loaded = load_for_decoding(
+        checkpoint, dev, policy, threshold, overrides, full_depth, runtime, threads
+    )
     shown = progress or Silent()
     seconds = [_audio_seconds([p]) for p in audio] if progress is not None else [0.0] * len(audio)
     shown.begin(sum(seconds), len(audio))
@@ -248,7 +344,7 @@ def transcribe(
         for p, length in zip(audio, seconds, strict=True):
             shown.advance(0, note=str(p))
             try:
-                wave = load_audio(p, ckpt.model.sample_rate).to(dev)
+                wave = load_audio(p, loaded.sample_rate).to(dev)
             except InputError as exc:
                 if not skip_bad:
                     raise InputError(f"{exc} (use --skip-bad to skip it)") from None
@@ -256,12 +352,12 @@ def transcribe(
                     on_skip(str(exc))
                 shown.advance(length)
                 continue
-            out.append((p, _decode_one(ckpt, runner, wave)))
+            out.append((p, loaded.decode(wave)))
             shown.advance(length)
     shown.end()
     if audio and not out:  # --skip-bad skipped every file: nothing was transcribed
         raise InputError(f"none of the {len(audio)} audio files could be read (each said above)")
-    return out, choice
+    return out, loaded.choice
 
 
 def _audio_seconds(paths: Iterable[Path]) -> float:

@@ -135,6 +135,8 @@ def row_label(row: dict[str, Any]) -> str:
         text = "full depth"
     else:
         text = f"{row['policy']} @ {row['threshold']:.6g}"
+    if row.get("runtime", "torch") != "torch":
+        text = f"{text} [{row['runtime']}]"
     return f"{text} on {row['model']}" if row.get("model") else text
 
 

@@ -43,6 +43,7 @@ from dyncli.dynamic.operating_point import (
 from dyncli.dynamic.run import policy_runs
 from dyncli.environment import describe
 from dyncli.errors import UsageError
+from dyncli.export.runtime import is_onnx_path
 from dyncli.inference import pick_device
 from dyncli.measure.evaluate import model_summary
 from dyncli.measure.gate import ReleaseBars, judge, resolution_warnings, row_label
@@ -54,6 +55,7 @@ from dyncli.measure.sweep import (
     _batch_order,
     batched_flops,
     make_batches,
+    onnx_row,
     public,
     sweep_rows,
     wer_delta,
@@ -100,6 +102,19 @@ class _Stepper:
         return encoder
 
 
+class _OnnxStepper:
+    """One utterance through an exported graph in onnxruntime (front end, encoder and policy in
+    one call) and greedy decoding; it has no separate encoder time."""
+
+    def __init__(self, graph: Any, arrays: list[Any]) -> None:
+        self.graph, self.arrays = graph, arrays
+
+    def __call__(self, unit: int) -> float | None:
+        out = self.graph.run(self.arrays[unit])
+        self.graph.decode(out.log_probs)
+        return None
+
+
 def _time_configs(
     model: CTCEncoder,
     tokenizer: Tokenizer,
@@ -116,14 +131,23 @@ def _time_configs(
     (:func:`dyncli.measure.timing.time_interleaved`).
 
     A policy may be given as ``(model, tokenizer, policy)`` to time another model in the same
-    rounds (``profile --models``)."""
+    rounds (``profile --models``), or as an :class:`~dyncli.export.runtime.OnnxModel` (an
+    exported graph run by onnxruntime)."""
+    from dyncli.export.runtime import OnnxModel
+
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    arms = [
-        Arm(f"config {i}", _Stepper(p[0], p[1], pairs, p[2], sync))
-        if isinstance(p, tuple)
-        else Arm(f"config {i}", _Stepper(model, tokenizer, pairs, p, sync))
-        for i, p in enumerate(policies)
-    ]
+    arrays: list[Any] = []
+    if any(isinstance(p, OnnxModel) for p in policies):
+        arrays = [wave.detach().cpu().numpy() for wave, _ in pairs]  # converted once, untimed
+    arms = []
+    for i, p in enumerate(policies):
+        if isinstance(p, OnnxModel):
+            step: Callable[[int], float | None] = _OnnxStepper(p, arrays)
+        elif isinstance(p, tuple):
+            step = _Stepper(p[0], p[1], pairs, p[2], sync)
+        else:
+            step = _Stepper(model, tokenizer, pairs, p, sync)
+        arms.append(Arm(f"config {i}", step))
     return time_interleaved(
         arms,
         len(pairs),
@@ -146,11 +170,16 @@ def _interval_fields(prefix: str, run: TimingRun, arm: int, clock: str) -> dict[
 
 
 def timing_fields(
-    run: TimingRun, arm: int, unit_audio: Sequence[float], audio_seconds: float
+    run: TimingRun,
+    arm: int,
+    unit_audio: Sequence[float],
+    audio_seconds: float,
+    encoder_timed: Sequence[bool] | None = None,
 ) -> dict[str, Any]:
     """A row's timing figures: RTF (median over rounds, min, max, interval over visits), the
-    speedup against arm 0 with intervals (wall and CPU), encoder speedup and share, the
-    number of pairs and the rounds' dispersion."""
+    speedup against arm 0 with intervals (wall and CPU), encoder speedup and share (None
+    where ``encoder_timed`` says arm 0 or this arm has no encoder time of its own: an
+    onnxruntime graph), the number of pairs and the rounds' dispersion."""
     from dyncli.measure.stats import paired_speedup
 
     times = run.arms[arm]
@@ -171,8 +200,12 @@ def timing_fields(
         "rtfx": 1.0 / statistics.median(rtfs),
         **_interval_fields("speedup", run, arm, "wall"),
         **_interval_fields("cpu_speedup", run, arm, "cpu"),
-        "encoder_speedup": sum(run.arms[0].encoder) / sum(times.encoder),
-        "encoder_share": sum(times.encoder) / sum(times.wall),
+        "encoder_speedup": sum(run.arms[0].encoder) / sum(times.encoder)
+        if encoder_timed is None or (encoder_timed[0] and encoder_timed[arm])
+        else None,
+        "encoder_share": sum(times.encoder) / sum(times.wall)
+        if encoder_timed is None or encoder_timed[arm]
+        else None,
         "timing_pairs": run.pairs,
         "timing_iqr_median": iqr,
         "timing_warning": warning,
@@ -352,6 +385,147 @@ def _can_run(model: CTCEncoder, name: str) -> bool:
     return bool(defaults) and policy_runs(model, name, defaults[0], {})
 
 
+def _check_runtime(
+    checkpoint: str | Path,
+    runtime: str | None,
+    models: Sequence[str | Path],
+    baseline: str | Path | None,
+    batch_size: int,
+    device: str,
+) -> bool:
+    """Refuse what onnxruntime rows cannot do, before any work; True for
+    ``--runtime onnxruntime``."""
+    from dyncli.export.runtime import check_runtime_device, require_onnxruntime
+
+    if is_onnx_path(checkpoint):
+        raise UsageError(
+            f"{checkpoint}: profile needs the checkpoint (its FLOPs and its full depth); give "
+            "the checkpoint as CHECKPOINT and the .onnx file with --models, or use --runtime "
+            "onnxruntime"
+        )
+    use_ort = runtime == "onnxruntime"
+    files = [m for m in models if is_onnx_path(m)]
+    if use_ort or files:
+        if batch_size > 1:
+            raise UsageError("onnxruntime runs one utterance at a time: drop --batch-size")
+        check_runtime_device("onnxruntime", device)
+        require_onnxruntime()
+    if use_ort:
+        from dyncli.export.onnx import require_onnx
+
+        require_onnx()
+        if baseline is not None:
+            raise UsageError(
+                "--baseline runs in dyncli eager: with --runtime onnxruntime export it "
+                "('dyncli export BASE.ckpt --full-depth') and profile that file instead"
+            )
+        others = [str(m) for m in models if not is_onnx_path(m)]
+        if others:
+            raise UsageError(
+                f"--runtime onnxruntime exports CHECKPOINT only; give --models {others[0]} as a "
+                ".onnx file ('dyncli export') or profile it in a run of its own"
+            )
+    return use_ort
+
+
+def _exportable_plans(
+    plans: list[tuple[str, list[float], dict[str, Any]]],
+    multi: bool,
+    warn: Callable[[str], None],
+) -> list[tuple[str, list[float], dict[str, Any]]]:
+    """The plans whose policy can go inside an exported graph: one that cannot is refused with
+    one line (one --policy) or left out with a warning (several)."""
+    from dyncli.export.onnx import exportable
+
+    kept = []
+    for name, values, merged in plans:
+        if exportable(build_policy(name, values[0], **merged)):
+            kept.append((name, values, merged))
+        elif multi:
+            warn(f"--runtime onnxruntime: the {name} policy cannot be exported yet; left out")
+        else:
+            raise UsageError(
+                f"--runtime onnxruntime: the {name} policy cannot be exported yet; profile "
+                "blank-skip or early exit there, or use --runtime torch"
+            )
+    if not kept:
+        raise UsageError("--runtime onnxruntime: none of the --policy policies can be exported")
+    return kept
+
+
+def _export_graphs(
+    ckpt: Checkpoint, plans: Sequence[tuple[str, list[float], dict[str, Any]]], threads: int
+) -> list[Any]:
+    """Full depth and every (policy, threshold) of ``plans`` exported and loaded in
+    onnxruntime, in the order of the profile's rows."""
+    import tempfile
+
+    from dyncli.export.runtime import export_run
+
+    with tempfile.TemporaryDirectory(prefix="dyncli-profile-") as tmp:
+        graphs = [export_run(ckpt, tmp, threads=threads)]
+        for name, values, merged in plans:
+            for v in values:
+                policy = build_policy(name, v, **merged)
+                graphs.append(
+                    export_run(
+                        ckpt, tmp, policy=policy, policy_name=name, threshold=v, threads=threads
+                    )
+                )
+    return graphs
+
+
+def _onnx_model(path: str | Path, ckpt: Checkpoint, threads: int) -> Any:
+    """A ``--models`` .onnx file, refused unless it was exported from CHECKPOINT (its FLOPs and
+    its dyncli twin come from the checkpoint)."""
+    from dyncli.checkpoint import file_sha256
+    from dyncli.export.runtime import OnnxModel
+
+    graph = OnnxModel(path, threads)
+    own = file_sha256(ckpt.path) if ckpt.path else ""
+    if graph.source_sha256 != own:
+        raise UsageError(
+            f"--models {path} was not exported from CHECKPOINT ({ckpt.path}); profile it with "
+            "the checkpoint it came from as CHECKPOINT"
+        )
+    return graph
+
+
+def _twin_row(
+    ckpt: Checkpoint,
+    graph: Any,
+    utts: Sequence[Utterance],
+    waves: Sequence[torch.Tensor],
+    static: dict[str, Any],
+    rows: Sequence[dict[str, Any]],
+    table: Any,
+) -> dict[str, Any]:
+    """dyncli eager's row of the configuration inside ``graph``: found among ``rows`` (or
+    ``static``), else swept now."""
+    torch_static = static if static.get("runtime", "torch") == "torch" else None
+    for row in rows:
+        if row.get("runtime", "torch") == "torch" and row["threshold"] is None:
+            torch_static = row
+    if graph.policy == "static":
+        if torch_static is not None:
+            return torch_static
+        found, _ = sweep_rows(ckpt, utts, waves, "static", [], {}, table)
+        return found
+    threshold = canonical_threshold(graph.threshold)
+    settings = dict(graph.settings)
+    _, (twin,) = sweep_rows(ckpt, utts, waves, graph.policy, [threshold], settings, table)
+    return twin
+
+
+def _full_errors(static: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[int]:
+    """The per-utterance errors of CHECKPOINT's full depth in dyncli eager."""
+    for row in [static, *rows]:
+        if row.get("runtime", "torch") == "torch" and row["threshold"] is None:
+            errors: list[int] = row[PRIVATE_ERRORS]
+            return errors
+    raise AssertionError("no full-depth row")
+
+
 DEFAULT_PRECISION = 0.03
 DEFAULT_TIME_BUDGET = 120.0
 
@@ -417,6 +591,7 @@ def profile(
     time_budget: float = DEFAULT_TIME_BUDGET,
     calibrate: bool = False,
     warn: Callable[[str], None] | None = None,
+    runtime: str | None = None,
 ) -> ProfileReport:
     """Sweep skip policies over thresholds against full depth; see the module docstring.
 
@@ -426,7 +601,11 @@ def profile(
     every row is then also compared with it, and the gate's WER-increase and speedup bars are
     judged against it. ``repeats``: timed rounds; None times until every speedup interval's
     half-width is at most ``precision`` or ``time_budget`` seconds are spent. ``calibrate``
-    times full depth against itself in the same rounds: the run's noise floor."""
+    times full depth against itself in the same rounds: the run's noise floor.
+    ``runtime="onnxruntime"``: full depth and every threshold are exported on the fly and run
+    by onnxruntime; those rows are judged against onnxruntime's full depth, and dyncli eager's
+    rows (full depth and each threshold) are timed beside them in the same rounds. A ``.onnx``
+    file in ``models`` (exported from CHECKPOINT) is one more onnxruntime row."""
     started = time.perf_counter()
     gate = gate or ReleaseBars()
     gate.validate()
@@ -442,6 +621,7 @@ def profile(
         raise UsageError(f"--precision must be between 0 and 1 (0.03 = 3%), got {precision}")
     if not time_budget > 0 or not math.isfinite(time_budget):
         raise UsageError(f"--time-budget must be a positive number of seconds, got {time_budget}")
+    use_ort = _check_runtime(checkpoint, runtime, models, baseline, batch_size, device)
     everything = [*models, *([baseline] if baseline is not None else [])]
     check_models(checkpoint, models, baseline)
     main_label, *labels = model_labels([checkpoint, *everything])
@@ -490,6 +670,8 @@ def profile(
         if values:
             plans.append((name, values, merged))
     say = progress or (lambda _msg: None)
+    if use_ort:
+        plans = _exportable_plans(plans, multi, warn)
 
     count = sum(len(values) for _, values, _ in plans)
     say(f"accuracy and FLOPs: {len(utts)} utterances, {count} thresholds (shared sweep)")
@@ -512,10 +694,31 @@ def profile(
     policies: list[Any] = [StaticPolicy()] + [
         build_policy(name, th, **merged) for name, values, merged in plans for th in values
     ]
+    if use_ort:  # onnxruntime's rows first (the reference: its full depth), then dyncli eager's
+        say(f"exporting {len(policies)} graphs for onnxruntime (full depth and each threshold)")
+        graphs = _export_graphs(ckpt, plans, threads)
+        say("accuracy of the exported graphs")
+        depth = model.num_layers
+        ort_static = onnx_row(graphs[0], utts, waves, static, depth)
+        ort_rows = [
+            onnx_row(g, utts, waves, twin, depth, ort_static[PRIVATE_ERRORS])
+            for g, twin in zip(graphs[1:], rows, strict=True)
+        ]
+        static, rows = ort_static, [*ort_rows, {**static, "threshold": None}, *rows]
+        policies = [*graphs, *policies]
     extra_rows: list[dict[str, Any]] = []
     base_row: dict[str, Any] | None = None
     for i, (path, label) in enumerate(zip(everything, labels, strict=True)):
         is_baseline = baseline is not None and i == len(everything) - 1
+        if is_onnx_path(path):
+            graph = _onnx_model(path, ckpt, threads)
+            twin = _twin_row(ckpt, graph, utts, waves, static, rows, table)
+            full = _full_errors(static, rows)  # CHECKPOINT's full depth, dyncli eager
+            found = [onnx_row(graph, utts, waves, twin, model.num_layers, full)]
+            found[0]["model"] = label
+            extra_rows += found
+            policies.append(graph)
+            continue
         found, configs = _other_model(
             path,
             ckpt,
@@ -612,8 +815,10 @@ def profile(
             row["encoder_flops_ratio"] = encoder / base_encoder
             row["predicted_encoder_speedup"] = base_encoder / encoder if encoder else None
             row["gflops_per_audio_second"] = total / 1e9 / audio_seconds
+    encoder_timed = [r.get("runtime", "torch") == "torch" for r in all_rows]
+    encoder_timed += [True] * (len(run.arms) - len(all_rows))  # --calibrate's arm
     for k, row in enumerate(all_rows):
-        row.update(timing_fields(run, k, unit_audio, audio_seconds))
+        row.update(timing_fields(run, k, unit_audio, audio_seconds, encoder_timed))
     base_arm = all_rows.index(reference)
     for k, row in enumerate(all_rows):
         row.update(_gate_speedup(run, base_arm, k))
@@ -632,11 +837,15 @@ def profile(
         row["stored_operating_point"] = (
             stored is not None
             and row.get("model", main_label) == main_label
+            and row.get("runtime", "torch") == static.get("runtime", "torch")
             and (row["policy"], row["threshold"]) == (stored[0], canonical_threshold(stored[1]))
         )
     if multi or everything:  # one table of every method: static, then the rows by executed FLOPs
         rows.sort(key=lambda r: r["flops_ratio"])
-    judged = [r for r in rows if r is not base_row]
+    # dyncli eager's rows beside onnxruntime's are for comparison: the gate judges the latter
+    judged = [
+        r for r in rows if r is not base_row and not (use_ort and r.get("runtime") == "torch")
+    ]
     verdict = judge(
         [public(r) for r in judged] or [public(static)],
         gate,
@@ -695,6 +904,7 @@ def profile(
                 f"{row_label(r)}: {r['timing_warning']}" for r in all_rows if r["timing_warning"]
             ],
             "batch_size": batch_size,
+            "runtime": "onnxruntime" if use_ort else "torch",
             "flops_basis": "per utterance (batch size 1)"
             if batch_size == 1
             else f"padded batches of {batch_size}, utterances sorted by length, padding counted",

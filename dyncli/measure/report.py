@@ -68,8 +68,8 @@ class Row:
     cpu_speedup: float
     cpu_speedup_low: float | None
     cpu_speedup_high: float | None
-    encoder_speedup: float
-    encoder_share: float
+    encoder_speedup: float | None  # None where an onnxruntime graph is one call (no encoder time)
+    encoder_share: float | None
     timing_pairs: int
     timing_iqr_median: float | None
     timing_warning: str | None
@@ -90,6 +90,9 @@ class Row:
     speedup_baseline: float | None = None
     speedup_baseline_low: float | None = None
     speedup_baseline_high: float | None = None
+    runtime: str = "torch"  # torch: dyncli eager; onnxruntime: the exported graph
+    transcripts_differ_from_torch: int | None = None  # onnxruntime rows: utterances whose
+    # transcript differs from dyncli eager's at the same configuration
 
     @classmethod
     def from_fields(cls, values: dict[str, Any]) -> Row:
@@ -132,7 +135,12 @@ class ProfileReport:
                 "95% paired bootstrap interval over pairs (percentile, 9999 resamples, seed 0)",
                 "cpu_speedup": "the same for CPU time (time.process_time, all threads)",
                 "encoder_speedup": "the same for encoder time only (layers, heads, compaction); "
-                "no interval",
+                "no interval; null where either row runs in onnxruntime (the graph is one call, "
+                "front end included, so it has no encoder time)",
+                "runtime": "torch: dyncli's eager path; onnxruntime: the same configuration "
+                "exported ('dyncli export', the policy inside the graph) and run by onnxruntime",
+                "transcripts_differ_from_torch": "onnxruntime rows: utterances whose transcript "
+                "differs from dyncli eager's at the same configuration (0: the same transcripts)",
                 "rtf_low": "rtf_low and rtf_high: 95% bootstrap interval of sum(time) / "
                 "sum(audio) over timed visits",
                 "wer_low": "wer_low and wer_high: 95% bootstrap interval over utterances (BCa)",

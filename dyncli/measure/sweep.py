@@ -187,11 +187,58 @@ def _row(
         "skipped_frame_fraction": stats.skipped_frames / stats.frames if stats.frames else 0.0,
         PRIVATE_ERRORS: errors,
         PRIVATE_WORDS: words,
+        PRIVATE_HYPS: list(stats.hyps),
     }
 
 
 PRIVATE_ERRORS = "_errors"  # per-utterance word errors: for paired comparisons, never output
 PRIVATE_WORDS = "_words"
+PRIVATE_HYPS = "_hyps"  # per-utterance transcripts: onnxruntime rows are compared with them
+
+FLOP_KEYS = (
+    "flops_ratio",
+    "encoder_flops_ratio",
+    "predicted_encoder_speedup",
+    "gflops_per_audio_second",
+    "encoder_gflops_per_audio_second",
+)
+
+
+def onnx_row(
+    graph: Any,
+    utts: Sequence[Utterance],
+    waves: Sequence[torch.Tensor],
+    twin: dict[str, Any],
+    depth: int,
+    full_errors: list[int] | None = None,
+) -> dict[str, Any]:
+    """The row of an exported graph (:class:`dyncli.export.runtime.OnnxModel`) run on every
+    utterance: accuracy from its own transcripts, depth from its ``frame_layers`` output, and
+    the executed FLOPs of ``twin``, dyncli's row of the same configuration of the same
+    checkpoint (the graph runs the same layers on the same frames; ``avg_layers`` shows it).
+    ``full_errors``: the errors of the graph's full depth (None: this graph is full depth)."""
+    stats = SweepStats(hyps=[])
+    for wave in waves:
+        out = graph.run(wave.detach().cpu().numpy())
+        stats.hyps.append(graph.decode(out.log_probs))
+        frames = int(out.log_probs.shape[0])
+        layers = out.frame_layers
+        stats.frames += frames
+        if layers is None:
+            stats.frame_layers += frames * depth
+        else:
+            stats.frame_layers += int(layers.sum())
+            stats.skipped_frames += int((layers < depth).sum())
+    refs = [u.text for u in utts]
+    audio = sum(u.samples for u in utts) / graph.sample_rate
+    threshold = twin["threshold"]
+    row = _row(twin["policy"], threshold, stats, refs, stats, audio, depth, full_errors)
+    row.update({key: twin[key] for key in FLOP_KEYS})
+    row["runtime"] = "onnxruntime"
+    row["transcripts_differ_from_torch"] = sum(
+        a != b for a, b in zip(stats.hyps, twin[PRIVATE_HYPS], strict=True)
+    )
+    return row
 
 
 def public(row: dict[str, Any]) -> dict[str, Any]:

@@ -153,14 +153,16 @@ class BlankSkip:
         xk, exit_lp, trace = self.prefix(model, x, lengths)
         return self.suffix(model, xk, exit_lp, lengths, self.config.threshold, trace)
 
-    def export_forward(self, model: CTCEncoder, x: torch.Tensor) -> torch.Tensor:
+    def export_forward(
+        self, model: CTCEncoder, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The policy as an exportable graph, batch 1: (1, T, D) encoder input -> (1, T, V)
-        log-probs, the same as :meth:`encode`. The frames to keep are a data-dependent count,
-        so the suffix runs inside ``torch.cond`` (no frame kept: the exit's log-probs as
-        they are), on the kept frames gathered with ``nonzero`` / ``index_select`` and
-        scattered back with ``index_copy``; branch outputs are flat (the exporter needs dense
-        strides). The neighbours are grown with a ones-kernel convolution (``max_pool1d``
-        fixes the length in an exported graph); on a 0/1 mask it is the same."""
+        log-probs and (1, T) layers each frame ran, the same as :meth:`encode`. The frames to keep
+        are a data-dependent count, so the suffix runs inside ``torch.cond`` (no frame kept: the
+        exit's log-probs as they are), on the kept frames gathered with ``nonzero`` /
+        ``index_select`` and scattered back with ``index_copy``; branch outputs are flat (the
+        exporter needs dense strides). The neighbours are grown with a ones-kernel convolution
+        (``max_pool1d`` fixes the length in an exported graph); on a 0/1 mask it is the same."""
         if model.relative_positions:
             raise UsageError(
                 "blank-skip cannot be exported for a backbone with relative positions (WavLM) "
@@ -188,7 +190,8 @@ class BlankSkip:
             return lp.reshape(-1).clone()
 
         flat = torch.cond(keep.any(), run, skip, (x, exit_lp, keep))
-        return flat.reshape(exit_lp.shape)
+        layers = torch.where(keep, big_l, k)[None]  # (1, T)
+        return flat.reshape(exit_lp.shape), layers
 
     def sweep(
         self,

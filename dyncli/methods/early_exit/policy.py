@@ -156,11 +156,13 @@ class EarlyExit:
         layers = valid_frames(lengths, t).long() * model.num_layers
         return DynamicOutput(model.log_probs(x), lengths, layers, trace)
 
-    def export_forward(self, model: CTCEncoder, x: torch.Tensor) -> torch.Tensor:
+    def export_forward(
+        self, model: CTCEncoder, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The policy as an exportable graph, batch 1: (1, T, D) encoder input -> (1, T, V)
-        log-probs, the same as :meth:`encode`. Each exit's decision is a ``torch.cond``
-        nested in the previous one's "go on" branch (the layers after an exit are computed
-        only when it does not pass); the confidence is computed without host reads, and
+        log-probs and (1, T) layers each frame ran, the same as :meth:`encode`. Each exit's decision
+        is a ``torch.cond`` nested in the previous one's "go on" branch (the layers after an exit
+        are computed only when it does not pass); the confidence is computed without host reads, and
         branch outputs are flat (the exporter needs dense strides)."""
         exits = sorted(model.exits)
         big_l, vocab = model.num_layers, model.head.out_features
@@ -175,23 +177,32 @@ class EarlyExit:
             n_emit = emits.sum()
             return torch.where(n_emit > 0, (peak * emits).sum() / n_emit.clamp(min=1), peak.mean())
 
-        def from_layer(start: int, x: torch.Tensor, remaining: list[int]) -> torch.Tensor:
+        def depth(x: torch.Tensor, layers: int) -> torch.Tensor:
+            return torch.full((1,), layers, dtype=torch.int64, device=x.device)
+
+        def from_layer(
+            start: int, x: torch.Tensor, remaining: list[int]
+        ) -> tuple[torch.Tensor, torch.Tensor]:
             if not remaining:
-                return model.log_probs(model.run_layers(x, None, range(start, big_l))).reshape(-1)
+                out = model.log_probs(model.run_layers(x, None, range(start, big_l)))
+                return out.reshape(-1), depth(x, big_l)
             k = remaining[0]
             x = model.run_layers(x, None, range(start, k))
             lp = model.exit_log_probs(k, x)
 
-            def leave(x: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
-                return lp.reshape(-1).clone()
+            def leave(x: torch.Tensor, lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return lp.reshape(-1).clone(), depth(x, k)
 
-            def go_on(x: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
+            def go_on(x: torch.Tensor, lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 return from_layer(k, x, remaining[1:])
 
             ok = self.passes(confidence(lp), threshold)
-            return torch.cond(ok, leave, go_on, (x, lp))
+            out, layers = torch.cond(ok, leave, go_on, (x, lp))
+            return out, layers
 
-        return from_layer(0, x, exits).reshape(1, x.shape[1], vocab)
+        flat, layers = from_layer(0, x, exits)
+        t = x.shape[1]
+        return flat.reshape(1, t, vocab), layers.expand(t)[None]
 
     def sweep(
         self,
