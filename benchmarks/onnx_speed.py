@@ -1,122 +1,142 @@
-"""onnxruntime against dyncli eager on the bundled evaluation set, batch 1, paired timings.
+"""onnxruntime against dyncli eager on the bundled model and evaluation set, 1 thread, batch 1:
+what ``dyncli profile --runtime onnxruntime`` measures, at the stored operating point and at a
+blank-skip threshold chosen on dev.
 
-    python benchmarks/onnx_speed.py [--checkpoint CKPT] [--threads 1] [--rounds 3]
+    python benchmarks/onnx_speed.py --dev DEV.jsonl [--wer-budget 0.025] [--repeats 3]
 
-Exports the checkpoint twice (full depth, and its stored operating point, with the policy
-inside the graph) into a temporary folder, then times four configurations on every utterance,
-back to back, in a random order reversed from one round to the next: dyncli eager full depth,
-dyncli eager at the stored point, onnxruntime full depth, onnxruntime at the stored point. Each
-speedup is a ratio of summed times with its 95% paired bootstrap interval over (utterance,
-round) pairs (``dyncli.measure.stats.paired_speedup``). Writes ``results/onnx_speed.json``.
+1. Stored point: ``profile --runtime onnxruntime --thresholds <stored>`` on the bundled set.
+2. Blank-skip: the threshold is chosen on ``--dev`` (never on the test speaker): the one with the
+   fewest executed FLOPs whose dev WER increase has a 95% upper bound within ``--wer-budget``
+   (the rule ``convert --wer-budget`` uses); if none is, the one with the smallest upper bound,
+   flagged. Then ``profile --runtime onnxruntime --policy blank-skip --thresholds <chosen>`` on
+   the bundled set, once.
+
+Each profile times onnxruntime full depth, onnxruntime at the point, dyncli eager full depth and
+dyncli eager at the point back to back per utterance (ABBA), so every ratio is paired within one
+run. Writes ``results/onnx_speed.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
-import tempfile
-import time
 from pathlib import Path
-
-import numpy as np
-import onnxruntime as ort
-import torch
+from typing import Any
 
 from dyncli.assets import DEMO_DYNAMIC, EVAL_MANIFEST
 from dyncli.checkpoint import load_checkpoint
-from dyncli.data.audio import load_audio
-from dyncli.dynamic.operating_point import resolve_run
-from dyncli.environment import describe
-from dyncli.export.onnx import export_onnx
-from dyncli.measure.stats import paired_speedup
+from dyncli.dynamic.operating_point import stored_point
+from dyncli.measure.profile import profile
 
 RESULTS = Path(__file__).parent / "results" / "onnx_speed.json"
+GRID = [0.9, 0.95, 0.98, 0.99, 0.995, 0.999]
+
+
+def choose_on_dev(dev: str, budget: float) -> dict[str, Any]:
+    report = profile(
+        checkpoint=DEMO_DYNAMIC, data=dev, policy="blank-skip", thresholds=GRID, repeats=1
+    ).to_json()
+    rows = report["rows"]
+    within = [r for r in rows if r["dwer_high"] <= budget]
+    pick = (
+        min(within, key=lambda r: r["flops_ratio"])
+        if within
+        else min(rows, key=lambda r: r["dwer_high"])
+    )
+    return {
+        "dev": dev,
+        "wer_budget": budget,
+        "grid": GRID,
+        "threshold": pick["threshold"],
+        "within_budget": bool(within),
+        "dev_rows": [
+            {k: r[k] for k in ("threshold", "wer", "dwer", "dwer_high", "flops_ratio")}
+            for r in rows
+        ],
+    }
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The paired ratios of one ``--runtime onnxruntime`` profile (reference: onnxruntime full
+    depth): rows are onnxruntime's points, then dyncli eager's full depth and points."""
+    ort = [r for r in report["rows"] if r["runtime"] == "onnxruntime"]
+    eager_full = next(
+        r for r in report["rows"] if r["runtime"] == "torch" and r["threshold"] is None
+    )
+    eager = [r for r in report["rows"] if r["runtime"] == "torch" and r["threshold"] is not None]
+
+    def ratio(r: dict[str, Any]) -> list[float]:
+        return [r["speedup"], r["speedup_low"], r["speedup_high"]]
+
+    # eager full depth's speedup against onnxruntime full depth is < 1 when onnxruntime is faster
+    inv = ratio(eager_full)
+    return {
+        "ort_full_vs_eager_full": [1 / inv[0], 1 / inv[2], 1 / inv[1]],
+        "points": [
+            {
+                "policy": o["policy"],
+                "threshold": o["threshold"],
+                "ort_vs_ort_full": ratio(o),
+                "eager_vs_ort_full": ratio(e),
+                "eager_vs_eager_full": [
+                    e["speedup"] / eager_full["speedup"],
+                    None,
+                    None,
+                ],
+                "wer_ort": o["wer"],
+                "wer_eager": e["wer"],
+                "transcripts_differ_from_torch": o["transcripts_differ_from_torch"],
+                "avg_layers": o["avg_layers"],
+                "skipped_frame_fraction": o["skipped_frame_fraction"],
+                "flops_ratio": o["flops_ratio"],
+            }
+            for o, e in zip(ort, eager, strict=True)
+        ],
+        "wer_full_ort": report["static"]["wer"],
+        "wer_full_eager": eager_full["wer"],
+        "pairs": report["timing"]["pairs"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint", default=str(DEMO_DYNAMIC))
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dev", required=True, help="dev manifest (not the test speaker)")
+    parser.add_argument("--wer-budget", type=float, default=0.025)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    ckpt = load_checkpoint(args.checkpoint)
-    model = ckpt.model.eval()
-    policy, choice = resolve_run(ckpt)
-    rows = [json.loads(x) for x in EVAL_MANIFEST.read_text().splitlines() if x.strip()]
-    waves = [
-        load_audio(EVAL_MANIFEST.parent / r["audio_filepath"], model.sample_rate)[None]
-        for r in rows
-    ]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.inter_op_num_threads = 1
-    with tempfile.TemporaryDirectory() as tmp:
-        full_path, point_path = Path(tmp) / "full.onnx", Path(tmp) / "point.onnx"
-        export_onnx(ckpt, full_path)
-        export_onnx(
-            ckpt, point_path, policy=policy, policy_name=choice.policy, threshold=choice.threshold
+    point = stored_point(load_checkpoint(DEMO_DYNAMIC).method)
+    assert point is not None
+    common: dict[str, Any] = {
+        "checkpoint": DEMO_DYNAMIC,
+        "data": EVAL_MANIFEST,
+        "runtime": "onnxruntime",
+        "repeats": args.repeats,
+    }
+    stored = profile(thresholds=[point[1]], **common).to_json()
+    chosen = choose_on_dev(args.dev, args.wer_budget)
+    blank = profile(policy="blank-skip", thresholds=[chosen["threshold"]], **common).to_json()
+    out = {
+        "what": "dyncli profile --runtime onnxruntime, bundled model and evaluation set, 1 "
+        "thread, batch 1; ratios [value, low, high] paired within one run (95% intervals)",
+        "stored_point": {"policy": point[0], "threshold": point[1], **summary(stored)},
+        "blank_skip": {"chosen_on_dev": chosen, **summary(blank)},
+        "environment": stored["environment"],
+    }
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    for name in ("stored_point", "blank_skip"):
+        s = out[name]
+        full = s["ort_full_vs_eager_full"]
+        print(
+            f"{name}: onnxruntime full vs eager full {full[0]:.2f}x [{full[1]:.2f}, {full[2]:.2f}]"
         )
-        sessions = {
-            name: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-            for name, p in (("ort_full", full_path), ("ort_point", point_path))
-        }
-
-    def eager(run_policy: bool, wave: torch.Tensor) -> None:
-        with torch.inference_mode():
-            feats, frames = model.features(wave, torch.tensor([wave.shape[1]]))
-            x, lengths = model.embed(feats, frames)
-            if run_policy:
-                policy.encode(model, x, lengths)
-            else:
-                model.log_probs(model.run_layers(x, None))
-
-    configs = {
-        "eager_full": lambda w: eager(False, w),
-        "eager_point": lambda w: eager(True, w),
-        "ort_full": lambda w: sessions["ort_full"].run(None, {"wave": w.numpy()}),
-        "ort_point": lambda w: sessions["ort_point"].run(None, {"wave": w.numpy()}),
-    }
-    for fn in configs.values():  # warm-up, untimed
-        for w in waves[:5]:
-            fn(w)
-    times: dict[str, list[float]] = {k: [] for k in configs}
-    rng = random.Random(0)
-    for r in range(args.rounds):
-        for i, w in enumerate(waves):
-            order = list(configs)
-            rng.shuffle(order)
-            if (r + i) % 2:
-                order.reverse()
-            for name in order:
-                start = time.perf_counter()
-                configs[name](w)
-                times[name].append(time.perf_counter() - start)
-
-    def ratio(base: str, other: str) -> dict[str, float]:
-        iv = paired_speedup(times[base], times[other])
-        return {"speedup": iv.value, "low": iv.low, "high": iv.high}
-
-    report = {
-        "what": "batch 1, paired per utterance and round, random order reversed each round",
-        "checkpoint": args.checkpoint,
-        "operating_point": choice.describe(),
-        "threads": args.threads,
-        "rounds": args.rounds,
-        "utterances": len(waves),
-        "pairs": len(times["eager_full"]),
-        "seconds": {k: float(np.sum(v)) for k, v in times.items()},
-        "ort_full_vs_eager_full": ratio("eager_full", "ort_full"),
-        "ort_point_vs_ort_full": ratio("ort_full", "ort_point"),
-        "eager_point_vs_eager_full": ratio("eager_full", "eager_point"),
-        "ort_point_vs_eager_point": ratio("eager_point", "ort_point"),
-        "environment": describe(torch.device("cpu")),
-    }
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    for key, value in report.items():
-        if key.endswith(("_full", "_point")) and isinstance(value, dict):
-            print(f"{key}: {value['speedup']:.2f}x [{value['low']:.2f}, {value['high']:.2f}]")
+        for p in s["points"]:
+            r = p["ort_vs_ort_full"]
+            print(
+                f"  {p['policy']} @ {p['threshold']:g}: onnxruntime {r[0]:.2f}x [{r[1]:.2f}, "
+                f"{r[2]:.2f}] over its full depth; WER {100 * p['wer_ort']:.2f}% (eager "
+                f"{100 * p['wer_eager']:.2f}%), transcripts differing "
+                f"{p['transcripts_differ_from_torch']}"
+            )
     print(f"wrote {RESULTS}")
 
 

@@ -416,14 +416,14 @@ def _check_runtime(
         require_onnx()
         if baseline is not None:
             raise UsageError(
-                "--baseline runs in dyncli eager: with --runtime onnxruntime export it "
-                "('dyncli export BASE.ckpt --full-depth') and profile that file instead"
+                "--baseline runs in dyncli eager: with --runtime onnxruntime profile the "
+                "baseline in a run of its own (as CHECKPOINT)"
             )
         others = [str(m) for m in models if not is_onnx_path(m)]
         if others:
             raise UsageError(
-                f"--runtime onnxruntime exports CHECKPOINT only; give --models {others[0]} as a "
-                ".onnx file ('dyncli export') or profile it in a run of its own"
+                f"--runtime onnxruntime exports CHECKPOINT only; profile {others[0]} in a run "
+                "of its own (as CHECKPOINT)"
             )
     return use_ort
 
