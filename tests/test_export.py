@@ -98,6 +98,28 @@ def test_onnxruntime_equals_full_depth(exported, backbone: str) -> None:
         assert ours == ckpt.tokenizer.decode(collapsed)
 
 
+@pytest.mark.parametrize("backbone", sorted(PRESETS))
+def test_silence_gives_the_same_log_probs(exported, backbone: str) -> None:
+    """A constant wave (digital silence, a DC offset): the per-utterance feature normalisation
+    makes its bands exactly 0 in both runtimes (rounding noise of the mean, divided by
+    sqrt(1e-5), once made them differ by 0.1 in log-probs). wav2vec2's convolutional feature
+    extractor normalises each channel over time (torchaudio's GroupNorm): on a constant wave
+    that is rounding noise over sqrt(1e-5) in either runtime, so there the transcripts are
+    compared and the log-probs only loosely."""
+    ckpt_path, onnx_path = exported[backbone]
+    ckpt = load_checkpoint(ckpt_path)
+    s = session(onnx_path)
+    tokens = token_texts(ckpt.tokenizer, ckpt.model.head.out_features, ckpt.model.blank_id)
+    for value in (0.0, 1e-3, -0.25):
+        wave = torch.full((1, 6000), value)
+        out, _ = s.run(None, {"wave": wave.numpy()})
+        ref = reference(ckpt.model, wave)
+        tol = 1e-2 if backbone == "wav2vec2" else 1e-4
+        np.testing.assert_allclose(out, ref.numpy(), atol=tol, rtol=0)
+        blank = ckpt.model.blank_id
+        assert greedy_transcript(out[0], tokens, blank) == greedy_transcript(ref[0], tokens, blank)
+
+
 def test_metadata_says_how_to_decode(exported) -> None:
     ckpt_path, onnx_path = exported["conformer"]
     ckpt = load_checkpoint(ckpt_path)

@@ -115,8 +115,9 @@ def token_texts(tokenizer: Tokenizer, vocab_size: int, blank_id: int) -> list[st
                 texts[i] = " ⁇ " if sp.IsUnknown(i - 1) else piece.replace("▁", " ")
     elif state["kind"] == "vocab":
         delimiter = state.get("word_delimiter", "|")
+        lower = bool(state.get("lower", False))  # do_lower_case: decode() lower-cases the text
         for i, token in enumerate(state["tokens"][:vocab_size]):
-            texts[i] = " " if token == delimiter else token
+            texts[i] = " " if token == delimiter else token.lower() if lower else token
     else:
         raise UsageError(f"cannot export a {state['kind']!r} tokenizer's vocabulary")
     texts[blank_id] = ""

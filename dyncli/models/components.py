@@ -100,9 +100,13 @@ def masked_normalize(feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor
     lengths = lengths.to(feats.device)
     valid = (~lengths_to_mask(lengths, feats.shape[1])).unsqueeze(-1).to(feats.dtype)
     count = lengths.clamp(min=1).to(feats.dtype)[:, None, None]
-    mean = (feats * valid).sum(1, keepdim=True) / count
-    var = (((feats - mean) * valid) ** 2).sum(1, keepdim=True) / count
-    return (feats - mean) / torch.sqrt(var + 1e-5) * valid
+    # Shifted by each utterance's first frame (always a true frame): a band that is constant
+    # over the utterance (silence) is then exactly 0, not rounding noise of the mean divided
+    # by sqrt(1e-5), which differed between runtimes (onnxruntime vs eager: 0.1 in log-probs).
+    x = (feats - feats[:, :1]) * valid
+    mean = x.sum(1, keepdim=True) / count
+    var = (((x - mean) * valid) ** 2).sum(1, keepdim=True) / count
+    return (x - mean) / torch.sqrt(var + 1e-5) * valid
 
 
 def warp_frequency(spec: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:

@@ -191,9 +191,11 @@ def _normalize(wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         wave.dtype
     )
     n = valid.sum(dim=1, keepdim=True).clamp(min=1)
-    mean = (wave * valid).sum(dim=1, keepdim=True) / n
-    var = ((wave - mean) ** 2 * valid).sum(dim=1, keepdim=True) / n
-    return (wave - mean) / torch.sqrt(var + 1e-7) * valid
+    # shifted by the first sample: a constant wave is exactly 0, not rounding noise / sqrt(1e-7)
+    x = (wave - wave[:, :1]) * valid
+    mean = x.sum(dim=1, keepdim=True) / n
+    var = ((x - mean) ** 2 * valid).sum(dim=1, keepdim=True) / n
+    return (x - mean) / torch.sqrt(var + 1e-7) * valid
 
 
 def w2v_layer(
