@@ -168,9 +168,14 @@ def test_cli_exports_and_refuses(exported, tmp_path: Path) -> None:
     assert both.exit_code == 2 and "drop --threshold" in both.stderr
 
 
-def test_a_policy_that_cannot_export_is_one_line(tmp_path: Path) -> None:
+def test_a_policy_that_cannot_export_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A policy without an exportable forward (a plugin's, say; drop stands in for one)."""
     from dyncli.assets import DEMO_DYNAMIC
+    from dyncli.methods.drop.policy import DropLayers
 
+    monkeypatch.delattr(DropLayers, "export_forward")
     out = tmp_path / "d.onnx"
     result = invoke_cli("export", DEMO_DYNAMIC, "-o", out, "--policy", "drop", "--threshold", "6")
     assert result.exit_code == 2 and "cannot be exported yet" in result.stderr
@@ -353,3 +358,65 @@ def test_example_runs_without_dyncli_or_torch(tmp_path: Path) -> None:
         expected.append(ckpt.tokenizer.decode(collapsed))
     assert got == expected
     assert "WER" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("backbone", "predictor"), [("conformer", "global"), ("transformer", "local")]
+)
+def test_gates_inside_the_graph_equal_dyncli(tmp_path: Path, backbone: str, predictor: str) -> None:
+    """I3D gates exported through GatePolicy.export_forward (a torch.cond per gated block):
+    dyncli's log-probs whether every block is open, some are, or none is."""
+    from dyncli.dynamic import build_policy
+    from dyncli.methods.gates.predictor import attach_gates, gates_method
+
+    torch.manual_seed(0)
+    tok = CharTokenizer.train(["one two three four five"])
+    cfg = PRESETS[backbone]["tiny"]
+    model = get_backbone(backbone).build(cfg, tok.vocab_size).eval()
+    gp = attach_gates(model, predictor)
+    with torch.no_grad():  # spread the gate logits so that thresholds split the blocks
+        last = gp.nets[-1][2]
+        last.bias.copy_(torch.linspace(-3.0, 3.0, last.bias.numel()))
+    path = tmp_path / "gates.ckpt"
+    save_checkpoint(
+        path,
+        Checkpoint(model, tok, backbone, cfg, method=gates_method(predictor, 0.5, 1.0, 1.0, 32)),
+    )
+    ckpt = load_checkpoint(path)
+    wave = torch.from_numpy(
+        (0.1 * np.random.default_rng(3).standard_normal((1, 9000))).astype(np.float32)
+    )
+    with torch.inference_mode():
+        feats, frames = ckpt.model.features(wave, torch.tensor([wave.shape[1]]))
+        x, lengths = ckpt.model.embed(feats, frames)
+    opened = []
+    for threshold in (1e-6, 0.5, 1.0):
+        policy = build_policy("gates", threshold)
+        with torch.inference_mode():
+            ref, decision = policy.run(ckpt.model, x, lengths)
+        opened.append(float(decision.open.float().mean()))
+        out = tmp_path / f"g-{threshold}.onnx"
+        export_onnx(ckpt, out, policy=policy, policy_name="gates", threshold=threshold)
+        got, layers = session(out).run(None, {"wave": wave.numpy()})
+        np.testing.assert_allclose(got, ref.log_probs.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_array_equal(layers, ref.frame_layers.numpy())
+    assert opened[0] == 1.0 and 0.0 < opened[1] < 1.0 and opened[2] == 0.0
+
+
+def test_drop_inside_the_graph_equals_dyncli(exported, tmp_path: Path) -> None:
+    from dyncli.dynamic import build_policy
+
+    ckpt = load_checkpoint(exported["conformer"][0])
+    wave = torch.from_numpy(
+        (0.1 * np.random.default_rng(4).standard_normal((1, 7000))).astype(np.float32)
+    )
+    policy = build_policy("drop", 1)
+    with torch.inference_mode():
+        feats, frames = ckpt.model.features(wave, torch.tensor([wave.shape[1]]))
+        x, lengths = ckpt.model.embed(feats, frames)
+        ref = policy.encode(ckpt.model, x, lengths)
+    out = tmp_path / "drop.onnx"
+    export_onnx(ckpt, out, policy=policy, policy_name="drop", threshold=1)
+    got, layers = session(out).run(None, {"wave": wave.numpy()})
+    np.testing.assert_allclose(got, ref.log_probs.numpy(), atol=1e-4, rtol=0)
+    assert (layers == 1).all() and ckpt.model.num_layers > 1

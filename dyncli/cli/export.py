@@ -42,15 +42,17 @@ def run(
 
     Batch 1: the graph takes 'wave' (1, N) float32 samples at the model's sample rate (any N;
     a wave shorter than the front end's minimum is zero-padded as dyncli pads it) and returns
-    'log_probs' (1, T, V). Its metadata holds the sample rate, the blank id, each output id's
-    text ('tokens', JSON) and the decoding rule, the policy inside the graph and dyncli's
+    'log_probs' (1, T, V) and 'frame_layers' (1, T), the layers each frame ran. Its metadata
+    holds the sample rate, the blank id, each output id's text ('tokens', JSON) and the
+    decoding rule, the policy inside the graph with its threshold and settings, and dyncli's
     version, so a deployment decodes it with onnxruntime alone (examples/deploy/).
 
     Without flags it exports what the checkpoint runs: its stored operating point, or full
     depth for a static model; --policy and --threshold choose another point, --full-depth the
-    static path. Blank-skip (If / NonZero / Gather / ScatterND) and early exit (one If per
-    exit) go inside the graph; another policy is refused with one line until it can. Needs
-    the 'export' extra (onnx, onnxscript; onnxruntime to run the file).
+    static path. Every built-in policy goes inside the graph: blank-skip (If / NonZero /
+    Gather / ScatterND), early exit (one If per exit), gates (one If per gated block) and drop
+    (the kept layers only); a plugin's policy without an exportable forward is refused with
+    one line. Needs the 'export' extra (onnx, onnxscript; onnxruntime to run the file).
     """
     from dyncli.checkpoint import load_checkpoint
     from dyncli.cli.output import note
@@ -76,7 +78,7 @@ def run(
         if not exportable(runner):
             raise UsageError(
                 f"{checkpoint}: the {choice.policy} policy ({choice.source}) cannot be exported "
-                "yet; give --policy blank-skip (or early-exit-*) --threshold T, or --full-depth"
+                "yet (it has no exportable forward); give another --policy, or --full-depth"
             )
         result = export_onnx(
             ckpt, output, policy=runner, policy_name=choice.policy, threshold=choice.threshold

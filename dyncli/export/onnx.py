@@ -155,7 +155,7 @@ def export_onnx(
     if policy is not None and not exportable(policy):
         raise UsageError(
             f"the {policy_name} policy cannot be exported yet (it has no exportable forward); "
-            "export blank-skip or early exit, or give --full-depth"
+            "export another policy, or give --full-depth"
         )
     import onnx
 

@@ -130,8 +130,8 @@ def export_run(
 
     if policy is not None and not exportable(policy):
         raise UsageError(
-            f"--runtime onnxruntime: the {policy_name} policy cannot be exported yet; profile "
-            "blank-skip or early exit there, or use --runtime torch"
+            f"--runtime onnxruntime: the {policy_name} policy cannot be exported yet (it has no "
+            "exportable forward); use --runtime torch"
         )
     if folder is None:
         import tempfile

@@ -445,8 +445,8 @@ def _exportable_plans(
             warn(f"--runtime onnxruntime: the {name} policy cannot be exported yet; left out")
         else:
             raise UsageError(
-                f"--runtime onnxruntime: the {name} policy cannot be exported yet; profile "
-                "blank-skip or early exit there, or use --runtime torch"
+                f"--runtime onnxruntime: the {name} policy cannot be exported yet (it has no "
+                "exportable forward); use --runtime torch"
             )
     if not kept:
         raise UsageError("--runtime onnxruntime: none of the --policy policies can be exported")

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 
 from dyncli.data.text import BLANK_ID
+from dyncli.errors import UsageError
 from dyncli.models.components import lengths_to_mask
 
 EXIT_HEAD_FORMS = ("softmax", "factorized")
@@ -54,6 +55,17 @@ def apply_gate(
         return torch.add(x, delta, alpha=scale) if scale != 1.0 else x + delta
     if gate.is_floating_point():
         return x + (gate.to(x.dtype) * scale).view(-1, 1, 1) * branch(None)
+    if torch.compiler.is_exporting():  # a graph (batch 1): the decision is a graph branch
+        if x.shape[0] != 1:
+            raise UsageError("a gated block exports at batch 1 only")
+
+        def run(h: torch.Tensor) -> torch.Tensor:
+            return torch.add(h, branch(None), alpha=scale).reshape(-1)
+
+        def bypass(h: torch.Tensor) -> torch.Tensor:
+            return h.reshape(-1).clone()
+
+        return torch.cond(gate.reshape(()), run, bypass, (x,)).reshape(x.shape)
     if bool(gate.all()):
         return apply_gate(x, True, branch, scale)
     if not bool(gate.any()):

@@ -542,8 +542,8 @@ class ConformerCTC(CTCEncoder):
         assert isinstance(layer, ConformerLayer)
         if layer.training:
             return conformer_layer(layer, x, pad_mask, layer_weights(layer), gates, train=True)
-        closed = _closed_for_all(gates)
-        if closed is not None and LEAN_TRACES.applies(layer):
+        closed = _closed_for_all(gates) if LEAN_TRACES.applies(layer) else None
+        if closed is not None:
             return LEAN_TRACES(layer, x, pad_mask, closed)
         return conformer_layer(layer, x, pad_mask, lean_weights(layer), gates)
 

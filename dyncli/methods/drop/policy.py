@@ -58,6 +58,17 @@ class DropLayers:
         layers = valid_frames(lengths, x.shape[1]).long() * len(kept)
         return DynamicOutput(model.log_probs(x), lengths, layers, trace)
 
+    def export_forward(
+        self, model: CTCEncoder, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The policy as an exportable graph, batch 1: (1, T, D) encoder input -> (1, T, V)
+        log-probs and (1, T) layers each frame ran, the same as :meth:`encode`: the kept layers
+        only (the others are not in the graph)."""
+        self.check(model)
+        kept = kept_layers(model.num_layers, int(self.config.threshold))
+        log_probs = model.log_probs(model.run_layers(x, None, kept))
+        return log_probs, torch.full_like(log_probs[..., 0], len(kept), dtype=torch.int64)
+
     def sweep(
         self,
         model: CTCEncoder,

@@ -80,6 +80,29 @@ class GatePolicy:
     def encode(self, model: CTCEncoder, x: torch.Tensor, lengths: torch.Tensor) -> DynamicOutput:
         return self.run(model, x, lengths)[0]
 
+    def export_forward(
+        self, model: CTCEncoder, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The policy as an exportable graph, batch 1: (1, T, D) encoder input -> (1, T, V)
+        log-probs and (1, T) layers each frame ran (every layer: a closed block is skipped
+        inside its layer), the same as :meth:`encode`. Each gated block is a ``torch.cond`` on
+        its decision (:func:`dyncli.models.base.apply_gate`): a closed block is not computed."""
+        gp = predictor_of(model)
+        if gp is None:
+            self.check(model)
+        assert gp is not None
+        threshold = self.config.threshold
+        plan = gp.plan(x, None)
+        for i in range(model.num_layers):
+            is_open = torch.sigmoid(gp.layer_logits(i, x, None, plan)) >= threshold  # (1, blocks)
+            gates: dict[str, torch.Tensor | bool] = {
+                name: is_open[:, j] for j, name in enumerate(gp.blocks)
+            }
+            x = model.run_layer(i, x, None, gates=gates)
+        log_probs = model.log_probs(x)
+        layers = torch.full_like(log_probs[..., 0], model.num_layers, dtype=torch.int64)
+        return log_probs, layers
+
     def sweep(
         self,
         model: CTCEncoder,
