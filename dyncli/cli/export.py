@@ -31,7 +31,8 @@ def run(
         typer.Option(
             "--format",
             help="onnx: one ONNX graph (opset 18) for onnxruntime and other runtimes. pt2 "
-            "(torch.export / AOTInductor) is not supported yet.",
+            "(torch.export / AOTInductor) is refused: torch 2.11 loads a .pt2's weights by "
+            "unpickling them, which can run code from the file.",
         ),
     ] = ExportFormat.onnx,
     policy: PolicyOpt = None,
@@ -63,7 +64,10 @@ def run(
 
     check_paths(inputs={"CHECKPOINT": checkpoint}, outputs={"--output": output})
     if export_format is ExportFormat.pt2:
-        raise UsageError("--format pt2 is not supported yet: give --format onnx")
+        raise UsageError(
+            "--format pt2 is not supported: torch 2.11's .pt2 loader unpickles weights "
+            "(weights_only=False), so loading such a file can run code from it; give --format onnx"
+        )
     if full_depth and (policy is not None or threshold is not None):
         given = " and ".join(f for f, v in (("--policy", policy), ("--threshold", threshold)) if v)
         raise UsageError(f"--full-depth exports every layer: drop {given}")
