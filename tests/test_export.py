@@ -420,3 +420,41 @@ def test_drop_inside_the_graph_equals_dyncli(exported, tmp_path: Path) -> None:
     got, layers = session(out).run(None, {"wave": wave.numpy()})
     np.testing.assert_allclose(got, ref.log_probs.numpy(), atol=1e-4, rtol=0)
     assert (layers == 1).all() and ckpt.model.num_layers > 1
+
+
+def test_wavlm_blank_skip_inside_the_graph_equals_dyncli(tmp_path: Path) -> None:
+    """WavLM's relative position bias: the kept frames run the later layers with their
+    positions in the full sequence, inside the graph as in dyncli, whether some or all frames
+    skip."""
+    import dataclasses
+
+    from dyncli.dynamic import build_policy
+
+    torch.manual_seed(0)
+    tok = CharTokenizer.train(["one two three"])
+    cfg = dataclasses.replace(WAV2VEC2_PRESETS["tiny"], wavlm=True)
+    model = get_backbone("wav2vec2").build(cfg, tok.vocab_size).eval()
+    model.attach_exits([1])
+    path = tmp_path / "wavlm.ckpt"
+    method = {"name": "early-exit", "exits": [1]}
+    save_checkpoint(path, Checkpoint(model, tok, "wav2vec2", cfg, method=method))
+    ckpt = load_checkpoint(path)
+    rng = np.random.default_rng(0)
+    wave = torch.from_numpy((0.1 * rng.standard_normal((1, 9000))).astype(np.float32))
+    with torch.inference_mode():
+        feats, frames = ckpt.model.features(wave, torch.tensor([wave.shape[1]]))
+        x, lengths = ckpt.model.embed(feats, frames)
+        blank = ckpt.model.exit_log_probs(1, ckpt.model.run_layers(x, None, range(1)))[0, :, 0]
+    middle = float(blank.exp().median())  # about half the frames skip
+    skipped = []
+    for threshold in (1e-6, middle):  # (every frame kept: tested on the other backbones)
+        policy = build_policy("blank-skip", threshold, layer=1, neighbours=0)
+        with torch.inference_mode():
+            ref = policy.encode(ckpt.model, x, lengths)
+        out = tmp_path / "wl.onnx"
+        export_onnx(ckpt, out, policy=policy, policy_name="blank-skip", threshold=threshold)
+        got, layers = session(out).run(None, {"wave": wave.numpy()})
+        np.testing.assert_allclose(got, ref.log_probs.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_array_equal(layers, ref.frame_layers.numpy())
+        skipped.append(float((layers < ckpt.model.num_layers).mean()))
+    assert skipped[0] == 1.0 and 0.0 < skipped[1] < 1.0

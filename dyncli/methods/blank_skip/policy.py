@@ -163,11 +163,6 @@ class BlankSkip:
         ``index_select`` and scattered back with ``index_copy``; branch outputs are flat (the
         exporter needs dense strides). The neighbours are grown with a ones-kernel convolution
         (``max_pool1d`` fixes the length in an exported graph); on a 0/1 mask it is the same."""
-        if model.relative_positions:
-            raise UsageError(
-                "blank-skip cannot be exported for a backbone with relative positions (WavLM) "
-                "yet; export it with --full-depth"
-            )
         k, big_l = self.trigger(model), model.num_layers
         threshold, reach = self.config.threshold, self.config.neighbours
         x = model.run_layers(x, None, range(k))
@@ -183,7 +178,8 @@ class BlankSkip:
         def run(x: torch.Tensor, lp: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
             idx = keep.nonzero().squeeze(1)
             torch._check(idx.shape[0] >= 1)
-            xs = model.run_layers(x.index_select(1, idx), None, range(k, big_l))
+            positions = idx[None, :] if model.relative_positions else None
+            xs = model.run_layers(x.index_select(1, idx), None, range(k, big_l), positions)
             return lp.index_copy(1, idx, model.log_probs(xs)).reshape(-1)
 
         def skip(x: torch.Tensor, lp: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
