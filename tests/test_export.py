@@ -273,12 +273,12 @@ def test_cli_exports_a_blank_skip_point(exported, tmp_path: Path) -> None:
     from dyncli.assets import DEMO_DYNAMIC
 
     out = tmp_path / "bs.onnx"
-    args = ("--policy", "blank-skip", "--threshold", "0.9")
-    result = invoke_cli("export", DEMO_DYNAMIC, "-o", out, *args)
+    args = ("--policy", "blank-skip", "--threshold", "0.9", "--skip-layer", "4")
+    result = invoke_cli("export", DEMO_DYNAMIC, "-o", out, *args, "--skip-neighbours", "2")
     assert result.exit_code == 0, result.output
     meta = {e.key: e.value for e in onnx.load(str(out)).metadata_props}
     assert meta["policy"] == "blank-skip" and meta["threshold"] == "0.9"
-    assert json.loads(meta["settings"]) == {"layer": 6, "neighbours": 1, "bucket": 0}
+    assert json.loads(meta["settings"]) == {"layer": 4, "neighbours": 2, "bucket": 0}
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert "If" in ops
 

@@ -12,6 +12,8 @@ from dyncli.cli.options import (
     FullDepthOpt,
     OutputOpt,
     PolicyOpt,
+    SkipLayerOpt,
+    SkipNeighboursOpt,
     ThresholdOpt,
 )
 
@@ -37,6 +39,8 @@ def run(
     ] = ExportFormat.onnx,
     policy: PolicyOpt = None,
     threshold: ThresholdOpt = None,
+    skip_layer: SkipLayerOpt = None,
+    skip_neighbours: SkipNeighboursOpt = None,
     full_depth: FullDepthOpt = False,
 ) -> None:
     """Export a checkpoint as one graph from the waveform to CTC log-probs, front end included.
@@ -68,13 +72,24 @@ def run(
             "--format pt2 is not supported: torch 2.11's .pt2 loader unpickles weights "
             "(weights_only=False), so loading such a file can run code from it; give --format onnx"
         )
-    if full_depth and (policy is not None or threshold is not None):
-        given = " and ".join(f for f, v in (("--policy", policy), ("--threshold", threshold)) if v)
+    chosen = (
+        ("--policy", policy),
+        ("--threshold", threshold),
+        ("--skip-layer", skip_layer),
+        ("--skip-neighbours", skip_neighbours),
+    )
+    if full_depth and any(v is not None for _, v in chosen):
+        given = " and ".join(f for f, v in chosen if v is not None)
         raise UsageError(f"--full-depth exports every layer: drop {given}")
     require_onnx()
     ckpt = load_checkpoint(checkpoint)
     runner, choice = resolve_run(
-        ckpt, policy=policy, threshold=threshold, full_depth=full_depth, where=str(checkpoint)
+        ckpt,
+        policy=policy,
+        threshold=threshold,
+        overrides={"layer": skip_layer, "neighbours": skip_neighbours},
+        full_depth=full_depth,
+        where=str(checkpoint),
     )
     if choice.full_depth:
         result = export_onnx(ckpt, output)
