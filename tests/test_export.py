@@ -46,6 +46,20 @@ def reference(model: Any, wave: torch.Tensor) -> torch.Tensor:
         return model.log_probs(model.run_layers(x, None))
 
 
+def noise(seed: int, samples: int) -> torch.Tensor:
+    """(1, samples) of Gaussian noise at 0.1."""
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy((0.1 * rng.standard_normal((1, samples))).astype(np.float32))
+
+
+def encoder_input(model: Any, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a policy's ``encode`` takes for ``wave`` (1, N): the embedded features, lengths."""
+    with torch.inference_mode():
+        feats, frames = model.features(wave, torch.tensor([wave.shape[1]]))
+        x, lengths = model.embed(feats, frames)
+    return x, lengths
+
+
 def session(path: Path) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -221,9 +235,8 @@ def test_blank_skip_inside_the_graph_equals_dyncli(tmp_path: Path, backbone: str
         assert result.policy == "blank-skip" and result.threshold == threshold
         s = session(out)
         for wave in waves:
+            x, lengths = encoder_input(ckpt.model, wave)
             with torch.inference_mode():
-                feats, frames = ckpt.model.features(wave, torch.tensor([wave.shape[1]]))
-                x, lengths = ckpt.model.embed(feats, frames)
                 ref = policy.encode(ckpt.model, x, lengths)
             got, layers = s.run(None, {"wave": wave.numpy()})
             np.testing.assert_allclose(got, ref.log_probs.numpy(), atol=1e-4, rtol=0)
@@ -248,12 +261,8 @@ def test_early_exit_inside_the_graph_equals_dyncli(tmp_path: Path, criterion: st
     method = {"name": "early-exit", "exits": [1]}
     save_checkpoint(path, Checkpoint(model, tok, "conformer", cfg, method=method))
     ckpt = load_checkpoint(path)
-    wave = torch.from_numpy(
-        (0.1 * np.random.default_rng(2).standard_normal((1, 7000))).astype(np.float32)
-    )
-    with torch.inference_mode():
-        feats, frames = ckpt.model.features(wave, torch.tensor([wave.shape[1]]))
-        x, lengths = ckpt.model.embed(feats, frames)
+    wave = noise(2, 7000)
+    x, lengths = encoder_input(ckpt.model, wave)
     # one threshold that every exit passes, one that none does
     for threshold in (1.0, 0.0) if criterion == "entropy" else (0.0, 1.0):
         policy = build_policy(f"early-exit-{criterion}", threshold)
@@ -383,12 +392,8 @@ def test_gates_inside_the_graph_equal_dyncli(tmp_path: Path, backbone: str, pred
         Checkpoint(model, tok, backbone, cfg, method=gates_method(predictor, 0.5, 1.0, 1.0, 32)),
     )
     ckpt = load_checkpoint(path)
-    wave = torch.from_numpy(
-        (0.1 * np.random.default_rng(3).standard_normal((1, 9000))).astype(np.float32)
-    )
-    with torch.inference_mode():
-        feats, frames = ckpt.model.features(wave, torch.tensor([wave.shape[1]]))
-        x, lengths = ckpt.model.embed(feats, frames)
+    wave = noise(3, 9000)
+    x, lengths = encoder_input(ckpt.model, wave)
     opened = []
     for threshold in (1e-6, 0.5, 1.0):
         policy = build_policy("gates", threshold)
@@ -407,13 +412,10 @@ def test_drop_inside_the_graph_equals_dyncli(exported, tmp_path: Path) -> None:
     from dyncli.dynamic import build_policy
 
     ckpt = load_checkpoint(exported["conformer"][0])
-    wave = torch.from_numpy(
-        (0.1 * np.random.default_rng(4).standard_normal((1, 7000))).astype(np.float32)
-    )
+    wave = noise(4, 7000)
     policy = build_policy("drop", 1)
+    x, lengths = encoder_input(ckpt.model, wave)
     with torch.inference_mode():
-        feats, frames = ckpt.model.features(wave, torch.tensor([wave.shape[1]]))
-        x, lengths = ckpt.model.embed(feats, frames)
         ref = policy.encode(ckpt.model, x, lengths)
     out = tmp_path / "drop.onnx"
     export_onnx(ckpt, out, policy=policy, policy_name="drop", threshold=1)
@@ -439,11 +441,9 @@ def test_wavlm_blank_skip_inside_the_graph_equals_dyncli(tmp_path: Path) -> None
     method = {"name": "early-exit", "exits": [1]}
     save_checkpoint(path, Checkpoint(model, tok, "wav2vec2", cfg, method=method))
     ckpt = load_checkpoint(path)
-    rng = np.random.default_rng(0)
-    wave = torch.from_numpy((0.1 * rng.standard_normal((1, 9000))).astype(np.float32))
+    wave = noise(0, 9000)
+    x, lengths = encoder_input(ckpt.model, wave)
     with torch.inference_mode():
-        feats, frames = ckpt.model.features(wave, torch.tensor([wave.shape[1]]))
-        x, lengths = ckpt.model.embed(feats, frames)
         blank = ckpt.model.exit_log_probs(1, ckpt.model.run_layers(x, None, range(1)))[0, :, 0]
     middle = float(blank.exp().median())  # about half the frames skip
     skipped = []
