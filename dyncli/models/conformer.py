@@ -186,6 +186,8 @@ def _attention(
     h = f.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
     b, t, d = h.shape
     heads = layer.self_attn.num_heads
+    if pad_mask is None and b == 1 and torch.compiler.is_exporting():
+        return _exported_attention(h, heads, in_w, in_b, out_w, out_b)
     q, k, v = (
         f.linear(h, in_w, in_b).view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
     ).unbind(0)  # each (B, H, T, Dh)
@@ -194,6 +196,30 @@ def _attention(
     h = f.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
     h = f.linear(h.transpose(1, 2).reshape(b, t, d), out_w, out_b)
     return f.dropout(h, layer.self_attn_dropout.p, True) if train else h
+
+
+def _exported_attention(
+    h: torch.Tensor,
+    heads: int,
+    in_w: torch.Tensor,
+    in_b: torch.Tensor,
+    out_w: torch.Tensor,
+    out_b: torch.Tensor,
+) -> torch.Tensor:
+    """What :func:`_attention` computes at batch 1 without padding, in the fewest graph nodes:
+    the softmax scale folded into the query projection (constants in the graph), heads split
+    along the first axis (one ``Split``, no ``Squeeze``), and no SDPA decomposition (which
+    re-derives K's transposed shape at run time). In an exported graph a suffix of layers on a
+    few kept frames costs mostly per-node dispatch, so the node count is the cost."""
+    f = torch.nn.functional
+    _, t, d = h.shape
+    dh = d // heads
+    s = dh**-0.5  # on the query rows; folded into constants when the graph is optimised
+    w, bias = torch.cat([in_w[:d] * s, in_w[d:]]), torch.cat([in_b[:d] * s, in_b[d:]])
+    qkv = f.linear(h[0], w, bias)  # (T, 3D)
+    q, k, v = qkv.reshape(t, 3 * heads, dh).transpose(0, 1).split(heads)  # each (H, T, Dh)
+    att = torch.matmul(torch.matmul(q, k.transpose(1, 2)).softmax(dim=-1), v)  # (H, T, Dh)
+    return f.linear(att.transpose(0, 1).reshape(t, d), out_w, out_b)[None]
 
 
 def _conv(
