@@ -3,6 +3,7 @@ what ``dyncli profile --runtime onnxruntime`` measures, at the stored operating 
 blank-skip threshold chosen on dev.
 
     python benchmarks/onnx_speed.py --dev DEV.jsonl [--wer-budget 0.025] [--repeats 3]
+        [--checkpoint CKPT --out results/NAME.json]
 
 1. Stored point: ``profile --runtime onnxruntime --thresholds <stored>`` on the bundled set.
 2. Blank-skip: the threshold is chosen on ``--dev`` (never on the test speaker): the one with the
@@ -32,9 +33,9 @@ RESULTS = Path(__file__).parent / "results" / "onnx_speed.json"
 GRID = [0.9, 0.95, 0.98, 0.99, 0.995, 0.999]
 
 
-def choose_on_dev(dev: str, budget: float) -> dict[str, Any]:
+def choose_on_dev(checkpoint: str, dev: str, budget: float) -> dict[str, Any]:
     report = profile(
-        checkpoint=DEMO_DYNAMIC, data=dev, policy="blank-skip", thresholds=GRID, repeats=1
+        checkpoint=checkpoint, data=dev, policy="blank-skip", thresholds=GRID, repeats=1
     ).to_json()
     rows = report["rows"]
     within = [r for r in rows if r["dwer_high"] <= budget]
@@ -103,26 +104,29 @@ def main() -> None:
     parser.add_argument("--dev", required=True, help="dev manifest (not the test speaker)")
     parser.add_argument("--wer-budget", type=float, default=0.025)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--checkpoint", default=str(DEMO_DYNAMIC))
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
-    point = stored_point(load_checkpoint(DEMO_DYNAMIC).method)
+    point = stored_point(load_checkpoint(args.checkpoint).method)
     assert point is not None
     common: dict[str, Any] = {
-        "checkpoint": DEMO_DYNAMIC,
+        "checkpoint": args.checkpoint,
         "data": EVAL_MANIFEST,
         "runtime": "onnxruntime",
         "repeats": args.repeats,
     }
     stored = profile(thresholds=[point[1]], **common).to_json()
-    chosen = choose_on_dev(args.dev, args.wer_budget)
+    chosen = choose_on_dev(args.checkpoint, args.dev, args.wer_budget)
     blank = profile(policy="blank-skip", thresholds=[chosen["threshold"]], **common).to_json()
     out = {
+        "checkpoint": args.checkpoint,
         "what": "dyncli profile --runtime onnxruntime, bundled model and evaluation set, 1 "
         "thread, batch 1; ratios [value, low, high] paired within one run (95% intervals)",
         "stored_point": {"policy": point[0], "threshold": point[1], **summary(stored)},
         "blank_skip": {"chosen_on_dev": chosen, **summary(blank)},
         "environment": stored["environment"],
     }
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     for name in ("stored_point", "blank_skip"):
         s = out[name]
         full = s["ort_full_vs_eager_full"]
@@ -137,7 +141,7 @@ def main() -> None:
                 f"{100 * p['wer_eager']:.2f}%), transcripts differing "
                 f"{p['transcripts_differ_from_torch']}"
             )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
