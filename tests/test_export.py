@@ -226,13 +226,15 @@ def test_blank_skip_inside_the_graph_equals_dyncli(tmp_path: Path, backbone: str
         torch.from_numpy((0.1 * rng.standard_normal((1, n))).astype(np.float32))
         for n in (50, 4000, 9000)
     ]
-    for threshold in (1e-6, 0.5, 0.8, 1.0):
+    for threshold in (1e-6, 0.5, 0.8123456789, 1.0):
         policy = build_policy("blank-skip", threshold, layer=1, neighbours=1)
         out = tmp_path / f"bs-{threshold}.onnx"
         result = export_onnx(
             ckpt, out, policy=policy, policy_name="blank-skip", threshold=threshold
         )
         assert result.policy == "blank-skip" and result.threshold == threshold
+        meta = {e.key: e.value for e in onnx.load(str(out)).metadata_props}
+        assert float(meta["threshold"]) == threshold  # exactly the graph's, not rounded
         s = session(out)
         for wave in waves:
             x, lengths = encoder_input(ckpt.model, wave)
@@ -242,7 +244,7 @@ def test_blank_skip_inside_the_graph_equals_dyncli(tmp_path: Path, backbone: str
             np.testing.assert_allclose(got, ref.log_probs.numpy(), atol=1e-4, rtol=0)
             np.testing.assert_array_equal(layers, ref.frame_layers.numpy())
     meta = {e.key: e.value for e in onnx.load(str(out)).metadata_props}
-    assert meta["policy"] == "blank-skip" and meta["threshold"] == "1"
+    assert meta["policy"] == "blank-skip" and meta["threshold"] == "1.0"
 
 
 @pytest.mark.parametrize("criterion", ["entropy", "posterior"])

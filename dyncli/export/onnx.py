@@ -18,7 +18,7 @@ key                 value
                     collapsed, blanks dropped, the tokens' texts joined, runs of spaces made
                     one, the ends stripped)
 ``policy``          the skip policy inside the graph (``static``: every layer on every frame)
-``threshold``       its threshold (empty for ``static``)
+``threshold``       its threshold, exactly (Python's ``repr``; empty for ``static``)
 ``settings``        JSON object: the policy's other settings (blank-skip: ``layer``, the exit
                     whose blank posterior decides, and ``neighbours``; ``{}`` for ``static``)
 ``backbone``        the checkpoint's backbone
@@ -188,7 +188,8 @@ def export_onnx(
         "tokens": json.dumps(token_texts(ckpt.tokenizer, vocab, blank), ensure_ascii=False),
         "decode": DECODE,
         "policy": policy_name if policy is not None else "static",
-        "threshold": "" if policy is None or threshold is None else f"{threshold:g}",
+        # repr: the shortest text that reads back as the same float the graph compares with
+        "threshold": "" if policy is None or threshold is None else repr(float(threshold)),
         "settings": json.dumps(policy_settings(model, policy)),
         "backbone": ckpt.backbone,
         "source_sha256": file_sha256(ckpt.path) if ckpt.path else "",
