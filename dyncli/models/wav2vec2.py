@@ -103,9 +103,22 @@ class Wav2Vec2CTC(CTCEncoder):
         self.norm_after_layers = not transformer.layer_norm_first
         self.frontend = _WaveFrontend(self)
 
+    @property
+    def min_samples(self) -> int:
+        """The shortest wave the convolutional feature extractor turns into one frame; a
+        shorter one is zero-padded up to it (as the log-mel front end pads)."""
+        need = 1
+        for layer in reversed(list(self.feature_extractor.conv_layers)):
+            need = (need - 1) * int(layer.conv.stride[0]) + int(layer.conv.kernel_size[0])
+        return need
+
     def features(
         self, wave: torch.Tensor, lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        least = self.min_samples
+        if not torch.compiler.is_exporting() and wave.shape[1] < least:
+            wave = torch.nn.functional.pad(wave, (0, least - wave.shape[1]))
+        lengths = lengths.clamp(min=least)  # (an exported graph pads before it gets here)
         if self.config.normalize_waveform:
             wave = _normalize(wave, lengths.to(wave.device))
         feats, frames = self.feature_extractor(wave, lengths.to(wave.device))
@@ -178,6 +191,10 @@ class _WaveFrontend(torch.nn.Module):
     def __init__(self, model: Wav2Vec2CTC) -> None:
         super().__init__()
         self._model = [model]  # a plain reference: not a sub-module (no parameter twice)
+
+    @property
+    def min_samples(self) -> int:
+        return self._model[0].min_samples
 
     def forward(
         self, wave: torch.Tensor, lengths: torch.Tensor, warp: Any = None
