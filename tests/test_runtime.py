@@ -89,6 +89,7 @@ def test_transcribe_an_onnx_file_prints_the_checkpoint_s_transcripts(setup) -> N
         (("evaluate", "{ckpt}", "--runtime", "onnxruntime", "--device", "cuda"), "on the CPU"),
         (("evaluate", "{garbage}"), "not an ONNX model onnxruntime can load"),
         (("evaluate", "{foreign}"), "not a dyncli export"),
+        (("transcribe", "{broken}", "{wav}"), "onnxruntime failed on a 4000-sample wave"),
         (("profile", "{onnx}"), "profile needs the checkpoint"),
         (("profile", "{ckpt}", "--runtime", "onnxruntime", "--batch-size", "2"), "one utterance"),
         (("profile", "{ckpt}", "--runtime", "onnxruntime", "--baseline", "{ckpt2}"), "--baseline"),
@@ -106,6 +107,17 @@ def test_what_onnxruntime_cannot_run_is_refused_in_one_line(setup, args, message
     root = setup["root"]
     garbage = root / "garbage.onnx"
     garbage.write_text("not a model")
+    broken = root / "broken.onnx"  # dyncli's metadata on a graph that fails when run
+    node = helper.make_node("Reshape", ["wave", "shape"], ["log_probs"])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [7, 7])
+    wave_in = helper.make_tensor_value_info("wave", TensorProto.FLOAT, [1, None])
+    lp_out = helper.make_tensor_value_info("log_probs", TensorProto.FLOAT, [7, 7])
+    model = helper.make_model(helper.make_graph([node], "g", [wave_in], [lp_out], [shape]))
+    meta = {"sample_rate": "8000", "blank_id": "0", "tokens": "[]", "decode": "greedy-ctc"}
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, broken)
     foreign = root / "foreign.onnx"  # a valid ONNX model without dyncli's metadata
     node = helper.make_node("Identity", ["wave"], ["log_probs"])
     io = [
@@ -121,6 +133,7 @@ def test_what_onnxruntime_cannot_run_is_refused_in_one_line(setup, args, message
         "ckpt2": ckpt2,
         "garbage": garbage,
         "foreign": foreign,
+        "broken": broken,
         "wav": root / "u0.wav",
         "static": setup["static"],
     }

@@ -92,7 +92,13 @@ class OnnxModel:
     def run(self, wave: np.ndarray) -> OnnxRun:
         """``wave``: (N,) or (1, N) float32 samples at :attr:`sample_rate`."""
         feed = np.ascontiguousarray(wave, dtype=np.float32).reshape(1, -1)
-        outs = self.session.run(None, {"wave": feed})
+        try:
+            outs = self.session.run(None, {"wave": feed})
+        except Exception as exc:  # onnxruntime's own error types: one line, not a traceback
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UsageError(
+                f"{self.path}: onnxruntime failed on a {feed.shape[1]}-sample wave ({first})"
+            ) from None
         layers = outs[1][0] if len(outs) > 1 else None
         return OnnxRun(outs[0][0], layers)
 
