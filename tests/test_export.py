@@ -46,6 +46,21 @@ def reference(model: Any, wave: torch.Tensor) -> torch.Tensor:
         return model.log_probs(model.run_layers(x, None))
 
 
+def with_exit(tmp_path: Path, backbone: str, cfg: Any, blank_bias: float = 0.0) -> Checkpoint:
+    """A tiny random ``backbone`` model with an exit after layer 1 (its blank logit raised by
+    ``blank_bias``), saved as an early-exit checkpoint and loaded back."""
+    torch.manual_seed(0)
+    tok = CharTokenizer.train(["one two three four five"])
+    model = get_backbone(backbone).build(cfg, tok.vocab_size).eval()
+    model.attach_exits([1])
+    with torch.no_grad():
+        model.exit_heads["1"].bias[0] += blank_bias  # type: ignore[index,operator]
+    path = tmp_path / f"{backbone}-exit.ckpt"
+    method = {"name": "early-exit", "exits": [1]}
+    save_checkpoint(path, Checkpoint(model, tok, backbone, cfg, method=method))
+    return load_checkpoint(path)
+
+
 def noise(seed: int, samples: int) -> torch.Tensor:
     """(1, samples) of Gaussian noise at 0.1."""
     rng = np.random.default_rng(seed)
@@ -194,25 +209,8 @@ def test_blank_skip_inside_the_graph_equals_dyncli(tmp_path: Path, backbone: str
     dyncli's BlankSkip, whether some, none or all frames skip."""
     from dyncli.dynamic import build_policy
 
-    torch.manual_seed(0)
-    tok = CharTokenizer.train(["one two three four five"])
-    cfg = PRESETS[backbone]["tiny"]
-    model = get_backbone(backbone).build(cfg, tok.vocab_size).eval()
-    model.attach_exits([1])
-    with torch.no_grad():  # a blank-leaning exit, so a threshold splits the frames
-        model.exit_heads["1"].bias[0] += 2.0  # type: ignore[index,operator]
-    path = tmp_path / "dyn.ckpt"
-    save_checkpoint(
-        path,
-        Checkpoint(
-            model=model,
-            tokenizer=tok,
-            backbone=backbone,
-            config=cfg,
-            method={"name": "early-exit", "exits": [1]},
-        ),
-    )
-    ckpt = load_checkpoint(path)
+    # a blank-leaning exit, so a threshold splits the frames
+    ckpt = with_exit(tmp_path, backbone, PRESETS[backbone]["tiny"], blank_bias=2.0)
     rng = np.random.default_rng(1)
     waves = [
         torch.from_numpy((0.1 * rng.standard_normal((1, n))).astype(np.float32))
@@ -246,15 +244,7 @@ def test_early_exit_inside_the_graph_equals_dyncli(tmp_path: Path, criterion: st
     end."""
     from dyncli.dynamic import build_policy
 
-    torch.manual_seed(0)
-    tok = CharTokenizer.train(["one two three four five"])
-    cfg = CONFORMER_PRESETS["tiny"]
-    model = get_backbone("conformer").build(cfg, tok.vocab_size).eval()
-    model.attach_exits([1])
-    path = tmp_path / "ee.ckpt"
-    method = {"name": "early-exit", "exits": [1]}
-    save_checkpoint(path, Checkpoint(model, tok, "conformer", cfg, method=method))
-    ckpt = load_checkpoint(path)
+    ckpt = with_exit(tmp_path, "conformer", CONFORMER_PRESETS["tiny"])
     wave = noise(2, 7000)
     x, lengths = encoder_input(ckpt.model, wave)
     # one threshold that every exit passes, one that none does
@@ -426,15 +416,9 @@ def test_wavlm_blank_skip_inside_the_graph_equals_dyncli(tmp_path: Path) -> None
 
     from dyncli.dynamic import build_policy
 
-    torch.manual_seed(0)
-    tok = CharTokenizer.train(["one two three"])
-    cfg = dataclasses.replace(WAV2VEC2_PRESETS["tiny"], wavlm=True)
-    model = get_backbone("wav2vec2").build(cfg, tok.vocab_size).eval()
-    model.attach_exits([1])
-    path = tmp_path / "wavlm.ckpt"
-    method = {"name": "early-exit", "exits": [1]}
-    save_checkpoint(path, Checkpoint(model, tok, "wav2vec2", cfg, method=method))
-    ckpt = load_checkpoint(path)
+    ckpt = with_exit(
+        tmp_path, "wav2vec2", dataclasses.replace(WAV2VEC2_PRESETS["tiny"], wavlm=True)
+    )
     wave = noise(0, 9000)
     x, lengths = encoder_input(ckpt.model, wave)
     with torch.inference_mode():

@@ -82,29 +82,6 @@ def model_summary(ckpt: Checkpoint, path: Path) -> dict[str, Any]:
     }
 
 
-def _load_run(
-    checkpoint: str | Path,
-    dev: torch.device,
-    policy: str | None,
-    threshold: float | None,
-    overrides: dict[str, Any] | None,
-    full_depth: bool,
-) -> tuple[Checkpoint, SkipPolicy, RunChoice]:
-    """The checkpoint on ``dev`` and the policy it runs (see
-    :mod:`dyncli.dynamic.operating_point`)."""
-    ckpt = load_checkpoint(checkpoint)
-    ckpt.model.to(dev)
-    runner, choice = resolve_run(
-        ckpt,
-        policy=policy,
-        threshold=threshold,
-        overrides=overrides,
-        full_depth=full_depth,
-        where=str(checkpoint),
-    )
-    return ckpt, runner, choice
-
-
 @dataclass
 class Loaded:
     """A model ready to transcribe: ``decode`` takes one waveform (N,) at ``sample_rate``."""
@@ -167,7 +144,16 @@ def load_for_decoding(
         return Loaded(
             lambda w: graph.transcribe(w.cpu().numpy()), graph.sample_rate, summary, choice
         )
-    ckpt, runner, choice = _load_run(checkpoint, dev, policy, threshold, overrides, full_depth)
+    ckpt = load_checkpoint(checkpoint)
+    ckpt.model.to(dev)
+    runner, choice = resolve_run(  # see dyncli.dynamic.operating_point
+        ckpt,
+        policy=policy,
+        threshold=threshold,
+        overrides=overrides,
+        full_depth=full_depth,
+        where=str(checkpoint),
+    )
     summary = model_summary(ckpt, Path(checkpoint))
     if runtime == "onnxruntime":
         exported = export_run(
